@@ -1,0 +1,484 @@
+"""TOML config → frozen, typed dataclasses.
+
+``load_config`` promises a fully valid ``Config`` or raises ``ConfigErrors``
+listing every problem found, each naming the file, the key and the fix.
+``check_config`` returns the problems and warnings instead of raising, for
+``shardctl validate``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import platformdirs
+
+from shardctl.errors import ConfigError, ConfigErrors
+
+DEFAULT_SOURCE_URL = "wss://ws.twelvedata.com/v1/quotes/price"
+DEFAULT_REST_URL = "https://api.twelvedata.com"
+DEFAULT_API_KEY_ENV = "TWELVEDATA_API_KEY"
+#: Twelve Data closes the oldest connection when a 4th opens with one key.
+MAX_CONNECTIONS_PER_KEY = 3
+#: The key the local feed accepts when no real key is configured.
+LOCAL_FEED_API_KEY = "demo"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Return seconds for ``"500ms"``, ``"2s"``, ``"1m"``, ``"1h"``, ``"1d"`` or a bare number of seconds.
+
+    Raises ``ValueError`` with a message that shows the accepted forms.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"expected a duration like \"500ms\", \"2s\" or \"1m\", got {text!r}")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"a duration cannot be negative, got {text!r}")
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"expected a duration like \"500ms\", \"2s\" or \"1m\", got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Per-shard tunables; ``[defaults]`` fills them, ``[shards.NAME]`` may override any."""
+
+    batch_size: int = 1000
+    flush_interval: float = 1.0
+    heartbeat_interval: float = 10.0
+    watchdog_timeout: float = 30.0
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+    reconnect_reset_after: float = 60.0
+    bad_key_backoff: float = 300.0
+    stop_timeout: float = 10.0
+    dead_letter_log_interval: float = 10.0
+
+
+_DURATION_SETTINGS = frozenset(f.name for f in fields(ShardSettings) if f.name != "batch_size")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where rows go: a literal DSN, an environment variable holding one, or (neither) the embedded server."""
+
+    dsn: str | None = None
+    dsn_env: str | None = None
+    embedded_dir: Path = Path()
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn is None and self.dsn_env is None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    url: str = DEFAULT_SOURCE_URL
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    rest_url: str = DEFAULT_REST_URL
+
+    @property
+    def is_local(self) -> bool:
+        """True when the source is a feed on this machine (``shardctl feed``)."""
+        return urlparse(self.url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """A local ``shardctl feed`` that ``shardctl start`` runs beside the workers (demo mode)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    rate: float = 20.0
+    symbols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    ticks: str = "crypto_ticks"
+    assets: str = "crypto_assets"
+    day_candle: str = "one_day_candle"
+    ledger: str = "shardctl_ledger"
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    control_socket: Path = Path()
+    pidfile: Path = Path()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    start_grace: float = 5.0
+    heartbeat_timeout: float = 15.0
+    restart_initial: float = 1.0
+    restart_max: float = 60.0
+    healthy_after: float = 30.0
+    max_failures: int = 5
+    failure_window: float = 300.0
+    stop_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    name: str
+    symbols: tuple[str, ...]
+    api_key_env: str
+    settings: ShardSettings
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    state_dir: Path
+    database: DatabaseConfig
+    source: SourceConfig
+    tables: TablesConfig
+    defaults: ShardSettings
+    supervisor: SupervisorConfig
+    shards: Mapping[str, ShardConfig] = field(default_factory=dict)
+    feed: FeedConfig | None = None
+
+    def shard(self, name: str) -> ShardConfig:
+        """Return the named shard or raise a ConfigError that lists the known ones."""
+        try:
+            return self.shards[name]
+        except KeyError:
+            known = ", ".join(self.shards) or "none"
+            raise ConfigError(str(self.path), f"shards.{name}", f"no such shard (known: {known})") from None
+
+    def shard_dir(self, name: str) -> Path:
+        """The shard's private state directory (dead letters, later the journal)."""
+        return self.state_dir / "shards" / name
+
+    def api_key(self, shard: ShardConfig) -> str | None:
+        """The shard's API key from the environment; the local feed's key when the source is local and none is set."""
+        key = os.environ.get(shard.api_key_env)
+        if not key and self.source.is_local:
+            return LOCAL_FEED_API_KEY
+        return key or None
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("SHARDCTL_STATE_DIR") or platformdirs.user_data_dir("shardctl"))
+
+
+# ---------------------------------------------------------------- loading
+
+_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "shards")
+_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "database": ("dsn", "dsn_env", "embedded_dir"),
+    "source": ("url", "api_key_env", "rest_url"),
+    "feed": ("host", "port", "rate", "symbols"),
+    "tables": tuple(f.name for f in fields(TablesConfig)),
+    "defaults": tuple(f.name for f in fields(ShardSettings)),
+    "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
+}
+_SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+class _Reader:
+    """Collects every problem while converting the raw TOML tree."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[ConfigError] = []
+        self.warnings: list[ConfigError] = []
+        #: Unset environment variables: warnings for `validate`, errors for `start`.
+        self.missing_env: list[ConfigError] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(ConfigError(str(self.path), key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(ConfigError(str(self.path), key, message))
+
+    def env_missing(self, key: str, message: str) -> None:
+        self.missing_env.append(ConfigError(str(self.path), key, message))
+
+    def table(self, raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = raw.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a table ([{key}]), got {type(value).__name__}")
+            return {}
+        return value
+
+    def unknown_keys(self, raw: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+        for key in raw:
+            if key in allowed:
+                continue
+            where = f"{prefix}.{key}" if prefix else key
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            self.problem(where, f"unknown key; {hint}")
+
+    def string(self, raw: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
+        value = raw.get(key, default)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            self.problem(where, f"must be a non-empty string, got {value!r}")
+            return default
+        return value
+
+    def number(self, raw: Mapping[str, Any], key: str, where: str, default: float, *, integer: bool,
+               minimum: float) -> Any:
+        value = raw.get(key, default)
+        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type:
+            kind = "an integer" if integer else "a number"
+            self.problem(where, f"must be {kind}, got {value!r}")
+            return default
+        if value < minimum:
+            self.problem(where, f"must be at least {minimum:g}, got {value!r}")
+            return default
+        return value
+
+    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        if key not in raw:
+            return default
+        try:
+            seconds = parse_duration(raw[key])
+        except ValueError as exc:
+            self.problem(where, str(exc))
+            return default
+        if seconds <= 0:
+            self.problem(where, f"must be longer than zero, got {raw[key]!r}")
+            return default
+        return seconds
+
+    def settings(self, raw: Mapping[str, Any], prefix: str, base: ShardSettings) -> ShardSettings:
+        values: dict[str, Any] = {}
+        for f in fields(ShardSettings):
+            if f.name not in raw:
+                continue
+            where = f"{prefix}.{f.name}"
+            if f.name == "batch_size":
+                values[f.name] = self.number(raw, f.name, where, base.batch_size, integer=True, minimum=1)
+            else:
+                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
+        result = ShardSettings(**{**base.__dict__, **values})
+        if result.reconnect_max < result.reconnect_initial:
+            self.problem(f"{prefix}.reconnect_max", "must not be shorter than reconnect_initial")
+        return result
+
+
+def _resolve_path(base: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _read(path: Path) -> tuple[Config | None, _Reader]:
+    reader = _Reader(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reader.problem("", "file not found; pass the path of a TOML config (see config/demo.toml)")
+        return None, reader
+    except OSError as exc:
+        reader.problem("", f"cannot read the file: {exc.strerror}")
+        return None, reader
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        reader.problem("", f"TOML syntax error: {exc}; fix the line it names")
+        return None, reader
+
+    base = path.parent.resolve()
+    reader.unknown_keys(raw, _TOP_KEYS, "")
+    for section, allowed in _SECTION_KEYS.items():
+        if section in raw:
+            reader.unknown_keys(reader.table(raw, section), allowed, section)
+
+    state_value = reader.string(raw, "state_dir", "state_dir", None)
+    state_dir = Path(os.environ["SHARDCTL_STATE_DIR"]) if os.environ.get("SHARDCTL_STATE_DIR") else (
+        _resolve_path(base, state_value) if state_value else default_state_dir())
+
+    db_raw = reader.table(raw, "database")
+    dsn = reader.string(db_raw, "dsn", "database.dsn", None)
+    dsn_env = reader.string(db_raw, "dsn_env", "database.dsn_env", None)
+    if dsn and dsn_env:
+        reader.problem("database", "set either dsn or dsn_env, not both")
+    if dsn and re.search(r"://[^/@:]+:[^/@]+@|password\s*=", dsn):
+        reader.warn("database.dsn", "holds a password; put it in the environment (dsn_env) or ~/.pgpass")
+    embedded_value = reader.string(db_raw, "embedded_dir", "database.embedded_dir", None)
+    database = DatabaseConfig(
+        dsn=dsn, dsn_env=dsn_env,
+        embedded_dir=_resolve_path(base, embedded_value) if embedded_value else state_dir / "postgres",
+    )
+
+    src_raw = reader.table(raw, "source")
+    source = SourceConfig(
+        url=reader.string(src_raw, "url", "source.url", DEFAULT_SOURCE_URL) or DEFAULT_SOURCE_URL,
+        api_key_env=reader.string(src_raw, "api_key_env", "source.api_key_env", DEFAULT_API_KEY_ENV)
+        or DEFAULT_API_KEY_ENV,
+        rest_url=reader.string(src_raw, "rest_url", "source.rest_url", DEFAULT_REST_URL) or DEFAULT_REST_URL,
+    )
+    if urlparse(source.url).scheme not in ("ws", "wss"):
+        reader.problem("source.url", f"must be a ws:// or wss:// URL, got {source.url!r}")
+
+    tables_raw = reader.table(raw, "tables")
+    table_values = {}
+    for f in fields(TablesConfig):
+        name = reader.string(tables_raw, f.name, f"tables.{f.name}", f.default)
+        if name and not _IDENTIFIER.match(name):
+            reader.problem(f"tables.{f.name}", f"{name!r} is not a plain SQL identifier (letters, digits, _)")
+            name = f.default
+        table_values[f.name] = name
+    tables = TablesConfig(**table_values)
+
+    defaults = reader.settings(reader.table(raw, "defaults"), "defaults", ShardSettings())
+    supervisor = _read_supervisor(reader, reader.table(raw, "supervisor"), base, state_dir)
+    shards = _read_shards(reader, raw, source, defaults)
+    feed = _read_feed(reader, raw, shards) if "feed" in raw else None
+
+    config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
+                    defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed)
+    _check_api_keys(reader, config)
+    return config, reader
+
+
+def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> SupervisorConfig:
+    values: dict[str, Any] = {}
+    for f in fields(SupervisorConfig):
+        where = f"supervisor.{f.name}"
+        if f.name in ("control_socket", "pidfile"):
+            value = reader.string(raw, f.name, where, None)
+            default = state_dir / "run" / ("control.sock" if f.name == "control_socket" else "shardctl.pid")
+            values[f.name] = _resolve_path(base, value) if value else default
+        elif f.name == "metrics_host":
+            values[f.name] = reader.string(raw, f.name, where, f.default)
+        elif f.name == "metrics_port":
+            values[f.name] = reader.number(raw, f.name, where, 0, integer=True, minimum=0)
+            if values[f.name] > 65535:
+                reader.problem(where, "must be a TCP port (1-65535), or 0 to turn metrics off")
+        elif f.name == "max_failures":
+            values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
+        else:
+            values[f.name] = reader.duration(raw, f.name, where, f.default)
+    sock = values["control_socket"]
+    if len(str(sock)) > 100:
+        reader.problem("supervisor.control_socket",
+                       f"path is {len(str(sock))} characters; unix sockets allow about 100: choose a shorter one")
+    return SupervisorConfig(**values)
+
+
+def _read_shards(reader: _Reader, raw: Mapping[str, Any], source: SourceConfig,
+                 defaults: ShardSettings) -> dict[str, ShardConfig]:
+    shards_raw = raw.get("shards")
+    if shards_raw is None:
+        reader.problem("shards", "missing; add at least one [shards.NAME] table with symbols = [...]")
+        return {}
+    if not isinstance(shards_raw, dict) or not shards_raw:
+        reader.problem("shards", "must hold at least one [shards.NAME] table with symbols = [...]")
+        return {}
+    shards: dict[str, ShardConfig] = {}
+    owner: dict[str, str] = {}
+    for name, body in shards_raw.items():
+        prefix = f"shards.{name}"
+        if not _SHARD_NAME.match(name):
+            reader.problem(prefix, "shard names use letters, digits, '-' and '_' (at most 32 characters)")
+        if not isinstance(body, dict):
+            reader.problem(prefix, "must be a table with symbols = [...]")
+            continue
+        reader.unknown_keys(body, _SHARD_KEYS, prefix)
+        symbols = body.get("symbols")
+        if not isinstance(symbols, list) or not symbols:
+            reader.problem(f"{prefix}.symbols", "a shard needs at least one symbol, e.g. symbols = [\"BTC/USD\"]")
+            symbols = []
+        clean: list[str] = []
+        for symbol in symbols:
+            if not isinstance(symbol, str) or not symbol.strip() or "," in symbol:
+                reader.problem(f"{prefix}.symbols", f"{symbol!r} is not a symbol like \"AAPL\" or \"BTC/USD\"")
+                continue
+            symbol = symbol.strip()
+            if symbol in owner:
+                where = "twice in this shard" if owner[symbol] == name else f"also in shards.{owner[symbol]}"
+                reader.problem(f"{prefix}.symbols", f"{symbol!r} is {where}; a symbol belongs to one shard")
+                continue
+            owner[symbol] = name
+            clean.append(symbol)
+        key_env = reader.string(body, "api_key_env", f"{prefix}.api_key_env", source.api_key_env)
+        settings = reader.settings(body, prefix, defaults)
+        shards[name] = ShardConfig(name=name, symbols=tuple(clean), api_key_env=key_env or source.api_key_env,
+                                   settings=settings)
+    return shards
+
+
+def _read_feed(reader: _Reader, raw: Mapping[str, Any], shards: Mapping[str, ShardConfig]) -> FeedConfig:
+    body = reader.table(raw, "feed")
+    port = reader.number(body, "port", "feed.port", 8765, integer=True, minimum=1)
+    if port > 65535:
+        reader.problem("feed.port", "must be a TCP port (1-65535)")
+    host = reader.string(body, "host", "feed.host", "127.0.0.1") or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        reader.problem("feed.host", "the local feed listens on 127.0.0.1 only")
+    rate = reader.number(body, "rate", "feed.rate", 20.0, integer=False, minimum=0.001)
+    symbols = body.get("symbols")
+    if symbols is None:
+        symbols = [s for shard in shards.values() for s in shard.symbols]
+    elif not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
+        reader.problem("feed.symbols", "must be a list of symbols")
+        symbols = []
+    return FeedConfig(host=host, port=port, rate=float(rate), symbols=tuple(symbols))
+
+
+def _check_api_keys(reader: _Reader, config: Config) -> None:
+    by_key: dict[str, list[str]] = {}
+    for shard in config.shards.values():
+        by_key.setdefault(shard.api_key_env, []).append(shard.name)
+    for env, names in by_key.items():
+        if len(names) > MAX_CONNECTIONS_PER_KEY:
+            reader.problem(
+                f"shards.{names[MAX_CONNECTIONS_PER_KEY]}.api_key_env",
+                f"{len(names)} shards ({', '.join(names)}) share the API key in ${env}; Twelve Data allows "
+                f"{MAX_CONNECTIONS_PER_KEY} connections per key and closes the oldest: give some shards their "
+                f"own api_key_env or merge shards")
+        if not config.source.is_local and not os.environ.get(env):
+            first = names[0]
+            key = "source.api_key_env" if env == config.source.api_key_env else f"shards.{first}.api_key_env"
+            reader.env_missing(key, f"environment variable {env} is not set; export your Twelve Data API key in it "
+                             f"before `shardctl start` (needed by shard(s) {', '.join(names)})")
+    if config.database.dsn_env and not os.environ.get(config.database.dsn_env):
+        reader.env_missing("database.dsn_env", f"environment variable {config.database.dsn_env} is not set; "
+                                        "export the database URL in it before `shardctl start`")
+
+
+def check_config(path: str | Path, *, require_env: bool = False
+                 ) -> tuple[Config | None, list[ConfigError], list[ConfigError]]:
+    """Read a config and return (config or None, problems, warnings) without raising.
+
+    An unset API-key or DSN variable is a warning, or a problem with ``require_env``.
+    """
+    config, reader = _read(Path(path))
+    problems = reader.problems + (reader.missing_env if require_env else [])
+    warnings = reader.warnings + ([] if require_env else reader.missing_env)
+    return (config if not problems else None), problems, warnings
+
+
+def load_config(path: str | Path, *, require_env: bool = False) -> Config:
+    """Return the valid Config in ``path`` or raise ConfigErrors naming every problem.
+
+    With ``require_env`` (``shardctl start``), warnings about unset API-key or
+    DSN variables become errors.
+    """
+    config, problems, _ = check_config(path, require_env=require_env)
+    if problems:
+        raise ConfigErrors(problems)
+    assert config is not None
+    return config

@@ -1,0 +1,100 @@
+"""The errors shardctl shows to users.
+
+Every expected failure is a ``ShardctlError``: the CLI prints its one-line
+message (never a traceback) and exits with its ``exit_code``.
+
+    ShardctlError                 exit 1 unless noted
+    ├── ConfigError               exit 2: bad config file, key or value
+    ├── UsageError                exit 2: bad command-line arguments
+    ├── DatabaseError             the database refused or failed a statement
+    │   └── DatabaseUnavailable   the database cannot be reached (retryable)
+    ├── EmbeddedServerError       the embedded PostgreSQL could not start/stop
+    ├── SourceError               the Twelve Data source misbehaves
+    │   └── BadApiKey             the handshake was refused: the key is wrong
+    └── ControlError              a control request was refused (has a code)
+        └── SupervisorNotRunning  no supervisor answers on the control socket
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+class ShardctlError(Exception):
+    """Base of every error shown to a user as one line."""
+
+    exit_code: int = EXIT_RUNTIME
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ShardctlError):
+    """A problem in a config file, naming the file, the key and the fix."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+
+
+class ConfigErrors(ConfigError):
+    """Several config problems found in one pass; ``problems`` lists each."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = problems
+        first = problems[0]
+        ShardctlError.__init__(
+            self,
+            first.message if len(problems) == 1 else f"{first.message} (and {len(problems) - 1} more problems)",
+        )
+        self.file, self.key = first.file, first.key
+
+
+class UsageError(ShardctlError):
+    exit_code = EXIT_CONFIG
+
+
+class DatabaseError(ShardctlError):
+    """The database answered with an error (rights, schema, constraint...)."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached now; retrying later may succeed."""
+
+
+class EmbeddedServerError(ShardctlError):
+    """The embedded PostgreSQL server could not be started, found or stopped."""
+
+
+class SourceError(ShardctlError):
+    """The Twelve Data source misbehaves (not a network blip)."""
+
+
+class BadApiKey(SourceError):
+    """Twelve Data refused the websocket handshake: the API key is wrong."""
+
+
+class ControlError(ShardctlError):
+    """A control request was refused; ``code`` is machine-readable.
+
+    Codes: no_such_shard, busy, already_running, not_running, shutting_down,
+    timeout, bad_request, unknown_command, forbidden.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class SupervisorNotRunning(ControlError):
+    def __init__(self, message: str) -> None:
+        super().__init__("not_running", message)
