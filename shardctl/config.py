@@ -9,6 +9,7 @@ listing every problem found, each naming the file, the key and the fix.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -47,6 +48,8 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"expected a duration like \"500ms\", \"2s\" or \"1m\", got {text!r}")
     if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise ValueError(f"a duration must be a finite number of seconds, got {text!r}")
         if text < 0:
             raise ValueError(f"a duration cannot be negative, got {text!r}")
         return float(text)
@@ -175,7 +178,9 @@ class Config:
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("SHARDCTL_STATE_DIR") or platformdirs.user_data_dir("shardctl"))
+    """``$SHARDCTL_STATE_DIR`` (made absolute against the working directory) or the user data dir."""
+    env = os.environ.get("SHARDCTL_STATE_DIR")
+    return _resolve_path(Path.cwd(), env) if env else Path(platformdirs.user_data_dir("shardctl"))
 
 
 # ---------------------------------------------------------------- loading
@@ -226,7 +231,13 @@ class _Reader:
                 continue
             where = f"{prefix}.{key}" if prefix else key
             close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+            if close:
+                hint = f"did you mean '{close[0]}'?"
+            elif prefix and key in _TOP_KEYS and not isinstance(raw[key], dict):
+                # TOML puts every key after [section] into that section.
+                hint = f"'{key}' is a top-level key: move it above the first [section] of the file"
+            else:
+                hint = f"allowed keys: {', '.join(allowed)}"
             self.problem(where, f"unknown key; {hint}")
 
     def string(self, raw: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
@@ -243,6 +254,9 @@ class _Reader:
         if isinstance(value, bool) or not ok_type:
             kind = "an integer" if integer else "a number"
             self.problem(where, f"must be {kind}, got {value!r}")
+            return default
+        if not math.isfinite(value):
+            self.problem(where, f"must be a finite number, got {value!r}")
             return default
         if value < minimum:
             self.problem(where, f"must be at least {minimum:g}, got {value!r}")
@@ -273,7 +287,9 @@ class _Reader:
             else:
                 values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
         result = ShardSettings(**{**base.__dict__, **values})
-        if result.reconnect_max < result.reconnect_initial:
+        # Report the pair only where it is set, not again in every shard that inherits it.
+        if result.reconnect_max < result.reconnect_initial and (
+                "reconnect_max" in raw or "reconnect_initial" in raw):
             self.problem(f"{prefix}.reconnect_max", "must not be shorter than reconnect_initial")
         return result
 
@@ -293,6 +309,9 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
     except OSError as exc:
         reader.problem("", f"cannot read the file: {exc.strerror}")
         return None, reader
+    except UnicodeDecodeError as exc:
+        reader.problem("", f"not a UTF-8 text file (byte {exc.start}); a config is a TOML text file")
+        return None, reader
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -302,12 +321,13 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
     base = path.parent.resolve()
     reader.unknown_keys(raw, _TOP_KEYS, "")
     for section, allowed in _SECTION_KEYS.items():
-        if section in raw:
-            reader.unknown_keys(reader.table(raw, section), allowed, section)
+        if isinstance(raw.get(section), dict):  # a non-table is reported once, where the section is read
+            reader.unknown_keys(raw[section], allowed, section)
 
     state_value = reader.string(raw, "state_dir", "state_dir", None)
-    state_dir = Path(os.environ["SHARDCTL_STATE_DIR"]) if os.environ.get("SHARDCTL_STATE_DIR") else (
-        _resolve_path(base, state_value) if state_value else default_state_dir())
+    # $SHARDCTL_STATE_DIR wins over state_dir; a relative state_dir is relative to this file.
+    state_dir = default_state_dir() if os.environ.get("SHARDCTL_STATE_DIR") or not state_value else (
+        _resolve_path(base, state_value))
 
     db_raw = reader.table(raw, "database")
     dsn = reader.string(db_raw, "dsn", "database.dsn", None)
@@ -329,7 +349,12 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
         or DEFAULT_API_KEY_ENV,
         rest_url=reader.string(src_raw, "rest_url", "source.rest_url", DEFAULT_REST_URL) or DEFAULT_REST_URL,
     )
-    if urlparse(source.url).scheme not in ("ws", "wss"):
+    url = urlparse(source.url)
+    if "apikey" in url.query.lower():
+        # Never echo the URL: it holds a secret (and `validate` would print it).
+        reader.problem("source.url", f"holds an API key (?apikey=...); remove it and export the key in "
+                                     f"${source.api_key_env} (or the variable named by api_key_env)")
+    elif url.scheme not in ("ws", "wss"):
         reader.problem("source.url", f"must be a ws:// or wss:// URL, got {source.url!r}")
 
     tables_raw = reader.table(raw, "tables")
@@ -346,6 +371,8 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
     supervisor = _read_supervisor(reader, reader.table(raw, "supervisor"), base, state_dir)
     shards = _read_shards(reader, raw, source, defaults)
     feed = _read_feed(reader, raw, shards) if "feed" in raw else None
+    if feed is not None:
+        _check_feed_matches_source(reader, feed, source)
 
     config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
                     defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed)
@@ -436,6 +463,22 @@ def _read_feed(reader: _Reader, raw: Mapping[str, Any], shards: Mapping[str, Sha
         reader.problem("feed.symbols", "must be a list of symbols")
         symbols = []
     return FeedConfig(host=host, port=port, rate=float(rate), symbols=tuple(symbols))
+
+
+def _check_feed_matches_source(reader: _Reader, feed: FeedConfig, source: SourceConfig) -> None:
+    """`start` runs the [feed]; warn when the workers would not read from it."""
+    url = urlparse(source.url)
+    if not source.is_local:
+        reader.warn("feed", f"a local feed will run, but source.url points at {url.hostname}; "
+                            "remove [feed] or set source.url to ws://127.0.0.1:PORT/v1/quotes/price")
+        return
+    try:
+        port = url.port or (443 if url.scheme == "wss" else 80)
+    except ValueError:
+        return
+    if port != feed.port:
+        reader.warn("feed.port", f"the feed listens on port {feed.port} but source.url uses port {port}; "
+                                 "make them the same")
 
 
 def _check_api_keys(reader: _Reader, config: Config) -> None:
