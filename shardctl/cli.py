@@ -20,6 +20,7 @@ from shardctl.errors import EXIT_CONFIG, EXIT_OK, ShardctlError
 
 #: Modules that add commands, in help order.
 COMMAND_MODULES = (
+    "shardctl.feed",
     "shardctl.dbcli",
 )
 
@@ -46,7 +47,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardctl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="shardctl",
+        description="Stream Twelve Data prices into PostgreSQL/TimescaleDB, one worker process per shard.")
     parser.add_argument("--version", action="version", version=f"shardctl {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"])

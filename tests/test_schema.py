@@ -1,0 +1,213 @@
+"""Schema on a real server: idempotent, seed-compatible, partitions by day, candles that match the seed query."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg2
+import pytest
+
+from shardctl.config import TablesConfig
+from shardctl.database import connect
+from shardctl.errors import DatabaseError
+from shardctl.schema import (SCHEMA_VERSION, apply_schema, candle_window, detect_flavour, ensure_partition,
+                             partition_name, recorded_schema, refresh_candles)
+from shardctl.writer import Writer
+
+SEED_QUERY = ("SELECT * FROM one_day_candle WHERE symbol = 'BTC/USD' AND bucket >= NOW() - INTERVAL '14 days' "
+              "ORDER BY bucket")
+UTC = timezone.utc
+
+
+def _query(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def _objects(dsn: str) -> list[tuple]:
+    return _query(dsn, """SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = 'public' ORDER BY 1""")
+
+
+def _columns(dsn: str, table: str) -> list[tuple]:
+    return _query(dsn, """SELECT column_name, data_type, is_nullable FROM information_schema.columns
+                          WHERE table_name = %s ORDER BY ordinal_position""", (table,))
+
+
+def test_apply_twice_is_a_noop(schema_dsn: str, tables: TablesConfig) -> None:
+    before = _objects(schema_dsn), _query(schema_dsn, "SELECT * FROM shardctl_schema")
+    conn = connect(schema_dsn)
+    try:
+        assert apply_schema(conn, tables) == "postgresql"
+        assert conn.autocommit is False and conn.status == psycopg2.extensions.STATUS_READY
+        assert recorded_schema(conn, tables) == ("postgresql", SCHEMA_VERSION)
+    finally:
+        conn.close()
+    assert (_objects(schema_dsn), _query(schema_dsn, "SELECT * FROM shardctl_schema")) == before
+
+
+def test_postgresql_flavour_tables(schema_dsn: str) -> None:
+    conn = connect(schema_dsn)
+    assert detect_flavour(conn) == "postgresql"  # the embedded server has no TimescaleDB
+    conn.close()
+    assert _columns(schema_dsn, "crypto_ticks") == [
+        ("time", "timestamp with time zone", "NO"), ("symbol", "text", "NO"),
+        ("price", "double precision", "YES"), ("day_volume", "numeric", "YES"),
+        ("bid", "double precision", "YES"), ("ask", "double precision", "YES")]
+    assert _columns(schema_dsn, "crypto_assets") == [("symbol", "text", "YES"), ("name", "text", "YES")]
+    assert [c[0] for c in _columns(schema_dsn, "one_day_candle")] == [
+        "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
+    assert [c[:2] for c in _columns(schema_dsn, "shardctl_ledger")] == [
+        ("shard", "text"), ("last_seq", "bigint"), ("journal_offset", "bigint"), ("rows_total", "bigint"),
+        ("updated_at", "timestamp with time zone")]
+    assert _query(schema_dsn, "SELECT relkind FROM pg_class WHERE relname = 'crypto_ticks'") == [("p",)]
+    index = _query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'crypto_ticks'")
+    assert any('(symbol, "time" DESC)' in row[0] for row in index)
+    # Partitions from yesterday to a week ahead, plus the DEFAULT one.
+    today = datetime.now(UTC).date()
+    names = {r[0] for r in _query(schema_dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
+                                             "c.oid = i.inhrelid WHERE i.inhparent = 'crypto_ticks'::regclass")}
+    expected = {partition_name(TablesConfig(), today + timedelta(days=d)) for d in range(-1, 8)}
+    assert expected | {"crypto_ticks_default"} == names
+
+
+def test_rows_in_the_default_partition_move_when_their_day_gets_one(schema_dsn: str, tables: TablesConfig) -> None:
+    day = date(2001, 2, 3)
+    moment = datetime(2001, 2, 3, 12, tzinfo=UTC)
+    conn = connect(schema_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO crypto_ticks (time, symbol, price) VALUES (%s, 'A', 1), (%s, 'A', 2), "
+                        "(%s, 'B', 3)", (moment, moment, moment + timedelta(days=1)))
+        conn.commit()
+        assert ensure_partition(conn, tables, day) is True
+        assert ensure_partition(conn, tables, day) is False
+    finally:
+        conn.close()
+    where = _query(schema_dsn, "SELECT tableoid::regclass::text, symbol, price FROM crypto_ticks ORDER BY price")
+    assert where == [("crypto_ticks_p20010203", "A", 1.0), ("crypto_ticks_p20010203", "A", 2.0),
+                     ("crypto_ticks_default", "B", 3.0)]
+
+
+def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig) -> None:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    d0, d1, d2 = today - timedelta(days=2), today - timedelta(days=1), today
+
+    def at(day: datetime, hour: int) -> datetime:
+        return day + timedelta(hours=hour)
+
+    rows = [  # deliberately not in time order
+        (at(d0, 5), "BTC/USD", 105.0, Decimal("10"), None, None),
+        (at(d0, 1), "BTC/USD", 100.0, 5, None, None),
+        (at(d0, 9), "BTC/USD", 95.0, 20, None, None),
+        (at(d0, 3), "ETH/USD", 10.0, 1, None, None),
+        (at(d1, 2), "BTC/USD", 110.0, 7, 109.5, 110.5),
+        (at(d1, 20), "BTC/USD", 120.0, Decimal("30.5"), None, None),
+        (at(d1, 8), "BTC/USD", 130.0, 15, None, None),
+        (at(d2, 0), "BTC/USD", 140.0, 1, None, None),
+        (at(d2, 0), "BTC/USD", 141.0, 2, None, None),  # same second: the tie rule picks deterministically
+        (at(d2, 23), "BTC/USD", 150.0, 3, None, None),
+        (at(d2, 23), "BTC/USD", 149.0, 4, None, None),
+    ]
+    with Writer(schema_dsn, tables, "crypto") as writer:
+        assert writer.write(1, rows)
+    conn = connect(schema_dsn)
+    try:
+        assert refresh_candles(conn, tables) == 4  # 3 BTC days + 1 ETH day
+        assert refresh_candles(conn, tables) == 4  # idempotent
+    finally:
+        conn.close()
+    assert _query(schema_dsn, SEED_QUERY) == [
+        (d0, "BTC/USD", 100.0, 105.0, 95.0, 95.0, Decimal("20")),
+        (d1, "BTC/USD", 110.0, 130.0, 110.0, 120.0, Decimal("30.5")),
+        (d2, "BTC/USD", 140.0, 150.0, 140.0, 150.0, Decimal("4")),
+    ]
+
+
+def test_refresh_only_touches_its_window(schema_dsn: str, tables: TablesConfig) -> None:
+    now = datetime(2030, 6, 10, 12, tzinfo=UTC)
+    assert candle_window(now=now) == (datetime(2030, 6, 7, tzinfo=UTC), datetime(2030, 6, 11, tzinfo=UTC))
+    assert candle_window(timedelta(days=3), timedelta(days=1), now=now) == (
+        datetime(2030, 6, 7, tzinfo=UTC), datetime(2030, 6, 9, tzinfo=UTC))
+    old = datetime(2030, 6, 1, 1, tzinfo=UTC)
+    with Writer(schema_dsn, tables, "s") as writer:
+        writer.write(1, [(old, "X", 1.0, 1, None, None), (now, "X", 2.0, 2, None, None)])
+    conn = connect(schema_dsn)
+    try:
+        assert refresh_candles(conn, tables, timedelta(days=30), now=now) == 2
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM crypto_ticks WHERE time = %s", (old,))
+        conn.commit()
+        assert refresh_candles(conn, tables, now=now) == 1  # 2030-06-01 is outside the 3-day window: kept
+    finally:
+        conn.close()
+    assert [r[0] for r in _query(schema_dsn, "SELECT bucket FROM one_day_candle ORDER BY bucket")] == [
+        datetime(2030, 6, 1, tzinfo=UTC), datetime(2030, 6, 10, tzinfo=UTC)]
+
+
+def test_custom_table_names_are_quoted(fresh_dsn: str) -> None:
+    tables = TablesConfig(ticks="MyTicks", assets="My_Assets", day_candle="DayCandle", ledger="Ledger")
+    conn = connect(fresh_dsn)
+    try:
+        assert apply_schema(conn, tables) == "postgresql"
+    finally:
+        conn.close()
+    with Writer(fresh_dsn, tables, "a") as writer:
+        assert writer.write(1, [(datetime(1999, 12, 31, 23, 59, tzinfo=UTC), "Z", 1.0, None, None, None)])
+    assert _query(fresh_dsn, 'SELECT tableoid::regclass::text FROM "MyTicks"') == [('"MyTicks_p19991231"',)]
+    assert _query(fresh_dsn, 'SELECT last_seq FROM "Ledger"') == [(1,)]
+
+
+def test_existing_unpartitioned_ticks_table_is_refused(fresh_dsn: str, tables: TablesConfig) -> None:
+    _query(fresh_dsn, "CREATE TABLE crypto_ticks (time timestamptz, symbol text); COMMIT")
+    conn = connect(fresh_dsn)
+    try:
+        with pytest.raises(DatabaseError, match="not partitioned"):
+            apply_schema(conn, tables)
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------ TimescaleDB (skipped without the extension)
+
+@pytest.mark.timescaledb
+def test_timescaledb_hypertable_and_columnstore(schema_dsn: str) -> None:
+    assert _query(schema_dsn, "SELECT flavour FROM shardctl_schema") == [("timescaledb",)]
+    assert _query(schema_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables") == [("crypto_ticks",)]
+    settings = _query(schema_dsn, "SELECT attname, segmentby_column_index, orderby_column_index, orderby_asc "
+                               "FROM timescaledb_information.compression_settings "
+                               "WHERE hypertable_name = 'crypto_ticks' ORDER BY attname")
+    assert ("symbol", 1, None, None) in settings and ("time", None, 1, False) in settings
+    assert [c[0] for c in _columns(schema_dsn, "crypto_ticks")] == [
+        "time", "symbol", "price", "day_volume", "bid", "ask"]
+
+
+@pytest.mark.timescaledb
+def test_timescaledb_candle_aggregate_and_policy(schema_dsn: str) -> None:
+    assert _query(schema_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates") == [
+        ("one_day_candle",)]
+    jobs = _query(schema_dsn, "SELECT proc_name, schedule_interval, config::text FROM timescaledb_information.jobs "
+                           "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
+    assert len(jobs) == 1 and jobs[0][1] == timedelta(days=1)
+    assert '"start_offset": "3 days"' in jobs[0][2] and '"end_offset": "1 day"' in jobs[0][2]
+    assert [c[0] for c in _columns(schema_dsn, "one_day_candle")] == [
+        "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
+    assert _query(schema_dsn, SEED_QUERY) == []
+
+
+@pytest.mark.timescaledb
+def test_timescaledb_apply_twice_is_a_noop(schema_dsn: str, tables: TablesConfig) -> None:
+    before = _objects(schema_dsn)
+    conn = connect(schema_dsn)
+    try:
+        assert apply_schema(conn, tables) == "timescaledb"
+    finally:
+        conn.close()
+    assert _objects(schema_dsn) == before

@@ -1,0 +1,186 @@
+"""One worker process against the local feed and the real database, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from shardctl.feed import FeedServer
+from support import WorkerProcess, row_count, sent_ticks, stored_ticks, wait_until
+
+SYMBOLS = ("AAPL", "BTC/USD", "EUR/USD")
+
+
+def write_config(tmp_path: Path, url: str, dsn: str, *, symbols: tuple[str, ...] = SYMBOLS,
+                 key_env: str = "SHARDCTL_TEST_KEY", **settings: object) -> Path:
+    defaults = {"batch_size": 100, "flush_interval": "200ms", "reconnect_initial": "100ms",
+                "reconnect_max": "1s", "watchdog_timeout": "5s", "stop_timeout": "10s", **settings}
+    lines = [f'state_dir = "{tmp_path / "state"}"',
+             "[database]", f"dsn = {json.dumps(dsn)}",
+             "[source]", f'url = "{url}"', f'api_key_env = "{key_env}"',
+             "[defaults]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in defaults.items()]
+    lines += ["[shards.s1]", f"symbols = {json.dumps(list(symbols))}"]
+    path = tmp_path / "shardctl.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.close()
+
+
+def start_worker(workers: list[WorkerProcess], tmp_path: Path, config: Path, **kw: object) -> WorkerProcess:
+    worker = WorkerProcess(config, "s1", tmp_path / f"worker{len(workers)}.log", **kw)  # type: ignore[arg-type]
+    workers.append(worker)
+    return worker
+
+
+def test_n_ticks_at_a_steady_rate_become_exactly_n_rows(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=400, count=600, symbols=SYMBOLS, seed=1) as feed:
+        worker = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn))
+        feed.wait_sent(600, timeout=30)
+        wait_until(lambda: row_count(schema_dsn) >= 600, what="600 rows")
+        assert worker.terminate() == 0
+        sent = sent_ticks(feed.sent_events())
+    assert sum(sent.values()) == 600
+    assert stored_ticks(schema_dsn) == sent
+    assert {s for s, _, _ in sent} == set(SYMBOLS)
+
+
+def test_slow_feed_rows_appear_within_flush_interval(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=4, symbols=SYMBOLS, seed=2) as feed:
+        start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn, batch_size=1000,
+                                                     flush_interval="500ms"))
+        feed.wait_sent(1, timeout=30)
+        first_sent = time.monotonic()
+        wait_until(lambda: row_count(schema_dsn) >= 1, timeout=10, what="the first row")
+        waited = time.monotonic() - first_sent
+        assert row_count(schema_dsn) < 1000, "rows were flushed by age, not by a full batch"
+    # flush_interval 0.5 s plus generous slack for a loaded CI machine
+    assert waited < 3.0
+
+
+def test_sigterm_mid_stream_commits_every_received_tick(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=3000, symbols=SYMBOLS, seed=3) as feed:
+        worker = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn, batch_size=5000,
+                                                              flush_interval="10s"))
+        feed.wait_sent(2000, timeout=30)
+        assert row_count(schema_dsn) == 0, "nothing flushed yet: batch not full, flush_interval not reached"
+        assert worker.terminate() == 0
+        sent = sent_ticks(feed.sent_events())
+    log = worker.log()
+    received = int(__import__("re").search(r"stopped: (\d+) tick\(s\) received, (\d+) row", log).group(1))
+    stored = stored_ticks(schema_dsn)
+    assert received >= 2000
+    assert sum(stored.values()) == received
+    assert not stored - sent, "every stored tick was sent by the feed"
+    assert max(stored.values()) == 1 or stored <= sent
+
+
+@pytest.mark.parametrize("fault", ["close", "abort", "garbage"])
+def test_worker_reconnects_after_faults_and_keeps_writing(tmp_path, schema_dsn, workers, fault) -> None:
+    with FeedServer(rate=200, symbols=SYMBOLS, seed=4) as feed:
+        worker = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn))
+        wait_until(lambda: row_count(schema_dsn) >= 50, what="rows before the fault")
+        feed.inject(fault)
+        if fault == "garbage":
+            deadletters = tmp_path / "state" / "shards" / "s1" / "deadletters.jsonl"
+            wait_until(deadletters.exists, what="the dead-letter file")
+            entry = json.loads(deadletters.read_text().splitlines()[0])
+            assert "not JSON" in entry["reason"] and entry["frame"]
+        else:
+            worker.wait_log(r"subscribing 3 symbol", count=2)
+        before = row_count(schema_dsn)
+        wait_until(lambda: row_count(schema_dsn) >= before + 100, what="rows after the fault")
+        assert worker.terminate() == 0
+        sent = sent_ticks(feed.sent_events())
+    stored = stored_ticks(schema_dsn)
+    assert not stored - sent, "no row that the feed did not send"
+    assert max(stored.values()) == max(sent.values()) or all(stored[k] <= sent[k] for k in stored)
+    if fault != "abort":
+        # nothing in flight can be lost on a clean close or a garbage frame
+        assert stored == sent
+    if fault == "garbage":
+        assert "reconnecting" not in worker.log(), "a garbage frame must not drop the connection"
+
+
+def test_silent_feed_trips_the_watchdog(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=100, symbols=SYMBOLS, seed=5) as feed:
+        worker = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn,
+                                                              watchdog_timeout="1s", heartbeat_interval="5s"))
+        wait_until(lambda: row_count(schema_dsn) >= 20, what="rows before the silence")
+        feed.inject("silence", seconds=30)
+        worker.wait_log(r"watchdog")
+        worker.wait_log(r"subscribing 3 symbol", count=2)
+        feed.clear("silence")
+        before = row_count(schema_dsn)
+        wait_until(lambda: row_count(schema_dsn) >= before + 50, what="rows after the reconnect")
+        assert worker.terminate() == 0
+
+
+def test_bad_key_is_reported_once_and_does_not_spin(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=10, symbols=SYMBOLS, api_key="the-right-key") as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, bad_key_backoff="300ms")
+        worker = start_worker(workers, tmp_path, config, env={"SHARDCTL_TEST_KEY": "a-wrong-key-1234"})
+        wait_until(lambda: feed.stats().rejected >= 4, what="four refused handshakes")
+        started = time.monotonic()
+        refused = feed.stats().rejected
+        wait_until(lambda: feed.stats().rejected >= refused + 2, what="two more attempts")
+        spacing = (time.monotonic() - started) / 2
+        log = worker.log()
+        assert worker.terminate() == 0
+    assert log.count("refused the API key") == 1
+    assert "a-wrong-key-1234" not in log
+    assert spacing >= 0.2, "attempts are spaced by bad_key_backoff, not a busy loop"
+    assert row_count(schema_dsn) == 0
+
+
+def test_unknown_symbol_is_logged_and_others_keep_streaming(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=100, symbols=SYMBOLS) as feed:
+        worker = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn,
+                                                              symbols=("AAPL", "NOSUCH")))
+        worker.wait_log(r"refused symbol NOSUCH")
+        wait_until(lambda: row_count(schema_dsn) >= 30, what="AAPL rows")
+        assert worker.terminate() == 0
+    assert {s for s, _, _ in stored_ticks(schema_dsn)} == {"AAPL"}
+
+
+def test_worker_stops_by_itself_when_its_parent_dies(tmp_path, schema_dsn) -> None:
+    with FeedServer(rate=200, symbols=SYMBOLS) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, batch_size=100000, flush_interval="1m")
+        log = tmp_path / "orphan.log"
+        parent = subprocess.Popen([sys.executable, "-c", (
+            "import subprocess, sys, time\n"
+            f"p = subprocess.Popen([sys.executable, '-m', 'shardctl.worker', '--config', {str(config)!r},"
+            f" '--shard', 's1'], stdout=open({str(log)!r}, 'wb'), stderr=subprocess.STDOUT)\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(600)\n")], stdout=subprocess.PIPE)
+        try:
+            assert parent.stdout is not None
+            child = int(parent.stdout.readline())
+            wait_until(lambda: "subscribed to" in log.read_text(), what="the worker to subscribe")
+            feed.wait_sent(100, timeout=20)
+            parent.send_signal(signal.SIGKILL)
+            parent.wait()
+            wait_until(lambda: "stopped:" in log.read_text(), what="the orphaned worker to stop")
+            wait_until(lambda: not Path(f"/proc/{child}").exists()
+                       or "zombie" in Path(f"/proc/{child}/status").read_text(), what="the worker to exit")
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+    text = log.read_text()
+    assert "parent process went away" in text
+    received = int(__import__("re").search(r"stopped: (\d+) tick", text).group(1))
+    assert received >= 100 and row_count(schema_dsn) == received
