@@ -9,12 +9,14 @@ written twice. ``drain(deadline)`` waits for everything submitted.
 
 from __future__ import annotations
 
+import array
 import collections
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from pathlib import Path
+from typing import BinaryIO, Protocol, Sequence
 
 from shardctl.backoff import Backoff
 from shardctl.errors import DatabaseError, DatabaseUnavailable
@@ -47,14 +49,34 @@ class _Batch:
     rows: list[tuple]
     oldest_at: float
     seq: int | None = None
+    arrivals: list[float] | None = None
+
+
+class LatencyLog:
+    """Appends, per committed batch, each row's receive-to-commit latency in seconds (float32, native order).
+
+    For benchmarks only (``SHARDCTL_LATENCY_LOG``): the worker then records a
+    monotonic arrival time per tick.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file: BinaryIO = open(path, "ab")
+
+    def record(self, committed_at: float, arrivals: Sequence[float]) -> None:
+        array.array("f", (committed_at - a for a in arrivals)).tofile(self._file)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class Committer:
     """Owns a Writer and a thread that commits submitted batches in order."""
 
     def __init__(self, writer: BatchWriter, *, max_pending_rows: int, retry_initial: float = 0.5,
-                 retry_max: float = 30.0) -> None:
+                 retry_max: float = 30.0, latency_log: LatencyLog | None = None) -> None:
         self._writer = writer
+        self._latency_log = latency_log
         self._max_pending = max(1, max_pending_rows)
         self._queue: collections.deque[_Batch] = collections.deque()
         self._cond = threading.Condition()
@@ -75,7 +97,7 @@ class Committer:
         self._thread.start()
 
     def submit(self, rows: list[tuple], oldest_at: float, *, stop: threading.Event | None = None,
-               force: bool = False) -> bool:
+               force: bool = False, arrivals: list[float] | None = None) -> bool:
         """Queue a batch; blocks while the queue is full unless ``force``.
 
         Returns False (the batch is NOT queued) only if ``stop`` was set while waiting.
@@ -86,7 +108,7 @@ class Committer:
                 self._cond.wait(0.2)
             if not force and self._pending_rows >= self._max_pending:
                 return False
-            self._queue.append(_Batch(rows, oldest_at))
+            self._queue.append(_Batch(rows, oldest_at, arrivals=arrivals))
             self._pending_rows += len(rows)
             self._cond.notify_all()
         return True
@@ -106,6 +128,8 @@ class Committer:
         self._abandon.set()
         self._thread.join(timeout=5.0)
         self._writer.close()
+        if self._latency_log is not None:
+            self._latency_log.close()
 
     # ------------------------------------------------------------ thread
 
@@ -128,8 +152,11 @@ class Committer:
             written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows))
             if written is None:
                 return
-            elapsed = time.monotonic() - started
+            committed_at = time.monotonic()
+            elapsed = committed_at - started
             next_seq = batch.seq + 1
+            if self._latency_log is not None and batch.arrivals:
+                self._latency_log.record(committed_at, batch.arrivals)
             with self._cond:
                 self._queue.popleft()
                 self._pending_rows -= len(batch.rows)

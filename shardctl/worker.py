@@ -29,7 +29,7 @@ import orjson
 
 from shardctl import logs
 from shardctl.batcher import Batcher
-from shardctl.committer import Committer
+from shardctl.committer import Committer, LatencyLog
 from shardctl.config import Config, ShardConfig, load_config
 from shardctl.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, ShardctlError
 from shardctl.parse import FrameParser, Kind, Parsed
@@ -110,8 +110,13 @@ class Worker:
         self._reporter = Reporter(report_fd)
         self._parser = FrameParser()
         self._batcher: Batcher[tuple] = Batcher(self.settings.batch_size, self.settings.flush_interval)
-        self._committer = Committer(Writer(dsn, config.tables, shard.name), max_pending_rows=max(
-            MAX_PENDING_ROWS, 2 * self.settings.batch_size))
+        latency_path = os.environ.get("SHARDCTL_LATENCY_LOG")
+        #: Per-tick monotonic arrival times, recorded only for benchmarks.
+        self._arrivals: list[float] | None = [] if latency_path else None
+        self._committer = Committer(
+            Writer(dsn, config.tables, shard.name),
+            max_pending_rows=max(MAX_PENDING_ROWS, 2 * self.settings.batch_size),
+            latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
         self._dead = DeadLetters(config.shard_dir(shard.name) / "deadletters.jsonl",
                                  self.settings.dead_letter_log_interval)
         api_key = config.api_key(shard)
@@ -196,6 +201,8 @@ class Worker:
             assert row is not None
             self.ticks_received += 1
             self._last_tick_at = now
+            if self._arrivals is not None:
+                self._arrivals.append(now)
             if self._batcher.add(row, now):
                 self._flush(now)
         elif kind is Kind.BAD:
@@ -209,9 +216,12 @@ class Worker:
     def _flush(self, now: float) -> None:
         first_at = self._batcher.first_at or now
         rows = self._batcher.take()
+        arrivals = None
+        if self._arrivals is not None:
+            arrivals, self._arrivals = self._arrivals, []
         if rows:
             self._last_event_ts = int(rows[-1][0].timestamp())
-            if not self._committer.submit(rows, first_at, stop=self.stop_requested):
+            if not self._committer.submit(rows, first_at, stop=self.stop_requested, arrivals=arrivals):
                 self._held.extend(rows)
                 self._held_since = self._held_since or first_at
 
