@@ -22,6 +22,7 @@ from shardctl.errors import EXIT_CONFIG, EXIT_OK, ShardctlError
 COMMAND_MODULES = (
     "shardctl.feed",
     "shardctl.dbcli",
+    "shardctl.deadletters",
 )
 
 log = logging.getLogger("shardctl.cli")

@@ -31,7 +31,8 @@ from shardctl import logs
 from shardctl.batcher import Batcher
 from shardctl.committer import Committer, LatencyLog
 from shardctl.config import Config, ShardConfig, load_config
-from shardctl.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, ShardctlError
+from shardctl.deadletters import DeadLetters, dead_letter_path
+from shardctl.errors import EXIT_OK, EXIT_RUNTIME, ShardctlError
 from shardctl.parse import FrameParser, Kind, Parsed
 from shardctl.stream import StreamClient
 from shardctl.writer import Writer
@@ -42,44 +43,6 @@ REPORT_INTERVAL = 1.0
 #: Rows that may wait for the database before reading pauses (memory bound).
 MAX_PENDING_ROWS = 200_000
 _POLL_SLICE = 0.2
-
-
-class DeadLetters:
-    """Appends malformed frames to the shard's dead-letter file; logs a summary at most once per interval."""
-
-    def __init__(self, path: Path, log_interval: float) -> None:
-        self.path = path
-        self.count = 0
-        self._log_interval = log_interval
-        self._unlogged = 0
-        self._last_reason = ""
-        self._next_log = 0.0
-        self._file: Any = None
-
-    def add(self, frame: bytes | str, reason: str, now: float) -> None:
-        """Record one frame and why it was set aside (the frame is kept verbatim, decoded leniently)."""
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)
-        text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-        self._file.write(orjson.dumps({"at": time.time(), "reason": reason, "frame": text[:65536]}) + b"\n")
-        self.count += 1
-        self._unlogged += 1
-        self._last_reason = reason
-        if now >= self._next_log:
-            self.flush_log(now)
-
-    def flush_log(self, now: float) -> None:
-        if self._unlogged:
-            log.warning("set aside %d malformed frame(s) in %s (last: %s)", self._unlogged, self.path,
-                        self._last_reason)
-            self._unlogged = 0
-            self._next_log = now + self._log_interval
-
-    def close(self) -> None:
-        self.flush_log(float("inf"))
-        if self._file is not None:
-            self._file.close()
 
 
 class Reporter:
@@ -117,8 +80,7 @@ class Worker:
             Writer(dsn, config.tables, shard.name),
             max_pending_rows=max(MAX_PENDING_ROWS, 2 * self.settings.batch_size),
             latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
-        self._dead = DeadLetters(config.shard_dir(shard.name) / "deadletters.jsonl",
-                                 self.settings.dead_letter_log_interval)
+        self._dead = DeadLetters(dead_letter_path(config, shard.name), self.settings.dead_letter_log_interval)
         api_key = config.api_key(shard)
         if api_key is None:
             raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")

@@ -114,6 +114,11 @@ def test_worker_reconnects_after_faults_and_keeps_writing(tmp_path, schema_dsn, 
         assert stored == sent
     if fault == "garbage":
         assert "reconnecting" not in worker.log(), "a garbage frame must not drop the connection"
+        shown = subprocess.run([sys.executable, "-m", "shardctl", "deadletters", str(tmp_path / "shardctl.toml")],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        assert "s1: 1 dead letter(s)" in shown.stdout
+        assert "not JSON" in shown.stdout and "garbage" in shown.stdout
 
 
 def test_silent_feed_trips_the_watchdog(tmp_path, schema_dsn, workers) -> None:
