@@ -20,6 +20,7 @@ from shardctl.errors import EXIT_CONFIG, EXIT_OK, ShardctlError
 
 #: Modules that add commands, in help order.
 COMMAND_MODULES = (
+    "shardctl.supervisorcli",
     "shardctl.feed",
     "shardctl.dbcli",
     "shardctl.deadletters",

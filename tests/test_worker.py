@@ -139,10 +139,11 @@ def test_bad_key_is_reported_once_and_does_not_spin(tmp_path, schema_dsn, worker
     with FeedServer(rate=10, symbols=SYMBOLS, api_key="the-right-key") as feed:
         config = write_config(tmp_path, feed.url, schema_dsn, bad_key_backoff="300ms")
         worker = start_worker(workers, tmp_path, config, env={"SHARDCTL_TEST_KEY": "a-wrong-key-1234"})
-        wait_until(lambda: feed.stats().rejected >= 4, what="four refused handshakes")
-        started = time.monotonic()
+        wait_until(lambda: feed.stats().rejected >= 3, what="three refused handshakes")
         refused = feed.stats().rejected
-        wait_until(lambda: feed.stats().rejected >= refused + 2, what="two more attempts")
+        wait_until(lambda: feed.stats().rejected >= refused + 1, interval=0.01, what="the next attempt")
+        started = time.monotonic()
+        wait_until(lambda: feed.stats().rejected >= refused + 3, interval=0.01, what="two more attempts")
         spacing = (time.monotonic() - started) / 2
         log = worker.log()
         assert worker.terminate() == 0
