@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "shardctl.feed",
     "shardctl.dbcli",
     "shardctl.deadletters",
+    "shardctl.gaps",
+    "shardctl.candles",
 )
 
 log = logging.getLogger("shardctl.cli")

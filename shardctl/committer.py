@@ -1,10 +1,13 @@
 """The worker's writer thread: batches go to the database in order, each exactly once, through outages.
 
-``submit`` hands a batch over (blocking while ``max_pending_rows`` wait, so
-memory stays bounded); the thread numbers each batch when it first takes
-it, writes it with ``Writer.write`` and retries the same numbered batch with
-capped backoff while the database is away, so an ambiguous commit is never
-written twice. ``drain(deadline)`` waits for everything submitted.
+A batch is identified by its journal end offset (``seq``): the Writer commits
+the rows together with that offset in the ledger and skips a batch whose
+offset is already committed, so a batch retried after an ambiguous failure,
+or replayed after a crash, is never written twice. The thread retries the
+same batch with capped backoff while the database is away; ``submit`` never
+blocks: the worker asks ``has_room`` first and, when there is none, stops
+handing over rows and leaves them in the journal (memory stays bounded).
+Side tasks (gap records) go through the same thread and the same retries.
 """
 
 from __future__ import annotations
@@ -16,16 +19,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, Sequence
+from typing import BinaryIO, Callable, Protocol, Sequence
 
 from shardctl.backoff import Backoff
+from shardctl.crashpoints import crash_point
 from shardctl.errors import DatabaseError, DatabaseUnavailable
 
 log = logging.getLogger("shardctl.committer")
 
 
 class BatchWriter(Protocol):
-    def last_committed(self) -> int: ...
+    def last_journal_offset(self) -> int | None: ...
     def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None) -> bool: ...
     def close(self) -> None: ...
 
@@ -39,17 +43,20 @@ class CommitStats:
     skipped_batches: int = 0
     db_retries: int = 0
     last_error: str | None = None
-    #: monotonic time the last batch committed, and when its oldest row was received
-    last_commit_at: float | None = None
-    last_commit_oldest_at: float | None = None
+    #: end offset of the last committed batch
+    committed_offset: int = 0
 
 
 @dataclass
 class _Batch:
     rows: list[tuple]
-    oldest_at: float
-    seq: int | None = None
+    seq: int
     arrivals: list[float] | None = None
+
+
+Task = Callable[["BatchWriter"], object]
+#: What ``_retrying`` returns when it gave up because the committer is closing.
+_ABANDONED = object()
 
 
 class LatencyLog:
@@ -71,17 +78,18 @@ class LatencyLog:
 
 
 class Committer:
-    """Owns a Writer and a thread that commits submitted batches in order."""
+    """Owns a Writer and a thread that commits submitted batches (and tasks) in order."""
 
-    def __init__(self, writer: BatchWriter, *, max_pending_rows: int, retry_initial: float = 0.5,
+    def __init__(self, writer: BatchWriter, *, max_pending_rows: int,
+                 on_committed: Callable[[int], None] | None = None, retry_initial: float = 0.5,
                  retry_max: float = 30.0, latency_log: LatencyLog | None = None) -> None:
         self._writer = writer
+        self._on_committed = on_committed
         self._latency_log = latency_log
-        self._max_pending = max(1, max_pending_rows)
-        self._queue: collections.deque[_Batch] = collections.deque()
+        self.max_pending_rows = max(1, max_pending_rows)
+        self._queue: collections.deque[_Batch | Task] = collections.deque()
         self._cond = threading.Condition()
         self._pending_rows = 0
-        self._in_flight = 0
         self._closing = False
         self._abandon = threading.Event()
         self._backoff = Backoff(retry_initial, retry_max, reset_after=retry_max)
@@ -93,35 +101,44 @@ class Committer:
         """Rows submitted but not yet committed."""
         return self._pending_rows
 
+    def has_room(self, rows: int = 0) -> bool:
+        """True when ``rows`` more can be queued without passing ``max_pending_rows``."""
+        return self._pending_rows + rows <= self.max_pending_rows
+
+    def committed_base(self) -> int:
+        """The ledger's committed journal offset (0 if none); raises DatabaseUnavailable/DatabaseError.
+
+        Call before ``start`` (it uses the writer from the caller's thread).
+        """
+        offset = self._writer.last_journal_offset() or 0
+        self.stats.committed_offset = offset
+        return offset
+
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, rows: list[tuple], oldest_at: float, *, stop: threading.Event | None = None,
-               force: bool = False, arrivals: list[float] | None = None) -> bool:
-        """Queue a batch; blocks while the queue is full unless ``force``.
-
-        Returns False (the batch is NOT queued) only if ``stop`` was set while waiting.
-        """
+    def submit(self, rows: list[tuple], seq: int, *, arrivals: list[float] | None = None) -> None:
+        """Queue a batch whose rows come from journal records up to offset ``seq``; never blocks."""
         with self._cond:
-            while (not force and self._pending_rows >= self._max_pending
-                   and not (stop is not None and stop.is_set())):
-                self._cond.wait(0.2)
-            if not force and self._pending_rows >= self._max_pending:
-                return False
-            self._queue.append(_Batch(rows, oldest_at, arrivals=arrivals))
+            self._queue.append(_Batch(rows, seq, arrivals))
             self._pending_rows += len(rows)
             self._cond.notify_all()
-        return True
+
+    def run_task(self, task: Task) -> None:
+        """Queue ``task(writer)`` to run in order with the batches, retried like them."""
+        with self._cond:
+            self._queue.append(task)
+            self._cond.notify_all()
 
     def drain(self, deadline: float) -> bool:
-        """Wait until every submitted batch is committed or ``deadline`` (monotonic) passes; True if all are."""
+        """Wait until everything queued is done or ``deadline`` (monotonic) passes; True if all is."""
         with self._cond:
-            while self._pending_rows and time.monotonic() < deadline:
+            while self._queue and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-            return self._pending_rows == 0
+            return not self._queue
 
     def close(self) -> None:
-        """Stop the thread (abandoning retries in progress) and close the writer."""
+        """Stop the thread (abandoning a retry in progress) and close the writer."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -134,49 +151,52 @@ class Committer:
     # ------------------------------------------------------------ thread
 
     def _run(self) -> None:
-        next_seq: int | None = None
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
-                if not self._queue:
+                if not self._queue or self._abandon.is_set():
                     return
-                batch = self._queue[0]
-            if next_seq is None:
-                next_seq = self._retrying(lambda: self._writer.last_committed() + 1)
-                if next_seq is None:
+                item = self._queue[0]
+            if isinstance(item, _Batch):
+                if not self._commit(item):
                     return
-            if batch.seq is None:
-                batch.seq = next_seq
-            started = time.monotonic()
-            written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows))
-            if written is None:
+            elif self._retrying(lambda: item(self._writer), self._abandon) is _ABANDONED:
                 return
-            committed_at = time.monotonic()
-            elapsed = committed_at - started
-            next_seq = batch.seq + 1
-            if self._latency_log is not None and batch.arrivals:
-                self._latency_log.record(committed_at, batch.arrivals)
             with self._cond:
                 self._queue.popleft()
-                self._pending_rows -= len(batch.rows)
-                stats = self.stats
-                if written:
-                    stats.rows_written += len(batch.rows)
-                    stats.batches += 1
-                    stats.batch_seconds_sum += elapsed
-                    stats.batch_seconds_max = max(stats.batch_seconds_max, elapsed)
-                else:
-                    stats.skipped_batches += 1
-                    log.warning("batch %d was already committed (ledger); not written again", batch.seq)
-                stats.last_commit_at = time.monotonic()
-                stats.last_commit_oldest_at = batch.oldest_at
+                if isinstance(item, _Batch):
+                    self._pending_rows -= len(item.rows)
                 self._cond.notify_all()
 
-    def _retrying(self, action):  # type: ignore[no-untyped-def]
-        """Run ``action`` until it succeeds; None if the committer is closed first."""
+    def _commit(self, batch: _Batch) -> bool:
+        started = time.monotonic()
+        written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq),
+                                 self._abandon)
+        if written is _ABANDONED:
+            return False
+        committed_at = time.monotonic()
+        crash_point("after_commit")
+        stats = self.stats
+        if written:
+            elapsed = committed_at - started
+            stats.rows_written += len(batch.rows)
+            stats.batches += 1
+            stats.batch_seconds_sum += elapsed
+            stats.batch_seconds_max = max(stats.batch_seconds_max, elapsed)
+            if self._latency_log is not None and batch.arrivals:
+                self._latency_log.record(committed_at, batch.arrivals)
+        else:
+            stats.skipped_batches += 1
+        stats.committed_offset = batch.seq
+        if self._on_committed is not None:
+            self._on_committed(batch.seq)
+        return True
+
+    def _retrying(self, action: Callable[[], object], stop: threading.Event) -> object:
+        """Run ``action`` until it succeeds and return its result; ``_ABANDONED`` if ``stop`` is set first."""
         failing_since: float | None = None
-        while not self._abandon.is_set():
+        while not stop.is_set():
             try:
                 result = action()
             except (DatabaseUnavailable, DatabaseError) as exc:
@@ -186,15 +206,15 @@ class Committer:
                 self.stats.last_error = str(exc)
                 if failing_since is None:
                     failing_since = now
-                    log.error("database write failed: %s; keeping the batch and retrying", exc)
+                    log.error("database write failed: %s; the journal keeps every tick, retrying", exc)
                 else:
                     log.warning("database still failing after %.0fs (%s); next try in %.1fs",
                                 now - failing_since, exc, delay)
-                self._abandon.wait(delay)
+                stop.wait(delay)
                 continue
             if failing_since is not None:
                 log.info("database is back after %.1fs; resuming writes", time.monotonic() - failing_since)
                 self.stats.last_error = None
             self._backoff.succeeded(time.monotonic())
             return result
-        return None
+        return _ABANDONED

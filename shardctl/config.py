@@ -64,6 +64,8 @@ class ShardSettings:
     """Per-shard tunables; ``[defaults]`` fills them, ``[shards.NAME]`` may override any."""
 
     batch_size: int = 1000
+    #: Rows that may wait for the database in memory; past this the worker relies on the journal.
+    max_pending_rows: int = 200_000
     flush_interval: float = 1.0
     heartbeat_interval: float = 10.0
     watchdog_timeout: float = 30.0
@@ -73,9 +75,32 @@ class ShardSettings:
     bad_key_backoff: float = 300.0
     stop_timeout: float = 10.0
     dead_letter_log_interval: float = 10.0
+    #: The shard's journal: segment size, cap, what happens at the cap, and fsync policy.
+    journal_segment_bytes: int = 64 * 1024 * 1024
+    journal_max_bytes: int = 2 * 1024 * 1024 * 1024
+    journal_on_full: str = "block"
+    journal_fsync: str = "never"
 
 
-_DURATION_SETTINGS = frozenset(f.name for f in fields(ShardSettings) if f.name != "batch_size")
+_SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes"))
+_CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "journal_on_full": ("block", "drop_oldest"),
+    "journal_fsync": ("never", "flush", "always"),
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+def parse_size(text: str | int) -> int:
+    """Return bytes for ``"512MiB"``, ``"2GB"``, ``"64KiB"`` or a bare integer; ValueError shows the forms."""
+    if isinstance(text, bool) or (isinstance(text, int) and text < 0):
+        raise ValueError(f"expected a size like \"512MiB\" or \"2GiB\", got {text!r}")
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"expected a size like \"512MiB\" or \"2GiB\", got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
 
 
 @dataclass(frozen=True)
@@ -113,12 +138,37 @@ class FeedConfig:
     symbols: tuple[str, ...] = ()
 
 
+#: Candle intervals shardctl can keep (see shardctl.schema.candle_specs); "1d" is the tutorial's one_day_candle.
+CANDLE_INTERVALS = ("1m", "1h", "1d")
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """Filling recorded gaps with one-minute bars from Twelve Data's REST ``time_series``."""
+
+    enabled: bool = False
+    min_gap: float = 120.0
+    credits_per_minute: int = 8
+    dp: int = 10
+    settle: float = 5.0
+    max_attempts: int = 6
+    rescan_interval: float = 60.0
+
+
 @dataclass(frozen=True)
 class TablesConfig:
+    """Relation names (plain identifiers) and which candles to keep; ``[tables]`` in the config."""
+
     ticks: str = "crypto_ticks"
     assets: str = "crypto_assets"
     day_candle: str = "one_day_candle"
     ledger: str = "shardctl_ledger"
+    minute_candle: str = "one_minute_candle"
+    hour_candle: str = "one_hour_candle"
+    #: Candle intervals to create and refresh, a subset of CANDLE_INTERVALS that includes "1d".
+    candles: tuple[str, ...] = CANDLE_INTERVALS
+    #: Real-time aggregation: candles include the still-open buckets (TimescaleDB materialized_only = false).
+    realtime_candles: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +206,7 @@ class Config:
     supervisor: SupervisorConfig
     shards: Mapping[str, ShardConfig] = field(default_factory=dict)
     feed: FeedConfig | None = None
+    backfill: BackfillConfig = BackfillConfig()
 
     def shard(self, name: str) -> ShardConfig:
         """Return the named shard or raise a ConfigError that lists the known ones."""
@@ -185,7 +236,7 @@ def default_state_dir() -> Path:
 
 # ---------------------------------------------------------------- loading
 
-_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "shards")
+_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "backfill", "shards")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("dsn", "dsn_env", "embedded_dir"),
     "source": ("url", "api_key_env", "rest_url"),
@@ -193,6 +244,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "tables": tuple(f.name for f in fields(TablesConfig)),
     "defaults": tuple(f.name for f in fields(ShardSettings)),
     "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
+    "backfill": tuple(f.name for f in fields(BackfillConfig)),
 }
 _SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -282,11 +334,25 @@ class _Reader:
             if f.name not in raw:
                 continue
             where = f"{prefix}.{f.name}"
-            if f.name == "batch_size":
-                values[f.name] = self.number(raw, f.name, where, base.batch_size, integer=True, minimum=1)
+            if f.name in ("batch_size", "max_pending_rows"):
+                values[f.name] = self.number(raw, f.name, where, getattr(base, f.name), integer=True, minimum=1)
+            elif f.name in _SIZE_SETTINGS:
+                try:
+                    values[f.name] = parse_size(raw[f.name])
+                except ValueError as exc:
+                    self.problem(where, str(exc))
+            elif f.name in _CHOICE_SETTINGS:
+                if raw[f.name] not in _CHOICE_SETTINGS[f.name]:
+                    self.problem(where, f"must be one of {', '.join(map(repr, _CHOICE_SETTINGS[f.name]))}, "
+                                        f"got {raw[f.name]!r}")
+                else:
+                    values[f.name] = raw[f.name]
             else:
                 values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
         result = ShardSettings(**{**base.__dict__, **values})
+        if result.journal_max_bytes < 2 * result.journal_segment_bytes and (
+                "journal_max_bytes" in raw or "journal_segment_bytes" in raw):
+            self.problem(f"{prefix}.journal_max_bytes", "must be at least twice journal_segment_bytes")
         # Report the pair only where it is set, not again in every shard that inherits it.
         if result.reconnect_max < result.reconnect_initial and (
                 "reconnect_max" in raw or "reconnect_initial" in raw):
@@ -347,8 +413,13 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
         url=reader.string(src_raw, "url", "source.url", DEFAULT_SOURCE_URL) or DEFAULT_SOURCE_URL,
         api_key_env=reader.string(src_raw, "api_key_env", "source.api_key_env", DEFAULT_API_KEY_ENV)
         or DEFAULT_API_KEY_ENV,
-        rest_url=reader.string(src_raw, "rest_url", "source.rest_url", DEFAULT_REST_URL) or DEFAULT_REST_URL,
+        rest_url=reader.string(src_raw, "rest_url", "source.rest_url", None) or "",
     )
+    if not source.rest_url:
+        # A local feed serves REST on its websocket port; otherwise Twelve Data's API.
+        local = urlparse(source.url)
+        rest_url = f"http://{local.netloc}" if source.is_local else DEFAULT_REST_URL
+        source = SourceConfig(url=source.url, api_key_env=source.api_key_env, rest_url=rest_url)
     url = urlparse(source.url)
     if "apikey" in url.query.lower():
         # Never echo the URL: it holds a secret (and `validate` would print it).
@@ -357,15 +428,7 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
     elif url.scheme not in ("ws", "wss"):
         reader.problem("source.url", f"must be a ws:// or wss:// URL, got {source.url!r}")
 
-    tables_raw = reader.table(raw, "tables")
-    table_values = {}
-    for f in fields(TablesConfig):
-        name = reader.string(tables_raw, f.name, f"tables.{f.name}", f.default)
-        if name and not _IDENTIFIER.match(name):
-            reader.problem(f"tables.{f.name}", f"{name!r} is not a plain SQL identifier (letters, digits, _)")
-            name = f.default
-        table_values[f.name] = name
-    tables = TablesConfig(**table_values)
+    tables = _read_tables(reader, reader.table(raw, "tables"))
 
     defaults = reader.settings(reader.table(raw, "defaults"), "defaults", ShardSettings())
     supervisor = _read_supervisor(reader, reader.table(raw, "supervisor"), base, state_dir)
@@ -374,10 +437,39 @@ def _read(path: Path) -> tuple[Config | None, _Reader]:
     if feed is not None:
         _check_feed_matches_source(reader, feed, source)
 
+    backfill = _read_backfill(reader, reader.table(raw, "backfill"))
     config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
-                    defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed)
+                    defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed,
+                    backfill=backfill)
     _check_api_keys(reader, config)
     return config, reader
+
+
+def _read_tables(reader: _Reader, raw: Mapping[str, Any]) -> TablesConfig:
+    values: dict[str, Any] = {}
+    for f in fields(TablesConfig):
+        if f.type != "str":
+            continue
+        name = reader.string(raw, f.name, f"tables.{f.name}", f.default)
+        if name and not _IDENTIFIER.match(name):
+            reader.problem(f"tables.{f.name}", f"{name!r} is not a plain SQL identifier (letters, digits, _)")
+            name = f.default
+        values[f.name] = name
+    for key, name in values.items():
+        if list(values.values()).index(name) != list(values).index(key):
+            reader.problem(f"tables.{key}", f"{name!r} is already the name of another table; choose another")
+    candles = raw.get("candles", list(CANDLE_INTERVALS))
+    if not isinstance(candles, list) or any(c not in CANDLE_INTERVALS for c in candles) or "1d" not in candles:
+        reader.problem("tables.candles", f"must be a list of intervals from {list(CANDLE_INTERVALS)} that "
+                                         f"includes \"1d\" (the tutorial's one_day_candle), got {candles!r}")
+        candles = list(CANDLE_INTERVALS)
+    values["candles"] = tuple(c for c in CANDLE_INTERVALS if c in candles)
+    realtime = raw.get("realtime_candles", False)
+    if not isinstance(realtime, bool):
+        reader.problem("tables.realtime_candles", f"must be true or false, got {realtime!r}")
+        realtime = False
+    values["realtime_candles"] = realtime
+    return TablesConfig(**values)
 
 
 def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> SupervisorConfig:
@@ -403,6 +495,26 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
         reader.problem("supervisor.control_socket",
                        f"path is {len(str(sock))} characters; unix sockets allow about 100: choose a shorter one")
     return SupervisorConfig(**values)
+
+
+def _read_backfill(reader: _Reader, raw: Mapping[str, Any]) -> BackfillConfig:
+    default = BackfillConfig()
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        reader.problem("backfill.enabled", f"must be true or false, got {enabled!r}")
+        enabled = False
+    return BackfillConfig(
+        enabled=enabled,
+        min_gap=reader.duration(raw, "min_gap", "backfill.min_gap", default.min_gap),
+        credits_per_minute=reader.number(raw, "credits_per_minute", "backfill.credits_per_minute",
+                                         default.credits_per_minute, integer=True, minimum=1),
+        dp=reader.number(raw, "dp", "backfill.dp", default.dp, integer=True, minimum=0),
+        settle=reader.duration(raw, "settle", "backfill.settle", default.settle),
+        max_attempts=reader.number(raw, "max_attempts", "backfill.max_attempts", default.max_attempts,
+                                   integer=True, minimum=1),
+        rescan_interval=reader.duration(raw, "rescan_interval", "backfill.rescan_interval",
+                                        default.rescan_interval),
+    )
 
 
 def _read_shards(reader: _Reader, raw: Mapping[str, Any], source: SourceConfig,

@@ -13,6 +13,10 @@ Handshake: the key comes from ``?apikey=`` or the ``X-TD-APIKEY`` header; a
 missing or wrong key (or the ``bad_key`` fault) is refused with HTTP 200
 instead of 101, as Twelve Data does. A 4th concurrent connection with one key
 closes the oldest with code 4000 (``CLOSE_EVICTED``).
+
+The same port answers plain HTTP GETs of Twelve Data's REST ``/time_series``
+(deterministic one-minute bars, for gap backfill), ``/api_usage`` and
+``/technical_indicators``: see ``shardctl.feed_rest`` (``rest_url``, ``rest``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from shardctl.config import MAX_CONNECTIONS_PER_KEY
 from shardctl.errors import ShardctlError, UsageError
 from shardctl.feed_catalog import Catalog
 from shardctl.feed_faults import CLOSE_EVICTED, Fault, make_fault, parse_fault_spec
+from shardctl.feed_rest import REST_FAULTS, RestApi
 from shardctl.feed_session import FeedError, ReplayEntry, Session, load_replay
 
 __all__ = ["FeedServer", "FeedStats", "FeedError", "CLOSE_EVICTED", "PATH", "register"]
@@ -93,6 +98,8 @@ class FeedServer:
         self._replay_path = replay
         self.replay_entries: list[ReplayEntry] | None = None
         self.catalog = Catalog(symbols, seed=seed)
+        #: Twelve Data REST (``/time_series``...) on the same port; see ``shardctl.feed_rest``.
+        self.rest = RestApi(self.catalog, api_key=api_key)
         self._cond = threading.Condition()
         self._standing: list[Fault] = list(faults)
         self._bad_key = any(f.name == "bad_key" for f in self._standing)
@@ -119,6 +126,12 @@ class FeedServer:
         """``ws://HOST:PORT/v1/quotes/price`` (valid once started)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ws://{host}:{self.port}{PATH}"
+
+    @property
+    def rest_url(self) -> str:
+        """``http://HOST:PORT``: the REST base URL (``TDClient(base_url=...)``), valid once started."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def symbol_count(self) -> int:
@@ -227,6 +240,9 @@ class FeedServer:
     # ---------------------------------------------------------------- handshake & messages
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        rest = self.rest.handle(connection, request)
+        if rest is not None:
+            return rest
         parts = urlsplit(request.path)
         if parts.path.rstrip("/") != PATH:
             return connection.respond(404, "Not Found\n")
@@ -312,8 +328,12 @@ class FeedServer:
         One-shot (default): fires once on each connection open now (or only ``conn=ID``)
         after it sends ``after`` more price events. ``standing=True``: also arms it on
         every future connection until ``clear``. ``bad_key`` refuses new handshakes
-        until cleared. Raises ``ValueError`` for an unknown fault or parameter.
+        until cleared. ``rate_limit`` (``count=N``) answers the next N REST ``/time_series``
+        requests with 429. Raises ``ValueError`` for an unknown fault or parameter.
         """
+        if fault in REST_FAULTS:
+            self.rest.inject(fault, **params)
+            return
         f = make_fault(fault, **params)
         if f.name == "bad_key":
             with self._cond:
@@ -333,6 +353,9 @@ class FeedServer:
 
     def clear(self, fault: str | None = None) -> None:
         """Disarm ``fault`` (every fault when None): standing and pending ones, an ongoing silence, bad_key."""
+        self.rest.clear(fault)
+        if fault in REST_FAULTS:
+            return
         with self._cond:
             self._standing = [f for f in self._standing if fault not in (None, f.name)]
             if fault in (None, "bad_key"):
@@ -485,6 +508,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
                 else f"rate {args.rate:g}/s" if args.rate else "rate unlimited")
         log.info("feed listening on %s, %d symbols, %s%s%s", server.url, server.symbol_count, mode,
                  ", key required" if api_key else "", f", faults {', '.join(args.fault)}" if faults else "")
+        log.info("REST (Twelve Data /time_series, one-minute bars) on %s", server.rest_url)
         last, last_t = 0, time.monotonic()
         while not stop.wait(stats_interval):
             s = server.stats()

@@ -40,6 +40,14 @@ COUNTERS = {
     "dead_letters": ("dead_letters", "Events dead-lettered (unparsable or rejected)"),
     "parse_errors": ("parse_errors", "Frames that failed to parse"),
     "restarts": ("restarts", "Worker processes started after the shard's first"),
+    "journal_dropped": ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)"),
+}
+#: status key → (gauge name without the shardctl_ prefix, help)
+JOURNAL_GAUGES = {
+    "journal_backlog": ("journal_backlog_records", "Journal records not yet committed to the database"),
+    "journal_bytes": ("journal_bytes", "Bytes in the shard's journal segments"),
+    "seconds_behind": ("seconds_behind", "Age of the oldest journal record not yet committed"),
+    "journal_full": ("journal_full", "1 while the journal is at its cap and reading has stopped"),
 }
 
 
@@ -69,10 +77,14 @@ class ShardCollector(Collector):
                                      labels=["shard"])
         lag = GaugeMetricFamily("shardctl_event_lag_seconds",
                                 "Now minus the last tick's own timestamp", labels=["shard"])
+        gauges = {key: GaugeMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
+                  for key, (name, doc) in JOURNAL_GAUGES.items()}
         for shard in shards:
             name = str(shard["name"])
             for key, family in counters.items():
                 family.add_metric([name], float(shard.get(key) or 0))
+            for key, gauge in gauges.items():
+                gauge.add_metric([name], float(shard.get(key) or 0))
             latency.add_metric([name], count_value=int(shard.get("batches") or 0),
                                sum_value=float(shard.get("batch_seconds_sum") or 0.0))
             batch_max.add_metric([name], float(shard.get("batch_seconds_max") or 0.0))
@@ -86,6 +98,7 @@ class ShardCollector(Collector):
             if shard.get("last_event_ts") is not None:
                 lag.add_metric([name], max(0.0, now - float(shard["last_event_ts"])))
         yield from counters.values()
+        yield from gauges.values()
         yield from (latency, batch_max, state, up, pending, connected, tick_age, lag)
 
 

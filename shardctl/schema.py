@@ -5,17 +5,25 @@
 the supervisor, workers and ``shardctl db init`` may all call it, and records
 the flavour and ``SCHEMA_VERSION`` in ``shardctl_schema``. The flavour
 recorded the first time wins on later runs (a table cannot change kind).
+Running it on a database of an older version is the migration: it adds what
+is missing and keeps every row (version 1 → 2 adds the 1-minute and 1-hour
+candles, a bucket index on each candle table and ``shardctl_candle_state``).
+``upsert_assets`` records symbol names from the stream.
 
-TimescaleDB flavour: the tutorial's hypertable, asset table and
-``one_day_candle`` continuous aggregate with its refresh policy, verbatim
-(``reference/seed-schema.md``), plus nullable ``bid``/``ask`` and an index.
+TimescaleDB flavour: the tutorial's hypertable, asset table and candle
+continuous aggregates with refresh policies (``one_day_candle`` verbatim from
+``reference/seed-schema.md``; the finer ones the same query with their own
+bucket width and window, see ``shardctl.candles.CANDLE_POLICIES``), plus nullable ``bid``/
+``ask`` and an index. ``[tables] realtime_candles`` sets
+``timescaledb.materialized_only`` on every candle view.
 
 PostgreSQL flavour: ticks range-partitioned by UTC day with a DEFAULT
 partition (so no tick is ever rejected), daily partitions created ahead by
 ``ensure_partitions`` and on demand by ``ensure_partition`` (the writer calls
-it for every new day it sees), and ``one_day_candle`` as a table that
-``refresh_candles`` recomputes; both flavours answer the seed query with the
-columns ``bucket | symbol | open | high | low | close | day_volume``.
+it for every new day it sees), and each candle as a table that
+``shardctl.candles.refresh_all_candles`` keeps fresh incrementally (its
+progress in ``shardctl_candle_state``); both flavours answer the seed query with
+the columns ``bucket | symbol | open | high | low | close | day_volume``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import re
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import psycopg2
 import psycopg2.errors
@@ -35,7 +43,10 @@ from shardctl.config import TablesConfig
 from shardctl.database import map_error
 from shardctl.errors import DatabaseError
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from shardctl.candles import CandleSpec
+
+SCHEMA_VERSION = 2
 TIMESCALEDB = "timescaledb"
 POSTGRESQL = "postgresql"
 _LOCK_KEY = 0x5AD0C71  # pg_advisory_lock key for schema changes
@@ -62,9 +73,6 @@ def default_partition_name(tables: TablesConfig) -> str:
 
 
 def _names(conn: Any, tables: TablesConfig) -> dict[str, sql.Composable]:
-    def regclass(name: str) -> sql.Composable:
-        return sql.Literal(sql.Identifier(name).as_string(conn))
-
     return {
         "ticks": sql.Identifier(tables.ticks),
         "assets": sql.Identifier(tables.assets),
@@ -72,15 +80,43 @@ def _names(conn: Any, tables: TablesConfig) -> dict[str, sql.Composable]:
         "ledger": sql.Identifier(tables.ledger),
         "ticks_default": sql.Identifier(default_partition_name(tables)),
         "ticks_symbol_time": sql.Identifier(_identifier(f"{tables.ticks}_symbol_time_idx")),
-        "ticks_regclass": regclass(tables.ticks),
-        "day_candle_regclass": regclass(tables.day_candle),
+        "ticks_regclass": _regclass(conn, tables.ticks),
+        "day_candle_regclass": _regclass(conn, tables.day_candle),
     }
 
 
-def statements(conn: Any, path: str, tables: TablesConfig) -> list[sql.Composed]:
-    """The statements of ``shardctl/sql/<path>`` with table names quoted as identifiers."""
+def _regclass(conn: Any, name: str) -> sql.Composable:
+    return sql.Literal(sql.Identifier(name).as_string(conn))
+
+
+def interval_text(delta: timedelta) -> str:
+    """PostgreSQL interval text in the largest whole unit: '1 day', '3 hours', '10 minutes', '30 seconds'."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    raise ValueError(f"not a whole number of seconds: {delta}")  # pragma: no cover
+
+
+def candle_names(conn: Any, spec: CandleSpec) -> dict[str, sql.Composable]:
+    """The placeholders of the candle SQL files for ``spec`` (identifiers and interval literals)."""
+    return {
+        "candle": sql.Identifier(spec.table),
+        "candle_regclass": sql.Literal(sql.Identifier(spec.table).as_string(conn)),
+        "candle_bucket_idx": sql.Identifier(_identifier(f"{spec.table}_bucket_idx")),
+        "width": sql.Literal(interval_text(spec.width)),
+        "start": sql.Literal(interval_text(spec.start_offset)),
+        "end": sql.Literal(interval_text(spec.end_offset)),
+        "schedule": sql.Literal(interval_text(spec.schedule)),
+    }
+
+
+def statements(conn: Any, path: str, tables: TablesConfig,
+               extra: Mapping[str, sql.Composable] | None = None) -> list[sql.Composed]:
+    """The statements of ``shardctl/sql/<path>`` with table names quoted as identifiers (``extra`` adds names)."""
     text = resources.files("shardctl").joinpath("sql", *path.split("/")).read_text(encoding="utf-8")
-    names = _names(conn, tables)
+    names = {**_names(conn, tables), **(extra or {})}
     result = []
     for chunk in _STATEMENT_END.split(text):
         body = "\n".join(ln for ln in chunk.splitlines() if not ln.lstrip().startswith("--")).strip()
@@ -158,6 +194,7 @@ def _timescaledb_version(cur: Any) -> tuple[int, ...]:
 
 def _apply_timescaledb(conn: Any, tables: TablesConfig) -> None:
     """Autocommit, statement by statement: a continuous aggregate WITH DATA cannot run in a transaction."""
+    from shardctl import candles
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
@@ -174,12 +211,25 @@ def _apply_timescaledb(conn: Any, tables: TablesConfig) -> None:
                                     f"create_hypertable or set [tables] ticks to another name")
         for stmt in statements(conn, "timescaledb/extras.sql", tables):
             cur.execute(stmt)
-        if _relkind(cur, tables.day_candle) is None:
-            for stmt in statements(conn, "timescaledb/candles.sql", tables):
-                cur.execute(stmt)
+        for spec in candles.candle_specs(tables):
+            names = candle_names(conn, spec)
+            if _relkind(cur, spec.table) is None:
+                for stmt in statements(conn, "timescaledb/candles.sql", tables, names):
+                    cur.execute(stmt)
+            cur.execute("SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
+                        "WHERE view_name = %s", (spec.table,))
+            row = cur.fetchone()
+            if row is None:
+                raise DatabaseError(f"{spec.table} exists but is not a continuous aggregate; drop it or set "
+                                    f"[tables] {candles.CANDLE_TABLE_FIELD[spec.interval]} to another name")
+            if row[0] != (not tables.realtime_candles):
+                cur.execute(sql.SQL("ALTER MATERIALIZED VIEW {} SET (timescaledb.materialized_only = {})")
+                            .format(names["candle"], sql.SQL("false" if tables.realtime_candles else "true")))
 
 
 def _apply_postgresql(conn: Any, tables: TablesConfig) -> None:
+    from shardctl import candles
+
     with transaction(conn) as cur:
         kind = _relkind(cur, tables.ticks)
         if kind not in (None, "p"):
@@ -187,6 +237,12 @@ def _apply_postgresql(conn: Any, tables: TablesConfig) -> None:
                                 f"its own table: set [tables] ticks to another name")
         for stmt in statements(conn, "postgresql/tables.sql", tables):
             cur.execute(stmt)
+        for spec in candles.candle_specs(tables):
+            if _relkind(cur, spec.table) not in (None, "r"):
+                raise DatabaseError(f"{spec.table} exists but is not a table; drop it or set [tables] "
+                                    f"{candles.CANDLE_TABLE_FIELD[spec.interval]} to another name")
+            for stmt in statements(conn, "postgresql/candle_table.sql", tables, candle_names(conn, spec)):
+                cur.execute(stmt)
 
 
 def apply_schema(conn: Any, tables: TablesConfig) -> str:
@@ -212,6 +268,8 @@ def apply_schema(conn: Any, tables: TablesConfig) -> str:
             _apply_postgresql(conn, tables)
         with transaction(conn) as cur:
             for stmt in statements(conn, "common/ledger.sql", tables):
+                cur.execute(stmt)
+            for stmt in statements(conn, "common/gaps.sql", tables):
                 cur.execute(stmt)
             cur.execute("""
                 INSERT INTO shardctl_schema (ticks_table, flavour, version) VALUES (%s, %s, %s)
@@ -300,56 +358,35 @@ def ensure_partitions(conn: Any, tables: TablesConfig, days_ahead: int = 7, days
     return created
 
 
-def _floor_day(moment: datetime) -> datetime:
-    moment = moment.astimezone(timezone.utc)
-    return datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
+def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | None]) -> int:
+    """Record ``{symbol: name}`` in the assets table in one committed transaction; return rows added or changed.
 
-
-def candle_window(start_offset: timedelta = timedelta(days=3), end_offset: timedelta | None = None,
-                  *, now: datetime | None = None) -> tuple[datetime, datetime]:
-    """The buckets ``refresh_candles`` recomputes: those starting in [floor(now - start), floor(now - end)).
-
-    ``floor`` is the start of the UTC day. With ``end_offset=None`` the window
-    runs to the end of today (today's bucket included).
+    Every symbol gets a row. A name replaces the stored one only when it is
+    non-empty (after stripping) and different, so an event without
+    ``currency_base`` never blanks a name learnt earlier. Empty or None names
+    are stored as NULL for a new symbol. Raises DatabaseError (one line).
     """
-    now = now or datetime.now(timezone.utc)
-    lo = _floor_day(now - start_offset)
-    hi = _floor_day(now - end_offset) if end_offset is not None else _floor_day(now) + _DAY
-    return lo, hi
-
-
-def refresh_candles(conn: Any, tables: TablesConfig, start_offset: timedelta = timedelta(days=3),
-                    end_offset: timedelta | None = None, *, now: datetime | None = None) -> int:
-    """Recompute the daily candles in ``candle_window(start_offset, end_offset)``; return the buckets written.
-
-    The TimescaleDB policy uses start 3 days, end 1 day, so it never shows
-    today's candle; on plain PostgreSQL the default ``end_offset=None``
-    includes today so a fresh demo shows candles at once (the supervisor calls
-    this periodically). Plain PostgreSQL: DELETE + INSERT in one transaction;
-    open/close are the first/last price by time (ties: lowest/highest price),
-    day_volume the last by time. TimescaleDB: ``refresh_continuous_aggregate``
-    over the same window (returns -1: the count is unknown).
-    """
-    lo, hi = candle_window(start_offset, end_offset, now=now)
-    recorded = recorded_schema(conn, tables)
-    if recorded is None:
-        raise DatabaseError(f"no shardctl schema for {tables.ticks}; run `shardctl db init CONFIG` first")
+    clean = {s.strip(): (n.strip() if isinstance(n, str) and n.strip() else None)
+             for s, n in names.items() if isinstance(s, str) and s.strip()}
+    if not clean:
+        return 0
+    assets = sql.Identifier(tables.assets)
     try:
-        if recorded[0] == TIMESCALEDB:
-            was_autocommit = conn.autocommit
-            conn.autocommit = True
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("CALL refresh_continuous_aggregate(%s::regclass, %s, %s)",
-                                (sql.Identifier(tables.day_candle).as_string(conn), lo, hi))
-            finally:
-                conn.autocommit = was_autocommit
-            return -1
-        written = 0
         with transaction(conn) as cur:
-            for stmt in statements(conn, "postgresql/refresh_candles.sql", tables):
-                cur.execute(stmt, {"lo": lo, "hi": hi})
-                written = cur.rowcount
-        return written
+            cur.execute(sql.SQL(
+                'INSERT INTO {a} AS a (symbol, "name") SELECT * FROM unnest(%s::text[], %s::text[]) '
+                'ON CONFLICT (symbol) DO UPDATE SET "name" = EXCLUDED."name" '
+                'WHERE EXCLUDED."name" IS NOT NULL AND a."name" IS DISTINCT FROM EXCLUDED."name"'
+            ).format(a=assets), (list(clean), list(clean.values())))
+            return cur.rowcount
     except psycopg2.Error as exc:
-        raise _fail(conn, exc, "cannot refresh the candles") from None
+        raise _fail(conn, exc, f"cannot update {tables.assets}") from None
+
+
+def __getattr__(name: str) -> Any:
+    """``candle_window`` and ``refresh_candles`` (version-1 API) moved to ``shardctl.candles``; still importable here."""
+    if name in ("candle_window", "refresh_candles", "candle_specs", "CandleSpec"):
+        from shardctl import candles
+
+        return getattr(candles, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

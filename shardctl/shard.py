@@ -29,7 +29,9 @@ log = logging.getLogger("shardctl.supervisor")
 
 #: Cumulative per-process counters from the worker's stats lines, summed across restarts.
 COUNTER_KEYS = ("ticks_received", "rows_written", "batches", "batch_seconds_sum", "reconnects",
-                "dead_letters", "parse_errors")
+                "dead_letters", "parse_errors", "journal_dropped")
+#: The current worker's journal gauges (zero without a worker).
+JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up")
 #: Values kept from the last stats line, even after the worker exits.
 STICKY_KEYS = ("last_tick_at", "last_event_ts", "last_error")
 REPORT_LINE_LIMIT = 1 << 20
@@ -137,6 +139,7 @@ class Shard:
             "batch_seconds_max": self.stats.get("batch_seconds_max") or 0.0,
             "pending_rows": self.stats.get("pending_rows") or 0,
             "connected": bool(self.stats.get("connected")) and self.process is not None,
+            **{key: self.stats.get(key) or 0 for key in JOURNAL_KEYS},
             **sticky,
             "last_exit": self.last_exit,
         }

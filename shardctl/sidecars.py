@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from shardctl import database, schema
+from shardctl import candles, database, schema
 from shardctl.config import Config, FeedConfig, load_config
 from shardctl.errors import ShardctlError
 
 log = logging.getLogger("shardctl.supervisor")
 
-MAINTENANCE_INTERVAL = 300.0
+MAINTENANCE_INTERVAL = 60.0
 FEED_START_TIMEOUT = 15.0
 
 
@@ -55,7 +55,7 @@ class DatabaseSetup:
         try:
             self.flavour = schema.apply_schema(conn, self.config.tables)
             if self.flavour == schema.POSTGRESQL:
-                schema.refresh_candles(conn, self.config.tables)
+                candles.refresh_all_candles(conn, self.config)
         finally:
             conn.close()
         log.info("schema ready (%s)", self.flavour)
@@ -147,10 +147,11 @@ def maintain(config_path: str | Path) -> int:
                             application_name="shardctl-maintenance", autocommit=True)
     try:
         created = schema.ensure_partitions(conn, config.tables)
-        buckets = schema.refresh_candles(conn, config.tables)
+        rewritten = candles.refresh_all_candles(conn, config)
     finally:
         conn.close()
-    log.info("maintenance: %d partition(s) created, %d candle bucket(s) refreshed", len(created), buckets)
+    log.info("maintenance: %d partition(s) created; candle rows rewritten: %s", len(created),
+             ", ".join(f"{interval} {rows}" for interval, rows in rewritten.items()) or "none due")
     return 0
 
 

@@ -73,6 +73,12 @@ class StreamClient:
         self.reconnects = 0
         self.subscribed = False
         self.last_error: str | None = None
+        #: Wall-clock time of the first successful connection (None before it).
+        self.first_connected_at: float | None = None
+        #: Disconnection intervals not yet taken: (from, to, reason), wall-clock seconds.
+        self.gaps: list[tuple[float, float, str]] = []
+        self._down_since: float | None = None
+        self._down_reason = ""
 
     @property
     def connected(self) -> bool:
@@ -176,6 +182,12 @@ class StreamClient:
             return
         self._ws, self._timeout = ws, None
         self._reader = FrameReader(ws.sock, ws.pong)
+        wall = time.time()
+        if self.first_connected_at is None:
+            self.first_connected_at = wall
+        if self._down_since is not None:
+            self.gaps.append((self._down_since, wall, f"disconnected: {self._down_reason}"))
+            self._down_since = None
         self._bad_key_reported = False
         self.subscribed = False
         if self.connects:
@@ -201,6 +213,8 @@ class StreamClient:
         ws, self._ws = self._ws, None
         self._reader = None
         self.subscribed = False
+        if ws is not None and self._down_since is None:
+            self._down_since, self._down_reason = time.time(), reason
         if ws is not None:
             if abort:
                 ws.abort()

@@ -126,16 +126,24 @@ def _ago(stamp: float | None, now: float) -> str:
     return "-" if stamp is None else _duration(now - float(stamp))
 
 
+def _backlog(shard: dict[str, Any]) -> str:
+    """Journal records not yet in the database and how far behind, e.g. "12,000 (31s)"; "FULL" at the cap."""
+    records = int(shard.get("journal_backlog") or 0)
+    text = f"{records:,} ({_duration(shard.get('seconds_behind'))})" if records else "0"
+    return text + " FULL" if shard.get("journal_full") else text
+
+
 def format_status(shards: list[dict[str, Any]], now: float | None = None) -> str:
     """The aligned status table (one row per shard)."""
     now = time.time() if now is None else now
-    header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "LAST ERROR")
+    header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
+              "LAST ERROR")
     rows = [header]
     for s in shards:
         note = s.get("last_error") if s["state"] == "RUNNING" else s.get("reason")
         rows.append((s["name"], s["state"], str(s["pid"] or "-"), _duration(s.get("uptime")), str(s["restarts"]),
                      f"{int(s.get('rows_written') or 0):,}", f"{float(s.get('ticks_per_second') or 0):.1f}",
-                     _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now),
+                     _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now), _backlog(s),
                      " ".join(str(note or "-").split())[:80]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)

@@ -17,17 +17,19 @@ import io
 import logging
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import psycopg2
 from pgcopy import CopyManager
 from pgcopy.copy import numeric as _pgcopy_numeric
 from psycopg2 import sql
 
+from shardctl.crashpoints import crash_point
 from shardctl.config import TablesConfig
 from shardctl.database import connect, map_error
 from shardctl.errors import DatabaseError, DatabaseUnavailable
-from shardctl.schema import ensure_partition
+from shardctl.gaps import record_gap
+from shardctl.schema import ensure_partition, upsert_assets
 
 log = logging.getLogger("shardctl.writer")
 
@@ -194,6 +196,7 @@ class Writer:
                 if rows:
                     assert self._copy is not None
                     self._copy.copy(rows, io.BytesIO)
+                crash_point("after_copy")
                 cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "
                                     "journal_offset = %s, updated_at = now() WHERE shard = %s").format(ledger),
                             (seq, len(rows), journal_offset, self.shard))
@@ -211,6 +214,22 @@ class Writer:
             raise
         except (psycopg2.Error, ValueError, TypeError) as exc:
             raise self._fail(exc, f"cannot write batch {seq}") from None
+
+    def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None:
+        """Record that this shard may have missed ticks in [gap_from, gap_to) (idempotent; see shardctl.gaps)."""
+        try:
+            record_gap(self._connection(), self.shard, gap_from, gap_to, reason)
+        except DatabaseUnavailable:
+            self._drop()
+            raise
+
+    def upsert_assets(self, names: Mapping[str, str | None]) -> None:
+        """Record symbols and their names as the stream told them (never blanking a known name)."""
+        try:
+            upsert_assets(self._connection(), self.tables, names)
+        except DatabaseUnavailable:
+            self._drop()
+            raise
 
     def close(self) -> None:
         """Close the connection (rolling back nothing committed-pending: every write commits or rolls back)."""

@@ -11,6 +11,8 @@ from typing import Callable
 
 import pytest
 
+from shardctl.schema import SCHEMA_VERSION
+
 from shardctl.config import load_config
 from shardctl.database import connect, dsn_to_uri, mask_dsn, resolve_dsn, resolve_target
 from shardctl.embedded import EmbeddedPostgres
@@ -120,12 +122,12 @@ def test_embedded_lifecycle(tmp_path: Path, server_dir: Path, write_config: Call
         psql = subprocess.run([PSQL, url.stdout.strip(), "-Atc", "SELECT version FROM shardctl_schema"],
                               capture_output=True, text=True, timeout=30)
         assert psql.returncode == 0, psql.stderr
-        assert psql.stdout.strip() == "1"
+        assert psql.stdout.strip() == str(SCHEMA_VERSION)
 
         status = _db(env, "status", str(config))
         assert status.returncode == 0, status.stderr
         assert f"embedded PostgreSQL in {state / 'postgres'} (pid {server.pid()})" in status.stdout
-        assert "flavour: postgresql, schema version 1" in status.stdout
+        assert f"flavour: postgresql, schema version {SCHEMA_VERSION}" in status.stdout
 
         stop = _db(env, "stop", str(config))
         assert stop.returncode == 0 and "stopped" in stop.stdout and not server.running()

@@ -11,8 +11,17 @@ import pytest
 from shardctl.config import TablesConfig
 from shardctl.database import connect
 from shardctl.errors import DatabaseError
-from shardctl.schema import (SCHEMA_VERSION, apply_schema, candle_window, detect_flavour, ensure_partition,
-                             partition_name, recorded_schema, refresh_candles)
+from shardctl.schema import (
+    SCHEMA_VERSION,
+    apply_schema,
+    candle_window,
+    detect_flavour,
+    ensure_partition,
+    partition_name,
+    recorded_schema,
+    refresh_candles,
+    upsert_assets,
+)
 from shardctl.writer import Writer
 
 SEED_QUERY = ("SELECT * FROM one_day_candle WHERE symbol = 'BTC/USD' AND bucket >= NOW() - INTERVAL '14 days' "
@@ -175,6 +184,51 @@ def test_existing_unpartitioned_ticks_table_is_refused(fresh_dsn: str, tables: T
         conn.close()
 
 
+def test_candle_tables_and_state(schema_dsn: str) -> None:
+    for table in ("one_minute_candle", "one_hour_candle", "one_day_candle"):
+        assert [c[0] for c in _columns(schema_dsn, table)] == [
+            "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
+        index = _query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,))
+        assert any(row[0].endswith("USING btree (bucket)") for row in index), table
+    assert [c[0] for c in _columns(schema_dsn, "shardctl_candle_state")] == [
+        "candle_table", "watermark", "last_run", "rows_last"]
+
+
+def test_migration_from_version_1_adds_candles_and_keeps_rows(schema_dsn: str, tables: TablesConfig) -> None:
+    # Make the database look like version 1: no finer candles, no state table, no bucket index.
+    _query(schema_dsn, """DROP TABLE one_minute_candle, one_hour_candle, shardctl_candle_state;
+                          DROP INDEX one_day_candle_bucket_idx;
+                          UPDATE shardctl_schema SET version = 1;
+                          INSERT INTO one_day_candle VALUES ('2030-01-01', 'A', 1, 2, 0.5, 1.5, 10);
+                          INSERT INTO crypto_ticks (time, symbol, price) VALUES ('2030-01-01 10:00+00', 'A', 1);
+                          COMMIT""")
+    conn = connect(schema_dsn)
+    try:
+        assert recorded_schema(conn, tables) == ("postgresql", 1)
+        assert apply_schema(conn, tables) == "postgresql"
+        assert recorded_schema(conn, tables) == ("postgresql", SCHEMA_VERSION) == ("postgresql", 2)
+        assert apply_schema(conn, tables) == "postgresql"  # idempotent
+    finally:
+        conn.close()
+    assert _query(schema_dsn, "SELECT symbol, high FROM one_day_candle") == [("A", 2.0)]
+    assert _query(schema_dsn, "SELECT count(*) FROM one_minute_candle") == [(0,)]
+    assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(1,)]
+    assert _query(schema_dsn, "SELECT count(*) FROM pg_indexes WHERE indexname = 'one_day_candle_bucket_idx'") == [(1,)]
+
+
+def test_upsert_assets_never_blanks_a_name(schema_dsn: str, tables: TablesConfig) -> None:
+    conn = connect(schema_dsn)
+    try:
+        assert upsert_assets(conn, tables, {"BTC/USD": "Bitcoin", "ETH/USD": "", "AAPL": None}) == 3
+        assert upsert_assets(conn, tables, {"BTC/USD": "", "ETH/USD": " Ethereum ", "AAPL": None}) == 1
+        assert upsert_assets(conn, tables, {"BTC/USD": "Bitcoin", " ": "x"}) == 0
+        assert upsert_assets(conn, tables, {}) == 0
+    finally:
+        conn.close()
+    assert _query(schema_dsn, "SELECT symbol, name FROM crypto_assets ORDER BY symbol") == [
+        ("AAPL", None), ("BTC/USD", "Bitcoin"), ("ETH/USD", "Ethereum")]
+
+
 # ------------------------------------------------------------ TimescaleDB (skipped without the extension)
 
 @pytest.mark.timescaledb
@@ -190,16 +244,53 @@ def test_timescaledb_hypertable_and_columnstore(schema_dsn: str) -> None:
 
 
 @pytest.mark.timescaledb
-def test_timescaledb_candle_aggregate_and_policy(schema_dsn: str) -> None:
-    assert _query(schema_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates") == [
-        ("one_day_candle",)]
-    jobs = _query(schema_dsn, "SELECT proc_name, schedule_interval, config::text FROM timescaledb_information.jobs "
-                           "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
-    assert len(jobs) == 1 and jobs[0][1] == timedelta(days=1)
-    assert '"start_offset": "3 days"' in jobs[0][2] and '"end_offset": "1 day"' in jobs[0][2]
-    assert [c[0] for c in _columns(schema_dsn, "one_day_candle")] == [
-        "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
+def test_timescaledb_candle_aggregates_and_policies(schema_dsn: str) -> None:
+    assert sorted(_query(schema_dsn, "SELECT view_name, materialized_only FROM "
+                                     "timescaledb_information.continuous_aggregates")) == [
+        ("one_day_candle", True), ("one_hour_candle", True), ("one_minute_candle", True)]
+    jobs = _query(schema_dsn, "SELECT schedule_interval, config->>'start_offset', config->>'end_offset' "
+                              "FROM timescaledb_information.jobs "
+                              "WHERE proc_name = 'policy_refresh_continuous_aggregate' ORDER BY schedule_interval")
+    assert jobs == [(timedelta(minutes=1), "00:10:00", "00:01:00"),
+                                     (timedelta(hours=1), "03:00:00", "01:00:00"),
+                                     (timedelta(days=1), "3 days", "1 day")]
+    for table in ("one_minute_candle", "one_hour_candle", "one_day_candle"):
+        assert [c[0] for c in _columns(schema_dsn, table)] == [
+            "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
     assert _query(schema_dsn, SEED_QUERY) == []
+
+
+@pytest.mark.timescaledb
+def test_timescaledb_realtime_candles_setting(schema_dsn: str) -> None:
+    tables = TablesConfig(realtime_candles=True)
+    conn = connect(schema_dsn)
+    try:
+        apply_schema(conn, tables)
+    finally:
+        conn.close()
+    assert {r[0] for r in _query(schema_dsn, "SELECT materialized_only FROM "
+                                            "timescaledb_information.continuous_aggregates")} == {False}
+
+
+@pytest.mark.timescaledb
+def test_timescaledb_candles_equal_the_postgresql_ones(schema_dsn: str, tables: TablesConfig) -> None:
+    from test_candles import EXPECTED, TICKS, insert_ticks
+
+    untied = [t for t in TICKS if t[2] not in (102.0, 101.0)]  # first()/last() ties are scan-order dependent
+    insert_ticks(schema_dsn, untied)
+    conn = connect(schema_dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for table in ("one_minute_candle", "one_hour_candle", "one_day_candle"):
+                cur.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (table,))
+    finally:
+        conn.close()
+    expected = {k: list(v) for k, v in EXPECTED.items()}
+    expected["1m"][0] = (expected["1m"][0][0], "BTC/USD", 100.0, 103.0, 100.0, 103.0, Decimal(2))
+    for interval, table in (("1m", "one_minute_candle"), ("1h", "one_hour_candle"), ("1d", "one_day_candle")):
+        rows = _query(schema_dsn, f"SELECT * FROM {table} ORDER BY symbol, bucket")
+        assert rows == sorted(expected[interval], key=lambda r: (r[1], r[0])), interval
 
 
 @pytest.mark.timescaledb

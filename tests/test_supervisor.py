@@ -458,6 +458,8 @@ def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn) -> None:
                     "VALUES (now(), 'BTC/USD', 10, 1), (now(), 'BTC/USD', 12, 2)")
     conn.close()
     config = write_config(tmp_path, "ws://127.0.0.1:9/v1/quotes/price", schema_dsn)
+    # Today's bucket is still open: only real-time candles show it before the day ends.
+    config.write_text(config.read_text() + "\n[tables]\nrealtime_candles = true\n")
     result = subprocess.run([sys.executable, "-m", "shardctl.sidecars", "maintain", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

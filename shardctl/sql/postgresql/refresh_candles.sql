@@ -1,14 +1,17 @@
--- Recompute the daily candles whose bucket starts in [%(lo)s, %(hi)s).
--- Buckets are whole UTC days (date_bin, independent of the session TimeZone),
--- like time_bucket('1 day', time). Ties on "time" are broken by value: open is
--- the lowest price among the first ticks, close the highest among the last;
--- day_volume is the largest among the last (it only grows during a day).
+-- Recompute the candles of {candle} whose bucket starts in [%(lo)s, %(hi)s)
+-- from the ticks; lo and hi are bucket boundaries. Buckets are whole UTC
+-- minutes/hours/days (date_bin from 2000-01-01 UTC, independent of the
+-- session TimeZone), like time_bucket({width}, time). Ties on "time" are
+-- broken by value: open is the lowest price among the first ticks, close the
+-- highest among the last; day_volume is the largest among the last (it only
+-- grows during a day). TimescaleDB's first()/last() keep whichever tied row
+-- the scan meets first instead (not deterministic).
 
-DELETE FROM {day_candle} WHERE bucket >= %(lo)s AND bucket < %(hi)s;
+DELETE FROM {candle} WHERE bucket >= %(lo)s AND bucket < %(hi)s;
 
-INSERT INTO {day_candle} (bucket, symbol, "open", high, low, "close", day_volume)
+INSERT INTO {candle} (bucket, symbol, "open", high, low, "close", day_volume)
 SELECT
-    date_bin('1 day', "time", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+    date_bin({width}, "time", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
     symbol,
     (array_agg(price ORDER BY "time", price NULLS LAST))[1] AS "open",
     MAX(price) AS high,

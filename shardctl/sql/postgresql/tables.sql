@@ -1,6 +1,6 @@
 -- Plain PostgreSQL: ticks range-partitioned by day, a DEFAULT partition so no
--- tick is ever rejected, and the daily candles as a table kept fresh by
--- shardctl.schema.refresh_candles (same columns as the TimescaleDB view).
+-- tick is ever rejected. The candle tables are in candle_table.sql (one per
+-- configured interval, same columns as the TimescaleDB views).
 
 CREATE TABLE IF NOT EXISTS {ticks} (
     "time" TIMESTAMPTZ NOT NULL,
@@ -20,13 +20,12 @@ CREATE TABLE IF NOT EXISTS {assets} (
     "name" TEXT
 );
 
-CREATE TABLE IF NOT EXISTS {day_candle} (
-    bucket TIMESTAMPTZ NOT NULL,
-    symbol TEXT NOT NULL,
-    "open" DOUBLE PRECISION,
-    high DOUBLE PRECISION,
-    low DOUBLE PRECISION,
-    "close" DOUBLE PRECISION,
-    day_volume NUMERIC,
-    PRIMARY KEY (symbol, bucket)
+-- Refresh progress per candle table (shardctl.candles.refresh_all_candles):
+-- every bucket before "watermark" has been materialised by a policy-window
+-- refresh; "last_run" is the time of that refresh (the schedule).
+CREATE TABLE IF NOT EXISTS shardctl_candle_state (
+    candle_table TEXT PRIMARY KEY,
+    watermark TIMESTAMPTZ,
+    last_run TIMESTAMPTZ,
+    rows_last BIGINT
 );

@@ -1,0 +1,255 @@
+"""Never lose a tick: database outages, kill -9, crashes inside a commit, a torn journal, the journal cap.
+
+Every scenario compares the feed's sent-log with the database, tick by tick:
+what a worker stores from one connection must be exactly a prefix of what
+the feed sent on it (a hole means a received tick was lost; a surplus means a
+duplicate). What follows the prefix was in flight when the worker died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from shardctl.feed import FeedServer
+from support import query, row_count, wait_until
+from test_worker import start_worker, workers, write_config  # noqa: F401 (fixture)
+
+#: Stocks and crypto carry a day_volume that grows with every tick, which makes each tick unique.
+SYMBOLS = ("AAPL", "MSFT", "BTC/USD", "ETH/USD")
+
+
+def tick_key(event: dict) -> tuple:
+    return (event["symbol"], event["timestamp"], event["price"], event["day_volume"])
+
+
+def stored_keys(dsn: str) -> Counter:
+    return Counter((s, int(t), p, int(v)) for s, t, p, v in query(
+        dsn, "SELECT symbol, extract(epoch FROM time)::bigint, price, day_volume FROM crypto_ticks"))
+
+
+def assert_prefixes(feed: FeedServer, dsn: str) -> dict[int, int]:
+    """Stored ticks are, per feed connection, exactly a prefix of what it sent; returns each prefix length."""
+    remaining = stored_keys(dsn)
+    total = sum(remaining.values())
+    prefixes: dict[int, int] = {}
+    for conn in sorted(feed.stats().per_connection):
+        taken = 0
+        for event in feed.sent_events(conn):
+            key = tick_key(event)
+            if remaining[key] <= 0:
+                break
+            remaining[key] -= 1
+            taken += 1
+        prefixes[conn] = taken
+    leftover = +remaining
+    assert not leftover, f"{sum(leftover.values())} stored tick(s) are not in any connection's sent prefix " \
+                         f"(lost ticks before them, or duplicates): {list(leftover)[:5]}"
+    assert sum(prefixes.values()) == total
+    return prefixes
+
+
+def ledger_rows(dsn: str) -> int:
+    return query(dsn, "SELECT coalesce(sum(rows_total), 0) FROM shardctl_ledger")[0][0]
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_database_outage_of_30s_loses_and_duplicates_nothing(tmp_path, pg_server, schema_dsn, workers) -> None:
+    if not pg_server.embedded:
+        pytest.skip("stops and starts the database server: needs the embedded test server")
+    with FeedServer(rate=2500, symbols=SYMBOLS, seed=21, keep_sent=1_000_000) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, symbols=SYMBOLS, batch_size=1000, max_pending_rows=5000)
+        worker = start_worker(workers, tmp_path, config)
+        wait_until(lambda: row_count(schema_dsn) >= 5000, what="rows before the outage")
+        rss_before = rss_kb(worker.pid)
+        pg_server.stop()
+        try:
+            outage_end = time.monotonic() + 30
+            worker.wait_log(r"reading into the journal only", timeout=30)
+            peak = rss_before
+            while time.monotonic() < outage_end:  # the outage lasts 30 s by definition; sample memory meanwhile
+                peak = max(peak, rss_kb(worker.pid))
+                time.sleep(0.5)
+            sent_during = feed.stats().sent
+        finally:
+            pg_server.start()
+        wait_until(lambda: row_count(schema_dsn) >= sent_during, timeout=90, what="the backlog to drain")
+        worker.wait_log(r"caught up with the journal", timeout=60)
+        assert worker.terminate() == 0
+        prefixes = assert_prefixes(feed, schema_dsn)
+    log = worker.log()
+    assert log.count("worker started:") == 1 and worker.proc.returncode == 0, "the worker was never restarted"
+    assert len(prefixes) == 1, "one connection throughout: the outage did not touch the stream"
+    assert sum(prefixes.values()) >= sent_during >= 2500 * 30
+    assert ledger_rows(schema_dsn) == row_count(schema_dsn), "no batch was committed twice"
+    # 75,000+ ticks arrived during the outage; held in memory they would take tens of MB.
+    assert peak - rss_before < 20_000, f"worker memory grew {peak - rss_before} kB during the outage"
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_records_gaps(tmp_path, schema_dsn, workers) -> None:
+    rng = random.Random(1234)
+    kills: list[float] = []
+    with FeedServer(rate=1500, symbols=SYMBOLS, seed=22, keep_sent=1_000_000) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, symbols=SYMBOLS, batch_size=200, flush_interval="100ms")
+        for _ in range(10):
+            worker = start_worker(workers, tmp_path, config)
+            worker.wait_log(r"subscribed to")
+            time.sleep(rng.uniform(0.2, 1.2))  # a random moment is the point of this test
+            worker.proc.send_signal(signal.SIGKILL)
+            worker.proc.wait(10)
+            kills.append(time.time())
+        final = start_worker(workers, tmp_path, config)
+        final.wait_log(r"subscribed to")
+        before = row_count(schema_dsn)
+        wait_until(lambda: row_count(schema_dsn) >= before + 500, what="rows after the last restart")
+        wait_until(lambda: len(gap_rows(schema_dsn)) >= 10, what="ten worker-down gaps")
+        assert final.terminate() == 0
+        prefixes = assert_prefixes(feed, schema_dsn)
+    assert len(prefixes) == 11 and all(n > 0 for n in prefixes.values())
+    assert ledger_rows(schema_dsn) == row_count(schema_dsn)
+    gaps = gap_rows(schema_dsn)
+    for killed_at in kills:
+        assert any(start <= killed_at <= end for start, end in gaps), f"no gap covers the kill at {killed_at}"
+
+
+def gap_rows(dsn: str) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in query(
+        dsn, "SELECT extract(epoch FROM gap_from), extract(epoch FROM gap_to) FROM shardctl_gaps "
+             "WHERE reason = 'worker down' ORDER BY gap_from")]
+
+
+@pytest.mark.parametrize("point, committed", [("after_copy", 200), ("after_commit", 300)])
+def test_crash_inside_a_commit_loses_and_duplicates_nothing(tmp_path, schema_dsn, workers, point,
+                                                            committed) -> None:
+    with FeedServer(rate=1000, count=2000, symbols=SYMBOLS, seed=23, keep_sent=100_000) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, symbols=SYMBOLS, batch_size=100, flush_interval="5s")
+        crashing = start_worker(workers, tmp_path, config, env={"SHARDCTL_CRASH_AT": f"{point}:3"})
+        assert crashing.proc.wait(30) == -signal.SIGKILL
+        assert row_count(schema_dsn) == committed, "the third batch commits only if the crash came after COPY+commit"
+        survivor = start_worker(workers, tmp_path, config)
+        feed.wait_for(lambda s: s.per_connection.get(max(s.per_connection), 0) >= 2000 and s.accepted == 2,
+                      timeout=30)
+        wait_until(lambda: row_count(schema_dsn) >= 300 + 2000, what="the replay and the new stream")
+        assert survivor.terminate() == 0
+        prefixes = assert_prefixes(feed, schema_dsn)
+    first, second = (prefixes[c] for c in sorted(prefixes))
+    assert first >= 300, "every tick journaled before the crash was replayed"
+    assert second == 2000
+    assert ledger_rows(schema_dsn) == row_count(schema_dsn)
+    # The replay starts right after the ledger's offset, so no batch is even offered twice.
+    assert "already committed" not in survivor.log()
+
+
+def test_torn_journal_tail_is_cut_and_the_worker_goes_on(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=1000, symbols=SYMBOLS, seed=24, keep_sent=200_000) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, symbols=SYMBOLS, batch_size=100, flush_interval="5s")
+        crashing = start_worker(workers, tmp_path, config, env={"SHARDCTL_CRASH_AT": "after_copy:4"})
+        assert crashing.proc.wait(30) == -signal.SIGKILL
+        segments = sorted((tmp_path / "state" / "shards" / "s1" / "journal").glob("*.seg"))
+        last = segments[-1]
+        size = last.stat().st_size
+        with open(last, "r+b") as handle:
+            handle.truncate(size - 7)  # a record torn mid-write
+        survivor = start_worker(workers, tmp_path, config)
+        survivor.wait_log(r"cut \d+ byte")
+        before = row_count(schema_dsn)
+        wait_until(lambda: row_count(schema_dsn) >= before + 500, what="rows after the cut")
+        assert survivor.terminate() == 0
+        prefixes = assert_prefixes(feed, schema_dsn)
+    assert min(prefixes.values()) >= 300
+    assert ledger_rows(schema_dsn) == row_count(schema_dsn)
+
+
+# ------------------------------------------------------------------ the journal cap, under the supervisor
+
+@pytest.fixture
+def supervisor_run(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def status_json(config: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "shardctl", "status", str(config), "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["shards"][0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("action", ["block", "drop_oldest"])
+def test_journal_cap_with_the_database_down(tmp_path, pg_server, schema_dsn, supervisor_run, action) -> None:
+    if not pg_server.embedded:
+        pytest.skip("stops and starts the database server: needs the embedded test server")
+    port = free_port()
+    with FeedServer(rate=3000, symbols=SYMBOLS, seed=25, keep_sent=500_000) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, symbols=SYMBOLS, batch_size=500, max_pending_rows=1000,
+                              journal_segment_bytes="64KiB", journal_max_bytes="256KiB", journal_on_full=action)
+        config.write_text(config.read_text().replace("[defaults]", f"[supervisor]\nmetrics_port = {port}\n"
+                                                     f"start_grace = \"1s\"\nheartbeat_timeout = \"30s\"\n[defaults]"))
+        log = open(tmp_path / "supervisor.log", "wb")
+        env = {k: v for k, v in os.environ.items() if k != "SHARDCTL_DSN"}
+        supervisor_run.append(subprocess.Popen([sys.executable, "-m", "shardctl", "start", str(config)],
+                                               stdout=log, stderr=subprocess.STDOUT, env=env))
+        wait_until(lambda: row_count(schema_dsn) >= 1000, timeout=30, what="rows before the outage")
+        pg_server.stop()
+        try:
+            if action == "block":
+                shard = wait_until(lambda: (s := status_json(config))["journal_full"] and s, timeout=30,
+                                   what="status to show the journal full")
+                assert "FULL" in subprocess.run([sys.executable, "-m", "shardctl", "status", str(config)],
+                                                capture_output=True, text=True, timeout=30).stdout
+                metric = "shardctl_journal_full"
+            else:
+                shard = wait_until(lambda: (s := status_json(config))["journal_dropped"] > 0 and s, timeout=30,
+                                   what="status to show dropped frames")
+                metric = "shardctl_journal_dropped_frames_total"
+            assert shard["state"] == "RUNNING" and shard["journal_bytes"] <= 256 * 1024 + 65536
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            value = [line for line in metrics.splitlines() if line.startswith(metric + "{")]
+            assert value and float(value[0].split()[-1]) > 0, value
+        finally:
+            pg_server.start()
+        wait_until(lambda: (s := status_json(config)) and not s["catching_up"] and not s["journal_full"]
+                   and s["seconds_behind"] < 5, timeout=60, what="the backlog to drain")
+        proc = supervisor_run[0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        prefixes = assert_prefixes(feed, schema_dsn) if action == "block" else None
+    if action == "block":
+        assert prefixes is not None and sum(prefixes.values()) == row_count(schema_dsn)
+    else:
+        reasons = [r for (r,) in query(schema_dsn, "SELECT reason FROM shardctl_gaps")]
+        assert any(r.startswith("journal cap: dropped") for r in reasons), reasons
+    assert ledger_rows(schema_dsn) == row_count(schema_dsn)
