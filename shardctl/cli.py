@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "shardctl.feed",
     "shardctl.dbcli",
     "shardctl.deadletters",
+    "shardctl.bench",
     "shardctl.gaps",
     "shardctl.candles",
 )
