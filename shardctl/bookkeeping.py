@@ -35,6 +35,8 @@ class Bookkeeper:
         self.down_since: float | None = None
         #: Symbols seen in this process.
         self.symbols: set[str] = set()
+        #: Gaps the worker itself noticed (e.g. time blocked at the journal cap): (from, to, reason).
+        self.gaps: list[tuple[float, float, str]] = []
         self._new_assets: dict[str, str | None] = {}
         self._journal_gaps_taken = 0
 
@@ -46,7 +48,7 @@ class Bookkeeper:
 
     def hand_over(self, stream: StreamClient, journal: Journal, committer: Committer) -> None:
         """Queue every gap and asset name learnt since the last call as committer tasks."""
-        gaps: list[tuple[float, float, str]] = []
+        gaps, self.gaps = self.gaps, []
         if self.down_since is not None and stream.first_connected_at is not None:
             gaps.append((self.down_since, stream.first_connected_at, "worker down"))
             self.down_since = None

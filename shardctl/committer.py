@@ -29,6 +29,7 @@ log = logging.getLogger("shardctl.committer")
 
 
 class BatchWriter(Protocol):
+    def last_committed(self) -> int: ...
     def last_journal_offset(self) -> int | None: ...
     def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None) -> bool: ...
     def close(self) -> None: ...
@@ -57,6 +58,8 @@ class _Batch:
 Task = Callable[["BatchWriter"], object]
 #: What ``_retrying`` returns when it gave up because the committer is closing.
 _ABANDONED = object()
+#: A side task (gap, asset names) failing this often with a non-connection error is dropped, logged.
+TASK_ATTEMPTS = 5
 
 
 class LatencyLog:
@@ -95,6 +98,8 @@ class Committer:
         self._backoff = Backoff(retry_initial, retry_max, reset_after=retry_max)
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
         self.stats = CommitStats()
+        #: Set when the thread died of an unexpected error; the worker must then exit (and replay).
+        self.failure: str | None = None
 
     @property
     def pending_rows(self) -> int:
@@ -110,7 +115,9 @@ class Committer:
 
         Call before ``start`` (it uses the writer from the caller's thread).
         """
-        offset = self._writer.last_journal_offset() or 0
+        # A ledger row written before batches were keyed by journal offsets holds a plain batch counter
+        # in last_seq: start above it, or new batches would be skipped as "already committed".
+        offset = max(self._writer.last_committed(), self._writer.last_journal_offset() or 0)
         self.stats.committed_offset = offset
         return offset
 
@@ -133,7 +140,7 @@ class Committer:
     def drain(self, deadline: float) -> bool:
         """Wait until everything queued is done or ``deadline`` (monotonic) passes; True if all is."""
         with self._cond:
-            while self._queue and time.monotonic() < deadline:
+            while self._queue and self.failure is None and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             return not self._queue
 
@@ -144,13 +151,25 @@ class Committer:
             self._cond.notify_all()
         self._abandon.set()
         self._thread.join(timeout=5.0)
-        self._writer.close()
+        if self._thread.is_alive():
+            log.error("the writer thread is stuck in a database call; leaving its connection to the OS")
+        else:
+            self._writer.close()
         if self._latency_log is not None:
             self._latency_log.close()
 
     # ------------------------------------------------------------ thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - reported to the worker, which exits and replays
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.critical("the writer thread failed: %s", self.failure, exc_info=True)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -161,7 +180,8 @@ class Committer:
             if isinstance(item, _Batch):
                 if not self._commit(item):
                     return
-            elif self._retrying(lambda: item(self._writer), self._abandon) is _ABANDONED:
+            elif self._retrying(lambda: item(self._writer), self._abandon,
+                                give_up_after=TASK_ATTEMPTS) is _ABANDONED:
                 return
             with self._cond:
                 self._queue.popleft()
@@ -188,18 +208,31 @@ class Committer:
                 self._latency_log.record(committed_at, batch.arrivals)
         else:
             stats.skipped_batches += 1
+            log.warning("batch ending at journal offset %d was already committed; not written again", batch.seq)
         stats.committed_offset = batch.seq
         if self._on_committed is not None:
             self._on_committed(batch.seq)
         return True
 
-    def _retrying(self, action: Callable[[], object], stop: threading.Event) -> object:
-        """Run ``action`` until it succeeds and return its result; ``_ABANDONED`` if ``stop`` is set first."""
+    def _retrying(self, action: Callable[[], object], stop: threading.Event, *,
+                  give_up_after: int | None = None) -> object:
+        """Run ``action`` until it succeeds and return its result; ``_ABANDONED`` if ``stop`` is set first.
+
+        Batches are retried for as long as it takes (the operator fixes rights or
+        space; ``last_error`` shows why). With ``give_up_after``, an action that
+        fails that often with an error other than "unavailable" is dropped (None).
+        """
         failing_since: float | None = None
+        refusals = 0
         while not stop.is_set():
             try:
                 result = action()
-            except (DatabaseUnavailable, DatabaseError) as exc:
+            except DatabaseError as exc:
+                if not isinstance(exc, DatabaseUnavailable):
+                    refusals += 1
+                    if give_up_after is not None and refusals >= give_up_after:
+                        log.error("giving up on a side task after %d refusals: %s", refusals, exc)
+                        return None
                 now = time.monotonic()
                 delay = self._backoff.failed(now)
                 self.stats.db_retries += 1

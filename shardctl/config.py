@@ -177,6 +177,8 @@ class SupervisorConfig:
     pidfile: Path = Path()
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    #: Variable holding the status page's token for its buttons; unset: a random token in STATE_DIR/run/status-token.
+    status_token_env: str | None = None
     start_grace: float = 5.0
     heartbeat_timeout: float = 15.0
     restart_initial: float = 1.0
@@ -248,6 +250,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
 }
 _SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
@@ -488,12 +491,19 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
                 reader.problem(where, "must be a TCP port (1-65535), or 0 to turn metrics off")
         elif f.name == "max_failures":
             values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
+        elif f.name == "status_token_env":
+            values[f.name] = reader.string(raw, f.name, where, None)
+            if values[f.name] and not _ENV_NAME.match(values[f.name]):
+                reader.problem(where, f"{values[f.name]!r} is not an environment variable name (letters, digits, _)")
         else:
             values[f.name] = reader.duration(raw, f.name, where, f.default)
     sock = values["control_socket"]
     if len(str(sock)) > 100:
-        reader.problem("supervisor.control_socket",
-                       f"path is {len(str(sock))} characters; unix sockets allow about 100: choose a shorter one")
+        # Only the supervisor binds it (workers and one-off commands never do): a warning here,
+        # an error from `shardctl start`.
+        reader.warn("supervisor.control_socket",
+                    f"path is {len(str(sock))} characters; unix sockets allow about 100: choose a shorter one "
+                    "before `shardctl start`")
     return SupervisorConfig(**values)
 
 
@@ -609,6 +619,10 @@ def _check_api_keys(reader: _Reader, config: Config) -> None:
             key = "source.api_key_env" if env == config.source.api_key_env else f"shards.{first}.api_key_env"
             reader.env_missing(key, f"environment variable {env} is not set; export your Twelve Data API key in it "
                              f"before `shardctl start` (needed by shard(s) {', '.join(names)})")
+    token_env = config.supervisor.status_token_env
+    if token_env and config.supervisor.metrics_port and not os.environ.get(token_env):
+        reader.env_missing("supervisor.status_token_env", f"environment variable {token_env} is not set; export the "
+                           "status page's token in it, or remove the key to have one generated in run/status-token")
     if config.database.dsn_env and not os.environ.get(config.database.dsn_env):
         reader.env_missing("database.dsn_env", f"environment variable {config.database.dsn_env} is not set; "
                                         "export the database URL in it before `shardctl start`")

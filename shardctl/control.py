@@ -97,6 +97,10 @@ def peer_uid(sock: Any) -> int | None:
     return int(uid)
 
 
+#: Longest unix socket path Linux accepts (sun_path is 108 bytes with the terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
 class ControlServer:
     """Serves ``handler`` on a unix socket; ``start`` binds, ``close`` stops and removes the socket."""
 
@@ -109,6 +113,10 @@ class ControlServer:
 
     async def start(self) -> None:
         """Bind the socket; raise ShardctlError when another supervisor already answers on it."""
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise ShardctlError(f"the control socket path {self.path} is {len(os.fsencode(self.path))} bytes; "
+                                f"unix sockets allow {MAX_SOCKET_PATH}: set supervisor.control_socket or "
+                                "state_dir to a shorter path")
         parent = self.path.parent
         if not parent.exists():
             parent.mkdir(mode=0o700, parents=True, exist_ok=True)

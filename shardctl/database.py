@@ -31,7 +31,8 @@ from shardctl.errors import ConfigError, DatabaseError, DatabaseUnavailable, Emb
 DSN_ENV = "SHARDCTL_DSN"
 CONNECT_TIMEOUT = 5
 
-_URL_PASSWORD = re.compile(r"^([a-z0-9+.-]+://[^/@:?#]*:)[^@/?#]*@", re.IGNORECASE)
+# The userinfo of a URL runs to the LAST "@" before the host; a password may hold "/" or "@".
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 

@@ -22,7 +22,8 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 _CHUNK = 262144
-_MAX_MESSAGE = 16 * 1024 * 1024
+#: Largest message accepted (the journal takes frames up to 16 MiB, header included).
+_MAX_MESSAGE = 16 * 1024 * 1024 - 64
 
 
 class ProtocolError(Exception):
@@ -40,6 +41,7 @@ class FrameReader:
         self._pos = 0
         self._fragments: list[bytes] | None = None
         self._fragment_opcode = OP_TEXT
+        self._fragment_bytes = 0
 
     def read(self) -> tuple[int, bytes] | None:
         """Return the next (opcode, payload) message: TEXT/BINARY or CLOSE; None when the socket timeout expires.
@@ -65,6 +67,9 @@ class FrameReader:
                 if self._fragments is None:
                     raise ProtocolError("continuation frame without a first fragment")
                 self._fragments.append(payload)
+                self._fragment_bytes += len(payload)
+                if self._fragment_bytes > _MAX_MESSAGE:
+                    raise ProtocolError(f"fragmented message larger than {_MAX_MESSAGE} bytes")
                 if fin:
                     message, self._fragments = b"".join(self._fragments), None
                     return self._fragment_opcode, message
@@ -73,7 +78,7 @@ class FrameReader:
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
             if fin:
                 return opcode, payload
-            self._fragments, self._fragment_opcode = [payload], opcode
+            self._fragments, self._fragment_opcode, self._fragment_bytes = [payload], opcode, len(payload)
 
     def _fill(self) -> bool:
         if self._pos:

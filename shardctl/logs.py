@@ -9,7 +9,7 @@ import sys
 import time
 
 _SECRET_QUERY = re.compile(r"(?i)((?:apikey|api_key|password|token)=)[^&\s\"']+")
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^\s]*@")
 
 
 def mask_secrets(text: str) -> str:

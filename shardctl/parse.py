@@ -92,6 +92,9 @@ class FrameParser:
         symbol = event.get("symbol")
         if type(symbol) is not str or not symbol:
             return Parsed(Kind.BAD, reason="price event without a symbol")
+        if not symbol.isprintable() or len(symbol) > 64:
+            # PostgreSQL refuses NUL in TEXT; a control character is never a real symbol.
+            return Parsed(Kind.BAD, reason="price event with an unprintable or overlong symbol")
         price = _number(event.get("price"))
         if price is None:
             return Parsed(Kind.BAD, reason=f"price event for {symbol} without a numeric price")

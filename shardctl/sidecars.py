@@ -70,14 +70,31 @@ class DatabaseSetup:
                 log.error("%s", exc)
 
     async def maintenance_loop(self, interval: float = MAINTENANCE_INTERVAL) -> None:
-        """Every ``interval`` seconds run one maintenance pass in a child process; failures are logged."""
+        """Every ``interval`` seconds run one maintenance pass in a child process; failures are logged.
+
+        A pass that takes longer than ``interval`` is killed (and retried next
+        time); cancelling the loop kills a pass in progress.
+        """
         while True:
             await asyncio.sleep(interval)
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shardctl.sidecars", "maintain", str(self.config.path),
-                env={**os.environ, "SHARDCTL_DSN": self.dsn}, start_new_session=True,
-                stdin=asyncio.subprocess.DEVNULL)
-            code = await process.wait()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "shardctl.sidecars", "maintain", str(self.config.path),
+                    env={**os.environ, "SHARDCTL_DSN": self.dsn}, start_new_session=True,
+                    stdin=asyncio.subprocess.DEVNULL)
+            except OSError as exc:
+                log.warning("cannot start maintenance (partitions, candles): %s; retrying in %gs", exc, interval)
+                continue
+            try:
+                code = await asyncio.wait_for(process.wait(), timeout=interval)
+            except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.warning("maintenance took longer than %gs and was stopped; retrying next time", interval)
+                continue
             if code != 0:
                 log.warning("maintenance (partitions, candles) failed with exit code %d; retrying in %gs",
                             code, interval)

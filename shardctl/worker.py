@@ -28,7 +28,6 @@ import argparse
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +39,7 @@ from shardctl.bookkeeping import Bookkeeper
 from shardctl.committer import Committer, LatencyLog
 from shardctl.config import Config, ShardConfig, load_config
 from shardctl.deadletters import DeadLetters, dead_letter_path
-from shardctl.errors import EXIT_OK, DatabaseError, ShardctlError
+from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
 from shardctl.journal import Journal
 from shardctl.parse import FrameParser, Kind
 from shardctl.stream import StreamClient
@@ -63,8 +62,10 @@ class Worker:
         self.shard = shard
         self._backfill_rescan = config.backfill.rescan_interval
         self.settings = s = shard.settings
-        self.stop_requested = threading.Event()
+        #: Set by signal handlers and the loop itself; a plain attribute, so a handler never takes a lock.
+        self.stopping = False
         self._stop_reason = ""
+        self._exit_code = EXIT_OK
         self._reporter = Reporter(report_fd)
         self._parser = FrameParser()
         self._batcher: Batcher[tuple] = Batcher(s.batch_size, s.flush_interval)
@@ -102,14 +103,15 @@ class Worker:
         self._last_tick_at: float | None = None
         self._last_event_ts: int | None = None
         self._blocked_logged = False
+        self._blocked_since = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
     def request_stop(self, reason: str) -> None:
-        """Ask the main loop to stop (safe from a signal handler)."""
-        if not self.stop_requested.is_set():
+        """Ask the main loop to stop (safe from a signal handler: it only sets attributes)."""
+        if not self.stopping:
             self._stop_reason = reason
-            self.stop_requested.set()
+            self.stopping = True
 
     def run(self) -> int:
         """Stream until asked to stop; the exit code follows the module's stop contract."""
@@ -129,7 +131,7 @@ class Worker:
                  self._stream.url)
         next_report = time.monotonic()
         try:
-            while not self.stop_requested.is_set():
+            while not self.stopping:
                 busy = self._catch_up() if not self._live else False
                 if self._journal.full:
                     # Commits free whole segments: hand over what is batched and look again soon.
@@ -140,6 +142,7 @@ class Worker:
                     if self._blocked_logged:
                         self._blocked_logged = False
                         log.info("the journal has room again; reading the socket")
+                        self._books.gaps.append((self._blocked_since, time.time(), "journal full: not reading"))
                     self._read_socket(busy)
                 now = time.monotonic()
                 if self._batcher.due(now):
@@ -156,7 +159,7 @@ class Worker:
     def _wait_for_ledger(self) -> int | None:
         """The committed journal offset, asking every second (and reporting) until the database answers."""
         logged = False
-        while not self.stop_requested.is_set():
+        while not self.stopping:
             try:
                 return self._committer.committed_base()
             except DatabaseError as exc:
@@ -165,7 +168,9 @@ class Worker:
                     logged = True
                     log.error("cannot read the ledger (%s); waiting for the database before streaming", exc)
                 self._report()
-                self.stop_requested.wait(1.0)
+                for _ in range(10):
+                    if not self.stopping:
+                        time.sleep(0.1)
         return None
 
     def _open_journal_at(self, base: int) -> None:
@@ -186,6 +191,7 @@ class Worker:
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.stop_timeout
+        self._journal.flush()
         self._flush()
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
@@ -202,7 +208,7 @@ class Worker:
         if not drained or waiting > 0:
             log.warning("%d journal record(s) are not in the database yet (%s); they are written at the next start",
                         self._journal.backlog_records, stats.last_error or "stop deadline")
-        return EXIT_OK
+        return self._exit_code
 
     # ------------------------------------------------------------ the data path
 
@@ -293,14 +299,30 @@ class Worker:
     # ------------------------------------------------------------ bookkeeping
 
     def _housekeeping(self, now: float) -> None:
+        if self._committer.failure is not None:
+            log.error("stopping: the writer thread failed (%s); the journal is replayed at the next start",
+                      self._committer.failure)
+            self._exit_code = EXIT_RUNTIME
+            self.request_stop("writer thread failed")
+        self._journal.flush()
+        self._commit_trailing_frames()
         self._report()
         self._dead.flush_log(now)
-        self._alive.touch()
+        if self._stream.connected:
+            self._alive.touch()
         self._books.hand_over(self._stream, self._journal, self._committer)
+
+    def _commit_trailing_frames(self) -> None:
+        """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
+        if (self._live and not len(self._batcher) and self._parsed_to > self._submitted_to
+                and not self._committer.pending_rows):
+            self._committer.submit([], self._parsed_to)
+            self._submitted_to = self._parsed_to
 
     def _note_blocked(self) -> None:
         if not self._blocked_logged:
             self._blocked_logged = True
+            self._blocked_since = time.time()
             log.error("journal is full (%d bytes, journal_on_full = \"block\"): not reading the socket until the "
                       "database takes the backlog", self._journal.size_bytes)
 

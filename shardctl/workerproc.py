@@ -52,10 +52,10 @@ class ShardLock:
 
 
 class AliveStamp:
-    """A file holding the last wall-clock time the worker was known to be streaming.
+    """A file holding the last wall-clock time the worker was known to be connected and streaming.
 
-    Read at start, it tells how long the shard was down (a gap); ``touch`` is
-    called about once a second.
+    Read at start, it tells how long the shard was down (a gap); the worker
+    touches it about once a second while its stream is connected.
     """
 
     def __init__(self, path: Path) -> None:

@@ -42,6 +42,14 @@ def _db(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 # ------------------------------------------------------------ shardctl.database
 
+@pytest.mark.parametrize("dsn, masked", [
+    ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:p@ss@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
+])
+def test_mask_dsn_hides_passwords_with_slashes_and_ats(dsn: str, masked: str) -> None:
+    assert mask_dsn(dsn) == masked
+
+
 def test_mask_dsn_hides_passwords() -> None:
     assert mask_dsn("postgresql://bob:s3cret@db.example.com:5432/ticks?sslmode=require") == (
         "postgresql://bob:***@db.example.com:5432/ticks?sslmode=require")

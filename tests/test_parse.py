@@ -83,6 +83,7 @@ def test_heartbeat_and_unknown_events() -> None:
     (b'{"status": "ok"}', 'no "event" field'),
     (b'{"event": "price", "timestamp": 1700000000, "price": 1}', "without a symbol"),
     (b'{"event": "price", "symbol": "", "timestamp": 1700000000, "price": 1}', "without a symbol"),
+    (b'{"event": "price", "symbol": "A\\u0000B", "timestamp": 1700000000, "price": 1}', "unprintable"),
     (b'{"event": "price", "symbol": "AAPL", "timestamp": 1700000000}', "without a numeric price"),
     (b'{"event": "price", "symbol": "AAPL", "timestamp": 1700000000, "price": "342.1"}', "without a numeric price"),
     (b'{"event": "price", "symbol": "AAPL", "timestamp": 1700000000, "price": true}', "without a numeric price"),

@@ -55,6 +55,7 @@ def test_n_ticks_at_a_steady_rate_become_exactly_n_rows(tmp_path, schema_dsn, wo
         assert worker.terminate() == 0
         sent = sent_ticks(feed.sent_events())
     assert sum(sent.values()) == 600
+    assert "not in the database yet" not in worker.log(), "trailing heartbeats are committed too: no backlog"
     assert stored_ticks(schema_dsn) == sent
     assert {s for s, _, _ in sent} == set(SYMBOLS)
 
