@@ -146,8 +146,15 @@ class Shard:
 
     # ------------------------------------------------------------ process
 
-    async def launch(self, *, manual: bool = False, reason: str = "") -> None:
-        """Start a worker now (STOPPED/BACKOFF/FATAL → STARTING); a failed exec counts as a crash."""
+    async def launch(self, *, manual: bool = False, reason: str = "", after_backoff: bool = False) -> None:
+        """Start a worker now (STOPPED/BACKOFF/FATAL → STARTING); a failed exec counts as a crash.
+
+        ``after_backoff`` launches (queued by the clock) do nothing if the shard
+        left BACKOFF meanwhile (an operator's stop came first). A stop that
+        arrives while the worker is being exec'd terminates it as soon as it exists.
+        """
+        if after_backoff and self.machine.state is not ShardState.BACKOFF:
+            return
         now = time.monotonic()
         self.machine.spawned(now, manual=manual, reason=reason)
         read_fd, write_fd = os.pipe()
@@ -169,6 +176,8 @@ class Shard:
         self._exited = asyncio.Event()
         log.info("worker started (pid %d)", process.pid, extra={"shard": self.name})
         self._spawn_task(self._watch(process, read_fd, self._exited))
+        if self.machine.state is ShardState.STOPPING:  # stopped while the exec was under way
+            self._signal(signal.SIGTERM)
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -242,7 +251,7 @@ class Shard:
         """The supervisor's tick: apply clock-driven moves (grace, heartbeat loss, backoff expiry)."""
         action = self.machine.poll(time.monotonic())
         if action is Action.SPAWN:
-            self._spawn_task(self.launch(reason="restarting after backoff"))
+            self._spawn_task(self.launch(reason="restarting after backoff", after_backoff=True))
         elif action is Action.TERMINATE:
             self._spawn_task(self._terminate(Deadline(self.stop_timeout)))
 
