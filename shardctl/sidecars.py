@@ -27,6 +27,7 @@ from shardctl.errors import ShardctlError
 log = logging.getLogger("shardctl.supervisor")
 
 MAINTENANCE_INTERVAL = 60.0
+FIRST_MAINTENANCE = 10.0
 FEED_START_TIMEOUT = 15.0
 
 
@@ -72,11 +73,15 @@ class DatabaseSetup:
     async def maintenance_loop(self, interval: float = MAINTENANCE_INTERVAL) -> None:
         """Every ``interval`` seconds run one maintenance pass in a child process; failures are logged.
 
-        A pass that takes longer than ``interval`` is killed (and retried next
-        time); cancelling the loop kills a pass in progress.
+        The first pass comes after ``FIRST_MAINTENANCE`` seconds, so a new
+        deployment shows candles soon. A pass that takes longer than
+        ``interval`` is killed (and retried next time); cancelling the loop
+        kills a pass in progress.
         """
+        delay = min(FIRST_MAINTENANCE, interval)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
+            delay = interval
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "shardctl.sidecars", "maintain", str(self.config.path),
