@@ -8,6 +8,10 @@ they never go down while the supervisor lives.
 
 ``/healthz`` answers 200 ``ok`` when every shard that should run is
 RUNNING, else 503 with one ``shard: STATE (reason)`` line per problem.
+
+Every other path goes to an optional ``App`` (the supervisor mounts the
+status page, ``shardctl.statuspage``, there); requests are bounded
+(MAX_HEAD, MAX_BODY, READ_TIMEOUT) and clients never see a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import contextlib
 import errno
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -116,26 +122,63 @@ def health(shards: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
     return (not problems, problems)
 
 
-class MetricsServer:
-    """Serves GET /metrics and GET /healthz on host:port (port 0 picks a free one; see ``.port``)."""
+@dataclass(frozen=True)
+class HttpRequest:
+    """One parsed request: header names lower-cased, ``query`` undecoded, ``body`` at most MAX_BODY bytes."""
 
-    def __init__(self, host: str, port: int, snapshot: Snapshot) -> None:
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    peer: str
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: Serves what /metrics and /healthz do not: an HttpResponse, or None for 404 (the status page).
+App = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
+#: Request line + headers, and body, limits; past them the answer is 431 / 413 and the connection closes.
+MAX_HEAD = 16 * 1024
+MAX_BODY = 8 * 1024
+READ_TIMEOUT = 5.0
+
+
+class MetricsServer:
+    """Serves GET /metrics and GET /healthz on host:port (port 0 picks a free one; see ``.port``).
+
+    Any other path goes to ``app`` when given (the status page); without one,
+    or when it answers None, the answer is 404. A handler error is logged and
+    answered 500 with no detail; a malformed or oversized request gets a 4xx
+    and a closed connection.
+    """
+
+    def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None) -> None:
         self.host = host
         self.port = port
         self.snapshot = snapshot
+        self.app = app
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         """Listen, or raise ShardctlError with one line when the port is taken."""
         try:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+            self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True,
+                                                      limit=MAX_HEAD)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ShardctlError(f"metrics port {self.host}:{self.port} is already in use; choose another "
                                     "supervisor.metrics_port (0 turns metrics off)") from None
             raise ShardctlError(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}") from None
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        log.info("metrics on http://%s:%d/metrics%s", self.host, self.port,
+                 f", status page on http://{self.host}:{self.port}/" if self.app is not None else "")
 
     async def close(self) -> None:
         if self._server is not None:
@@ -146,38 +189,77 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            method, path = _request_line(head)
-            status, ctype, body = self._route(method, path)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            request = await _read_request(reader, writer)
+            response = await self._dispatch(request)
+        except _Refused as refused:
+            response = HttpResponse(refused.status, refused.message.encode() + b"\n")
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return
         except Exception:  # never let a scrape hurt the supervisor
             log.exception("metrics request failed")
-            status, ctype, body = "500 Internal Server Error", "text/plain", b"internal error\n"
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + body)
+            response = HttpResponse(500, b"internal error\n")
+        reason = HTTPStatus(response.status).phrase
+        extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+        writer.write(f"HTTP/1.1 {response.status} {reason}\r\nContent-Type: {response.content_type}\r\n"
+                     f"Content-Length: {len(response.body)}\r\n{extra}Connection: close\r\n\r\n".encode()
+                     + response.body)
         with contextlib.suppress(Exception):
             await writer.drain()
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
 
-    def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        if request.path in ("/metrics", "/healthz"):
+            status, ctype, body = self._route(request.method, request.path)
+            return HttpResponse(status, body, ctype, (("Allow", "GET"),) if status == 405 else ())
+        response = await self.app(request) if self.app is not None else None
+        return response or HttpResponse(404, b"try /metrics or /healthz\n")
+
+    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method != "GET":
-            return "405 Method Not Allowed", "text/plain", b"only GET\n"
+            return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
-            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
-        if path == "/healthz":
-            ok, problems = health(self.snapshot())
-            if ok:
-                return "200 OK", "text/plain", b"ok\n"
-            return "503 Service Unavailable", "text/plain", ("\n".join(problems) + "\n").encode()
-        return "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
+        ok, problems = health(self.snapshot())
+        if ok:
+            return 200, "text/plain", b"ok\n"
+        return 503, "text/plain", ("\n".join(problems) + "\n").encode()
 
 
-def _request_line(head: bytes) -> tuple[str, str]:
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-    if len(parts) < 2:
-        return "", ""
-    return parts[0], parts[1].split("?", 1)[0]
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> HttpRequest:
+    """Read one request within READ_TIMEOUT; _Refused for one that is malformed or too large."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+    except asyncio.LimitOverrunError:
+        raise _Refused(431, "request header too large") from None
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise _Refused(400, "malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise _Refused(400, "malformed header line")
+            headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        raise _Refused(411, "send a Content-Length, not Transfer-Encoding")
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit():
+        raise _Refused(400, "bad Content-Length")
+    if int(length_text) > MAX_BODY:
+        raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+    body = await asyncio.wait_for(reader.readexactly(int(length_text)), READ_TIMEOUT) if int(length_text) else b""
+    path, _, query = parts[1].partition("?")
+    peer = writer.get_extra_info("peername")
+    return HttpRequest(parts[0], path, query, headers, body, str(peer[0]) if peer else "?")

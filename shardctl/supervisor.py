@@ -1,10 +1,11 @@
 """The supervisor: one asyncio loop (no threads) running one worker process per shard.
 
 ``serve(config_path)`` is ``shardctl start CONFIG``: pidfile, control socket,
-metrics, database (embedded if none configured; schema applied), the local
-feed when ``[feed]`` is set, then every shard's worker. It runs in the
-foreground until SIGTERM/SIGINT or ``shardctl stop``, and returns 0 when every
-worker stopped cleanly (1 if any had to be SIGKILLed).
+metrics and the status page (``shardctl.statuspage``), database (embedded if
+none configured; schema applied), the local feed when ``[feed]`` is set, then
+every shard's worker. It runs in the foreground until SIGTERM/SIGINT or
+``shardctl stop``, and returns 0 when every worker stopped cleanly (1 if any
+had to be SIGKILLed).
 
 Signals and control commands share one path (gunicorn's arbiter style): a
 signal handler only queues a request, the dispatcher acts on it.
@@ -36,6 +37,7 @@ from shardctl.pidfile import Pidfile
 from shardctl.shard import Deadline, Shard
 from shardctl.sidecars import DatabaseSetup, LocalFeed
 from shardctl.states import PROCESS_STATES, RestartPolicy, ShardState
+from shardctl.statuspage import StatusPage
 
 log = logging.getLogger("shardctl.supervisor")
 
@@ -86,10 +88,13 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_signal, signum)
         sup = self.config.supervisor
         control = ControlServer(sup.control_socket, self.handle)
-        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses) if sup.metrics_port else None
+        page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
+        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve) \
+            if sup.metrics_port else None
         try:
             await control.start()
             if metrics is not None:
+                page.start()
                 await metrics.start()
                 self.metrics_port = metrics.port
             self.database.prepare()
@@ -113,6 +118,7 @@ class Supervisor:
             await control.close()
             if metrics is not None:
                 await metrics.close()
+            page.close()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self.database.stop_embedded()
