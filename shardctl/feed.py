@@ -40,7 +40,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from shardctl.config import MAX_CONNECTIONS_PER_KEY
-from shardctl.errors import ShardctlError, UsageError
+from shardctl.errors import UsageError
 from shardctl.feed_catalog import Catalog
 from shardctl.feed_faults import CLOSE_EVICTED, Fault, make_fault, parse_fault_spec
 from shardctl.feed_rest import REST_FAULTS, RestApi

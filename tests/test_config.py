@@ -13,13 +13,11 @@ from shardctl.config import (
     LOCAL_FEED_API_KEY,
     MAX_CONNECTIONS_PER_KEY,
     ShardSettings,
-    _SECTION_KEYS,
-    _SHARD_KEYS,
-    _TOP_KEYS,
     check_config,
     load_config,
     parse_duration,
 )
+from shardctl.configread import _SECTION_KEYS, _SHARD_KEYS, _TOP_KEYS
 from shardctl.errors import EXIT_CONFIG, ConfigError, ConfigErrors, ShardctlError
 
 REPO = Path(__file__).resolve().parents[1]
