@@ -14,8 +14,9 @@ worker was down and frames dropped at the journal cap are recorded as gaps.
 The stop contract: on SIGTERM or SIGINT, or when the parent process goes
 away, the worker stops reading, commits what the database will take within
 the shard's ``stop_timeout``, closes the socket with 1001 and exits 0; what
-the database could not take stays in the journal for the next start. Exit 2
-means the configuration is unusable.
+the database could not take stays in the journal for the next start. Exit 1
+means the writer thread failed unexpectedly (the supervisor restarts the
+worker, which replays its journal); exit 2 means the configuration is unusable.
 
 When ``SHARDCTL_REPORT_FD`` names an inherited pipe, the worker writes JSON
 lines to it for the supervisor: ``{"type": "ready"}`` once subscribed, and
