@@ -1,12 +1,9 @@
 """The shard's journal: every received frame is appended here before anything else happens to it.
 
-Files (integers little-endian)::
+Files (their layout is in ``shardctl.journal_format``)::
 
     DIR/00000000000000000000.seg   one file per segment, named by its base offset (20 digits);
     DIR/00000000000067108900.seg   the last one is the active segment, the only one written to
-    segment = magic b"SHRDJNL1" | first_seq u64                  (16-byte header) then records
-    record  = length u32 | seq u64 | received_at f64 | crc32 u32 | frame (length bytes)
-              the CRC covers the 20 header bytes before it and the frame
 
 Offsets are byte positions in the concatenation of every segment ever written
 (headers included); ``append`` returns its record's *end offset*, what the
@@ -22,8 +19,9 @@ raises ``JournalCorrupt`` naming file and offset: never repaired silently.
 
 Durability (``fsync``): appends are buffered; ``flush()``, which the worker
 calls before a batch goes to the database, hands them to the OS (enough to
-survive a killed process). "never": no fsync; "flush" (default): fsync on
-``flush()``, roll and close; "always": after every append too (slow).
+survive a killed process). "never" (shardctl's default): no fsync; "flush"
+(this class's default): fsync on ``flush()``, roll and close; "always": after
+every append too (slow).
 Readers see flushed records only.
 
 Cap (``max_bytes``: all segment bytes, at least two segments' worth). "block":
@@ -34,8 +32,9 @@ deletes the oldest segments, each uncommitted loss becoming a ``Gap`` in
 ``gaps`` and counted in ``dropped_records``/``dropped_bytes``.
 
 Threads: any method from any thread (one lock; cursors read files outside
-it): the main thread appends and flushes, a committer thread reads with a
-``Cursor`` and commits. One process owns a directory.
+it). In the worker the main thread appends, flushes and re-reads the backlog
+with ``read``; the committer thread calls ``commit``. One process owns a
+directory.
 """
 
 from __future__ import annotations
@@ -43,28 +42,20 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import struct
 import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from shardctl.errors import ShardctlError
+from shardctl.journal_format import (  # noqa: F401 (SEG_HEADER, MAX_FRAME: part of this module's API)
+    _BUFFER, _CHUNK, _CRC, _META, _REC, _SEG, _SHORT, MAGIC, MAX_FRAME, MIB, REC_HEADER, SEG_HEADER, Record, _scan,
+)
 
 log = logging.getLogger("shardctl.journal")
 
-MIB = 1 << 20
-MAGIC = b"SHRDJNL1"
-_SEG = struct.Struct("<8sQ")  # magic, first_seq
-_META = struct.Struct("<IQd")  # length, seq, received_at: the CRC'd part of a record header
-_REC = struct.Struct("<IQdI")  # ... and the CRC
-_CRC = struct.Struct("<I")
-SEG_HEADER, REC_HEADER = _SEG.size, _REC.size  # 16, 24
-MAX_FRAME = 16 * MIB  #: the largest frame ``append`` takes; a longer length field is damage
-_BUFFER = _CHUNK = MIB  # bytes buffered before a write to the OS; bytes a cursor reads at a time
-_SHORT = "truncated record"
 OnFull = Literal["block", "drop_oldest"]
 FsyncPolicy = Literal["never", "flush", "always"]
 
@@ -84,12 +75,6 @@ class JournalCorrupt(JournalError):
 
 class JournalFull(JournalError):
     """``on_full="block"`` and the journal is at ``max_bytes``: commit (or stop reading) first."""
-
-
-class Record(NamedTuple):
-    end_offset: int
-    frame: bytes
-    received_at: float
 
 
 @dataclass(frozen=True)
@@ -114,34 +99,6 @@ class _Segment:
     @property
     def end(self) -> int:
         return self.base + self.size
-
-
-def _scan(view: memoryview, pos: int, seq: int | None, limit: int, out: list[Record] | None,
-          base: int) -> tuple[int, int | None, str | None]:
-    """Walk up to ``limit`` intact records from ``pos`` (``seq``: the next one's, None: any) into ``out``.
-
-    Returns (position after the last intact record, next seq, problem): None
-    at the end of ``view`` or ``limit``, ``_SHORT`` if ``view`` ends inside a
-    record, else what is wrong. ``base``: offset of ``view[0]``. Never raises.
-    """
-    end, count = len(view), 0
-    while count < limit and pos < end:
-        if end - pos < REC_HEADER:
-            return pos, seq, _SHORT
-        length, rseq, at, crc = _REC.unpack_from(view, pos)
-        if length > MAX_FRAME:
-            return pos, seq, f"bad record length {length}"
-        stop = pos + REC_HEADER + length
-        if stop > end:
-            return pos, seq, _SHORT
-        if zlib.crc32(view[pos + REC_HEADER:stop], zlib.crc32(view[pos:pos + _META.size])) != crc:
-            return pos, seq, "checksum mismatch"
-        if seq is not None and rseq != seq:
-            return pos, seq, f"record seq {rseq}, expected {seq}"
-        if out is not None:
-            out.append(Record(base + stop, bytes(view[pos + REC_HEADER:stop]), at))
-        seq, pos, count = rseq + 1, stop, count + 1
-    return pos, seq, None
 
 
 class Journal:
