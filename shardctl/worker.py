@@ -45,7 +45,7 @@ from shardctl.journal import Journal
 from shardctl.parse import FrameParser, Kind
 from shardctl.stream import StreamClient
 from shardctl.workerproc import AliveStamp, Reporter, ShardLock
-from shardctl.writer import Writer
+from shardctl.writer import ShardBusy, Writer
 
 log = logging.getLogger("shardctl.worker")
 
@@ -54,6 +54,8 @@ REPORT_INTERVAL = 1.0
 CATCH_UP_CHUNK = 2000
 _POLL_SLICE = 0.2
 _BLOCKED_SLICE = 0.01
+#: How long a starting worker waits for another session to release the shard's writer lock.
+SHARD_BUSY_WAIT = 10.0
 
 
 class Worker:
@@ -160,9 +162,15 @@ class Worker:
     def _wait_for_ledger(self) -> int | None:
         """The committed journal offset, asking every second (and reporting) until the database answers."""
         logged = False
+        busy_until = time.monotonic() + SHARD_BUSY_WAIT
         while not self.stopping:
             try:
                 return self._committer.committed_base()
+            except ShardBusy:
+                # A predecessor killed a moment ago may still hold the lock until its session ends.
+                if time.monotonic() >= busy_until:
+                    raise
+                time.sleep(0.2)
             except DatabaseError as exc:
                 self._committer.stats.last_error = str(exc)
                 if not logged:

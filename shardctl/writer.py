@@ -30,7 +30,7 @@ from shardctl.config import TablesConfig
 from shardctl.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
 from shardctl.crashpoints import crash_point
 from shardctl.database import connect, map_error
-from shardctl.errors import DatabaseError, DatabaseUnavailable
+from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError
 from shardctl.gaps import record_gap
 from shardctl.schema import ensure_partition, upsert_assets
 
@@ -54,6 +54,10 @@ def _numeric(value: Any) -> Any:
     if isinstance(value, float):
         return _pgcopy_numeric(Decimal(repr(value)))
     return _pgcopy_numeric(value)
+
+
+class ShardBusy(ShardctlError):
+    """Another worker holds this shard's writer lock on the database."""
 
 
 class _TickCopyManager(CopyManager):
@@ -123,6 +127,15 @@ class Writer:
             if row is None:
                 raise DatabaseError(f"table {self.tables.ticks} does not exist; run `shardctl db init CONFIG`")
             self._partitioned = row[0] == "p"
+            # One writer per shard and database, across hosts: two would interleave journal offsets
+            # in one ledger row and skip each other's batches. The lock lives as long as the session.
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                            (f"shardctl {self.tables.ledger} {self.shard}",))
+                locked = cur.fetchone()[0]
+            if not locked:
+                raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
+                                "worker (another host, or a second supervisor); stop that one first")
             self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS)
             conn.commit()
         except (psycopg2.Error, ValueError) as exc:

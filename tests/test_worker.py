@@ -191,3 +191,18 @@ def test_worker_stops_by_itself_when_its_parent_dies(tmp_path, schema_dsn) -> No
     assert "parent process went away" in text
     received = int(__import__("re").search(r"stopped: (\d+) tick", text).group(1))
     assert received >= 100 and row_count(schema_dsn) == received
+
+
+def test_a_second_worker_of_one_shard_on_another_host_is_refused(tmp_path, schema_dsn, workers) -> None:
+    with FeedServer(rate=50, symbols=SYMBOLS) as feed:
+        first = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn))
+        first.wait_log(r"subscribed to")
+        other_host = tmp_path / "other-host"
+        other_host.mkdir()
+        second = start_worker(workers, other_host, write_config(other_host, feed.url, schema_dsn))
+        assert second.proc.wait(30) == 1
+        assert "already being written to this database by another worker" in second.log()
+        assert first.proc.poll() is None, "the first worker keeps streaming"
+        before = row_count(schema_dsn)
+        wait_until(lambda: row_count(schema_dsn) > before, what="the first worker's rows")
+        assert first.terminate() == 0
