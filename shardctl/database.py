@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import psycopg2
@@ -187,3 +188,33 @@ def connect(dsn: str, *, application_name: str = "shardctl", autocommit: bool = 
                             ) from None
     conn.autocommit = autocommit
     return conn
+
+
+@contextmanager
+def transaction(conn: Any, action: str | None = None) -> Iterator[Any]:
+    """Run the block in one committed transaction on ``conn``; roll back on error; autocommit restored.
+
+    Commits a transaction the caller left open on a non-autocommit
+    connection. With ``action``, psycopg2 errors become DatabaseError /
+    DatabaseUnavailable with one masked line ("<action>: ...").
+    """
+    was_autocommit = conn.autocommit
+    if was_autocommit:
+        conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except psycopg2.Error as exc:
+        if not conn.closed:
+            conn.rollback()
+        if action is None:
+            raise
+        raise map_error(exc, conn.dsn, action=action, conn=conn) from None
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    finally:
+        if was_autocommit and not conn.closed:
+            conn.autocommit = True

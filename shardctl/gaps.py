@@ -20,19 +20,17 @@ import argparse
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from importlib import resources
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from shardctl.config import load_config, parse_duration
-from shardctl.database import connect, map_error, resolve_dsn
+from shardctl.database import connect, resolve_dsn, transaction
 from shardctl.errors import EXIT_OK, UsageError
 
 __all__ = ["GAPS_TABLE", "BARS_TABLE", "Gap", "ensure_gap_tables", "record_gap", "list_gaps", "get_gap",
@@ -73,28 +71,6 @@ class Gap:
                 "gap_to": self.gap_to.isoformat(), "duration_seconds": self.duration.total_seconds(),
                 "reason": self.reason, "recorded_at": self.recorded_at.isoformat(),
                 "backfill_status": self.backfill_status, "backfilled_bars": self.backfilled_bars}
-
-
-@contextmanager
-def transaction(conn: Any, action: str) -> Iterator[Any]:
-    """One committed transaction on ``conn`` (autocommit restored after); psycopg2 errors become DatabaseError."""
-    was_autocommit = conn.autocommit
-    conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            yield cur
-        conn.commit()
-    except psycopg2.Error as exc:
-        if not conn.closed:
-            conn.rollback()
-        raise map_error(exc, conn.dsn, action=action, conn=conn) from None
-    except BaseException:
-        if not conn.closed:
-            conn.rollback()
-        raise
-    finally:
-        if not conn.closed:
-            conn.autocommit = was_autocommit
 
 
 def _aware(moment: datetime, name: str) -> datetime:

@@ -44,7 +44,6 @@ COUNTERS = {
     "batches": ("batches_written", "Batches committed to the database"),
     "reconnects": ("reconnects", "Websocket reconnects"),
     "dead_letters": ("dead_letters", "Events dead-lettered (unparsable or rejected)"),
-    "parse_errors": ("parse_errors", "Frames that failed to parse"),
     "restarts": ("restarts", "Worker processes started after the shard's first"),
     "journal_dropped": ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)"),
 }

@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
 from shardctl.config import TablesConfig
-from shardctl.database import map_error
+from shardctl.database import map_error, transaction
 from shardctl.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -123,28 +122,6 @@ def statements(conn: Any, path: str, tables: TablesConfig,
         if body:
             result.append(sql.SQL(body).format(**names))
     return result
-
-
-@contextmanager
-def transaction(conn: Any) -> Iterator[Any]:
-    """Run the block in one transaction on ``conn`` (autocommit or not) and commit; roll back on error.
-
-    Commits a transaction the caller left open on a non-autocommit connection.
-    """
-    was_autocommit = conn.autocommit
-    if was_autocommit:
-        conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            yield cur
-        conn.commit()
-    except BaseException:
-        if not conn.closed:
-            conn.rollback()
-        raise
-    finally:
-        if was_autocommit and not conn.closed:
-            conn.autocommit = True
 
 
 def _fail(conn: Any, exc: Exception, action: str) -> DatabaseError:

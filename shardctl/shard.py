@@ -22,14 +22,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from shardctl.config import ShardConfig
-from shardctl.states import PROCESS_STATES, Action, RestartPolicy, ShardMachine, ShardState, describe_exit
+from shardctl.config import ShardConfig, SupervisorConfig
+from shardctl.states import PROCESS_STATES, Action, ShardMachine, ShardState, describe_exit
 
 log = logging.getLogger("shardctl.supervisor")
 
 #: Cumulative per-process counters from the worker's stats lines, summed across restarts.
 COUNTER_KEYS = ("ticks_received", "rows_written", "batches", "batch_seconds_sum", "reconnects",
-                "dead_letters", "parse_errors", "journal_dropped")
+                "dead_letters", "journal_dropped")
 #: The current worker's journal gauges (zero without a worker).
 JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up")
 #: Values kept from the last stats line, even after the worker exits.
@@ -64,7 +64,7 @@ def worker_command(config_path: Path, shard: str, log_format: str) -> list[str]:
 class Shard:
     """A supervised shard; the supervisor calls ``launch``, ``poll``, ``stop`` and reads ``status``."""
 
-    def __init__(self, config: ShardConfig, *, config_path: Path, dsn: str, policy: RestartPolicy,
+    def __init__(self, config: ShardConfig, *, config_path: Path, dsn: str, policy: SupervisorConfig,
                  stop_timeout: float, log_format: str = "text") -> None:
         self.config = config
         self.name = config.name

@@ -25,7 +25,6 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 from shardctl.backoff import Backoff
@@ -70,26 +69,6 @@ class Action(enum.Enum):
     TERMINATE = "terminate"  #: heartbeats stopped: send SIGTERM (the machine is already STOPPING)
 
 
-@dataclass(frozen=True)
-class RestartPolicy:
-    """The supervisor's timing knobs, in seconds (see ``[supervisor]`` in the config)."""
-
-    start_grace: float = 5.0
-    heartbeat_timeout: float = 15.0
-    restart_initial: float = 1.0
-    restart_max: float = 60.0
-    healthy_after: float = 30.0
-    max_failures: int = 5
-    failure_window: float = 300.0
-
-    @classmethod
-    def from_config(cls, sup: SupervisorConfig) -> RestartPolicy:
-        return cls(start_grace=sup.start_grace, heartbeat_timeout=sup.heartbeat_timeout,
-                   restart_initial=sup.restart_initial, restart_max=sup.restart_max,
-                   healthy_after=sup.healthy_after, max_failures=sup.max_failures,
-                   failure_window=sup.failure_window)
-
-
 #: Called after every transition with (machine, old state, new state, reason).
 Listener = Callable[["ShardMachine", ShardState, ShardState, str], None]
 
@@ -102,7 +81,7 @@ class ShardMachine:
     moves (start grace, heartbeat loss, backoff expiry) and says what to do.
     """
 
-    def __init__(self, name: str, policy: RestartPolicy, *, listener: Listener | None = None,
+    def __init__(self, name: str, policy: SupervisorConfig, *, listener: Listener | None = None,
                  rng: Callable[[], float] = random.random) -> None:
         self.name = name
         self.policy = policy

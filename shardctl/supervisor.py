@@ -36,7 +36,7 @@ from shardctl.metrics import MetricsServer
 from shardctl.pidfile import Pidfile
 from shardctl.shard import Deadline, Shard
 from shardctl.sidecars import DatabaseSetup, LocalFeed
-from shardctl.states import PROCESS_STATES, RestartPolicy, ShardState
+from shardctl.states import PROCESS_STATES, ShardState
 from shardctl.statuspage import StatusPage
 
 log = logging.getLogger("shardctl.supervisor")
@@ -63,7 +63,6 @@ class Supervisor:
     def __init__(self, config: Config, *, log_format: str = "text") -> None:
         self.config = config
         self.log_format = log_format
-        self.policy = RestartPolicy.from_config(config.supervisor)
         self.shards: dict[str, Shard] = {}
         self.database = DatabaseSetup(config)
         self.shutting_down = False
@@ -131,7 +130,7 @@ class Supervisor:
 
     def _new_shard(self, name: str) -> Shard:
         return Shard(self.config.shards[name], config_path=self.config.path, dsn=self.database.dsn,
-                     policy=self.policy, stop_timeout=self.config.supervisor.stop_timeout, log_format=self.log_format)
+                     policy=self.config.supervisor, stop_timeout=self.config.supervisor.stop_timeout, log_format=self.log_format)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -194,7 +193,7 @@ class Supervisor:
         shard = self._shard(request.shard)
         if shard.lock.locked():
             raise ControlError("busy", f"shard {shard.name} is busy with another command; try again")
-        wait = request.timeout or (self.policy.start_grace + COMMAND_WAIT_EXTRA)
+        wait = request.timeout or (self.config.supervisor.start_grace + COMMAND_WAIT_EXTRA)
         async with shard.lock:
             state = shard.state
             if request.cmd == "start":

@@ -353,7 +353,6 @@ class Worker:
             "batch_seconds_max": round(commit.batch_seconds_max, 6),
             "reconnects": self._stream.reconnects,
             "dead_letters": self._dead.count,
-            "parse_errors": self._dead.count,
             "other_events": self.other_events,
             "failed_symbols": sorted(self._stream.failed_symbols),
             "pending_rows": len(self._batcher) + self._committer.pending_rows,

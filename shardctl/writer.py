@@ -32,12 +32,12 @@ from shardctl.crashpoints import crash_point
 from shardctl.database import connect, map_error
 from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError
 from shardctl.gaps import record_gap
+from shardctl.parse import COLUMNS
 from shardctl.schema import ensure_partition, upsert_assets
 
 log = logging.getLogger("shardctl.writer")
 
 #: Column order of a row tuple: (time, symbol, price, day_volume, bid, ask).
-COLUMNS = ("time", "symbol", "price", "day_volume", "bid", "ask")
 #: Environment variable: "pgcopy" makes every CopyManager use pgcopy's own per-field formatters.
 ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
 Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)

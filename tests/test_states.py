@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.states import (ALLOWED, Action, IllegalTransition, RestartPolicy, ShardMachine, ShardState,
+from shardctl.config import SupervisorConfig
+from shardctl.states import (ALLOWED, Action, IllegalTransition, ShardMachine, ShardState,
                              describe_exit)
 
 S = ShardState
-POLICY = RestartPolicy(start_grace=2.0, heartbeat_timeout=5.0, restart_initial=1.0, restart_max=8.0,
+POLICY = SupervisorConfig(start_grace=2.0, heartbeat_timeout=5.0, restart_initial=1.0, restart_max=8.0,
                        healthy_after=30.0, max_failures=3, failure_window=60.0)
 
 
-def machine(policy: RestartPolicy = POLICY) -> tuple[ShardMachine, list[tuple[S, S, str]]]:
+def machine(policy: SupervisorConfig = POLICY) -> tuple[ShardMachine, list[tuple[S, S, str]]]:
     seen: list[tuple[S, S, str]] = []
     m = ShardMachine("crypto", policy, listener=lambda _m, old, new, why: seen.append((old, new, why)),
                      rng=lambda: 0.5)  # jitter 0: delays are exact
@@ -55,7 +56,7 @@ def test_unexpected_exit_backs_off_then_spawns() -> None:
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    m, _ = machine(RestartPolicy(restart_initial=1.0, restart_max=3.0, max_failures=100, failure_window=1e9))
+    m, _ = machine(SupervisorConfig(restart_initial=1.0, restart_max=3.0, max_failures=100, failure_window=1e9))
     delays = []
     now = 0.0
     for _ in range(5):
@@ -67,7 +68,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 
 def test_healthy_period_resets_backoff() -> None:
-    m, _ = machine(RestartPolicy(restart_initial=1.0, restart_max=8.0, healthy_after=30.0, max_failures=10))
+    m, _ = machine(SupervisorConfig(restart_initial=1.0, restart_max=8.0, healthy_after=30.0, max_failures=10))
     m.spawned(0.0)
     m.exited(0.1, 1)
     m.spawned(2.0)
