@@ -248,7 +248,9 @@ def test_candles_command(schema_dsn: str, tables: TablesConfig, tmp_path: Path,
         f"{d0:%Y-%m-%d} 00:00:00+00 | BTC/USD | 100.0 | 100.0 |  95.0 |  95.0 |         20",
         f"{d1:%Y-%m-%d} 00:00:00+00 | BTC/USD | 110.0 | 130.5 | 110.0 | 130.5 |         15",
     ]
-    as_json = _run(config, "BTC/USD", "--format", "json", "--since", "60h")
+    # A window that starts halfway between d0 and d1, whatever the hour: d1's candle only.
+    since = datetime.now(UTC) - (d1 - timedelta(hours=12))
+    as_json = _run(config, "BTC/USD", "--format", "json", "--since", f"{int(since.total_seconds() // 60)}m")
     assert [r["close"] for r in json.loads(as_json.stdout)] == [130.5]
     as_csv = _run(config, "BTC/USD", "--interval", "1h", "--format", "csv")
     assert as_csv.stdout.splitlines()[1:] == [f"{at(d0, 1):%Y-%m-%d %H}:00:00+00,BTC/USD,100.0,100.0,100.0,100.0,5",
