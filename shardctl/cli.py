@@ -20,13 +20,11 @@ from shardctl.errors import EXIT_CONFIG, EXIT_OK, ShardctlError
 
 #: Modules that add commands, in help order.
 COMMAND_MODULES = (
-    "shardctl.supervisorcli",
-    "shardctl.feed",
-    "shardctl.dbcli",
-    "shardctl.deadletters",
-    "shardctl.bench",
-    "shardctl.gaps",
-    "shardctl.candles",
+    "shardctl.supervisor.cli",
+    "shardctl.feed.server",
+    "shardctl.db.cli",
+    "shardctl.db.readouts",
+    "shardctl.bench.cli",
 )
 
 log = logging.getLogger("shardctl.cli")

@@ -24,8 +24,8 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from shardctl.config import TablesConfig
-from shardctl.embedded import EmbeddedPostgres
+from shardctl.config.model import TablesConfig
+from shardctl.db.embedded import EmbeddedPostgres
 
 TIMESCALEDB_SKIP = "needs TimescaleDB: point SHARDCTL_TEST_DSN at a server with the extension"
 
@@ -151,8 +151,8 @@ def tables() -> TablesConfig:
 @pytest.fixture
 def schema_dsn(fresh_dsn: str, tables: TablesConfig) -> str:
     """A fresh database with shardctl's schema (default table names) applied."""
-    from shardctl.database import connect
-    from shardctl.schema import apply_schema
+    from shardctl.db.connection import connect
+    from shardctl.db.schema import apply_schema
 
     conn = connect(fresh_dsn)
     try:

@@ -8,15 +8,15 @@ from decimal import Decimal
 from typing import Any, Iterator
 
 import pytest
-
-from shardctl.backfill import Backfiller, CreditLimiter
-from shardctl.backoff import Backoff
-from shardctl.database import connect
-from shardctl.feed import FeedServer
-from shardctl.feed_catalog import Catalog
-from shardctl.feed_rest import format_value, synthetic_bar
-from shardctl.gaps import get_gap, list_gaps, record_gap, set_backfill_status
 from support import query, wait_until
+
+from shardctl.backoff import Backoff
+from shardctl.db.connection import connect
+from shardctl.db.gaps import get_gap, list_gaps, record_gap, set_backfill_status
+from shardctl.feed.catalog import Catalog
+from shardctl.feed.rest import format_value, synthetic_bar
+from shardctl.feed.server import FeedServer
+from shardctl.worker.backfill import Backfiller, CreditLimiter
 
 UTC = timezone.utc
 KEY = "k3y-S3CRET-42"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.batcher import Batcher
+from shardctl.worker.batcher import Batcher
 
 
 def test_full_batch_is_due_at_batch_size() -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import psycopg2
 
-from shardctl import bench_data, bench_report, bench_runs
-from shardctl.bench_monitor import percentiles
+from shardctl.bench import data as bench_data
+from shardctl.bench import report as bench_report
+from shardctl.bench import runs as bench_runs
+from shardctl.bench.monitor import percentiles
 
 
 def test_bench_small_run_writes_parseable_results_with_matching_counts(tmp_path: Path) -> None:

@@ -16,14 +16,11 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from shardctl.candles import (
-    candle_specs,
-    format_candles,
-    policy_window,
-    refresh_all_candles,
-)
-from shardctl.config import TablesConfig
-from shardctl.database import connect
+from shardctl.config.model import TablesConfig
+from shardctl.db.candles import refresh_all_candles
+from shardctl.db.candlespec import candle_specs, policy_window
+from shardctl.db.connection import connect
+from shardctl.db.readouts import format_candles
 
 UTC = timezone.utc
 D = datetime(2030, 3, 10, tzinfo=UTC)
@@ -179,7 +176,7 @@ def test_refresh_range_rebuilds_old_buckets_after_a_backfill(schema_dsn: str, ta
     assert refresh(schema_dsn, tables, now + timedelta(minutes=1))["1m"] == 0  # outside every window
     conn = connect(schema_dsn)
     try:
-        from shardctl.candles import refresh_range
+        from shardctl.db.candles import refresh_range
 
         assert refresh_range(conn, tables, at(D, 3, 15, 20), at(D, 3, 40)) == {"1m": 1, "1h": 1, "1d": 1}
         assert refresh_range(conn, tables, at(D, 3), at(D, 4)) == {"1m": 2, "1h": 1, "1d": 1}
@@ -293,7 +290,7 @@ SEED_POLICY = """SELECT add_continuous_aggregate_policy('one_day_candle',
 
 
 def test_timescaledb_statements_are_the_seed_for_the_day(fresh_dsn: str, tables: TablesConfig) -> None:
-    from shardctl.schema import candle_names, statements
+    from shardctl.db.schema import candle_names, statements
 
     conn = psycopg2.connect(fresh_dsn)
     try:

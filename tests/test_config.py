@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.config import (
+from shardctl.config import check_config, load_config
+from shardctl.config.model import (
     LOCAL_FEED_API_KEY,
     MAX_CONNECTIONS_PER_KEY,
     ShardSettings,
-    check_config,
-    load_config,
     parse_duration,
 )
-from shardctl.configread import _SECTION_KEYS, _SHARD_KEYS, _TOP_KEYS
+from shardctl.config.reader import _SECTION_KEYS, _SHARD_KEYS, _TOP_KEYS
 from shardctl.errors import EXIT_CONFIG, ConfigError, ConfigErrors, ShardctlError
 
 REPO = Path(__file__).resolve().parents[1]

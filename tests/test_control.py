@@ -20,11 +20,15 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardctl.control import ControlClient, ControlServer, Request, parse_request
 from shardctl.errors import ControlError, ShardctlError, SupervisorNotRunning
-from shardctl.metrics import MetricsServer, health, render
-from shardctl.pidfile import Pidfile, SupervisorAlreadyRunning
-
+from shardctl.supervisor.control import (
+    ControlClient,
+    ControlServer,
+    Request,
+    parse_request,
+)
+from shardctl.supervisor.http.metrics import MetricsServer, health, render
+from shardctl.supervisor.pidfile import Pidfile, SupervisorAlreadyRunning
 
 # ------------------------------------------------------------------ protocol
 

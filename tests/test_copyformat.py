@@ -23,8 +23,8 @@ import pytest
 from pgcopy import CopyManager
 from pgcopy.copy import numeric as pgcopy_numeric
 
-from shardctl.copyformat import fast_path_types_ok, numeric_field
-from shardctl.writer import COLUMNS, _TickCopyManager
+from shardctl.db.copyformat import fast_path_types_ok, numeric_field
+from shardctl.db.writer import COLUMNS, _TickCopyManager
 
 Att = namedtuple("Att", "attname type_category type_name type_mod not_null typelem")
 UTC = timezone.utc
@@ -237,7 +237,7 @@ def test_encoder_is_reusable_across_batches_and_caches_stay_bounded() -> None:
 
 
 def test_generators_and_tick_namedtuples_are_accepted() -> None:
-    from shardctl.parse import Tick
+    from shardctl.rows import Tick
 
     mgr = manager()
     ticks = [Tick(TIMES[0], "A", 1.0, 2, None, None), Tick(TIMES[0], "B", 1.5, None, 1.0, 2.0)]
@@ -251,7 +251,7 @@ def test_encode_speed_report(tmp_path: Any, capsys: pytest.CaptureFixture[str]) 
     """Rows/s encoded for a 10,000-row batch of the bench's own rows (feed replay → parser), pgcopy vs fast."""
     from pathlib import Path
 
-    from shardctl.bench_data import BENCH_SYMBOLS, replay_rows, write_replay
+    from shardctl.bench.data import BENCH_SYMBOLS, replay_rows, write_replay
 
     replay = Path(tmp_path) / "replay.jsonl"
     write_replay(replay, 10000, BENCH_SYMBOLS)

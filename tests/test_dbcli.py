@@ -11,13 +11,23 @@ from typing import Callable
 
 import pytest
 
-from shardctl.schema import SCHEMA_VERSION
-
 from shardctl.config import load_config
-from shardctl.database import connect, dsn_to_uri, mask_dsn, resolve_dsn, resolve_target
-from shardctl.embedded import EmbeddedPostgres
-from shardctl.errors import ConfigError, DatabaseError, DatabaseUnavailable, EmbeddedServerError
-from shardctl.writer import Writer
+from shardctl.db.connection import (
+    connect,
+    dsn_to_uri,
+    mask_dsn,
+    resolve_dsn,
+    resolve_target,
+)
+from shardctl.db.embedded import EmbeddedPostgres
+from shardctl.db.schema import SCHEMA_VERSION
+from shardctl.db.writer import Writer
+from shardctl.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailable,
+    EmbeddedServerError,
+)
 
 PSQL = "/usr/bin/psql"
 SHARDS = """

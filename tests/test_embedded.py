@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from shardctl.embedded import EmbeddedPostgres
+from shardctl.db.embedded import EmbeddedPostgres
 from shardctl.errors import EmbeddedServerError
 
 
@@ -27,7 +27,7 @@ def test_server_outlives_the_process_that_started_it(server_dir: Path) -> None:
     data = server_dir / "pg"
     server = EmbeddedPostgres(data)
     assert not server.running() and server.dsn() is None and server.pid() is None
-    code = ("import sys; from pathlib import Path; from shardctl.embedded import EmbeddedPostgres; "
+    code = ("import sys; from pathlib import Path; from shardctl.db.embedded import EmbeddedPostgres; "
             f"dsn, started = EmbeddedPostgres(Path({str(data)!r})).ensure_running(); print(started)")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import pytest
 import websocket
 
-from shardctl.feed import CLOSE_EVICTED, FeedError, FeedServer
-from shardctl.feed_faults import GARBAGE_FRAME, parse_fault_spec
+from shardctl.feed.faults import GARBAGE_FRAME, parse_fault_spec
+from shardctl.feed.server import CLOSE_EVICTED, FeedError, FeedServer
 
 NO_PROXY = ["127.0.0.1", "localhost"]
 

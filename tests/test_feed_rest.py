@@ -11,9 +11,9 @@ import pytest
 import requests
 import websocket
 
-from shardctl.feed import FeedServer
-from shardctl.feed_catalog import Catalog
-from shardctl.feed_rest import format_value, synthetic_bar
+from shardctl.feed.catalog import Catalog
+from shardctl.feed.rest import format_value, synthetic_bar
+from shardctl.feed.server import FeedServer
 
 UTC = timezone.utc
 START = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

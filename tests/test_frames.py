@@ -8,7 +8,13 @@ from typing import Iterator
 
 import pytest
 
-from shardctl.frames import OP_BINARY, OP_CLOSE, OP_TEXT, FrameReader, ProtocolError
+from shardctl.twelvedata.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_TEXT,
+    FrameReader,
+    ProtocolError,
+)
 
 
 def frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, mask: bytes | None = None) -> bytes:

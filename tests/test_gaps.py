@@ -11,17 +11,17 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from shardctl import cli
-from shardctl.database import connect
-from shardctl.gaps import (
+from shardctl.db.connection import connect
+from shardctl.db.gaps import (
     Gap,
     ensure_gap_tables,
     format_duration,
-    format_table,
     get_gap,
     list_gaps,
     record_gap,
     set_backfill_status,
 )
+from shardctl.db.readouts import format_table
 
 UTC = timezone.utc
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

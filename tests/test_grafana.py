@@ -12,10 +12,10 @@ from typing import Any
 import psycopg2
 import pytest
 
-from shardctl.candles import refresh_all_candles
-from shardctl.config import TablesConfig
-from shardctl.database import connect
-from shardctl.schema import upsert_assets
+from shardctl.config.model import TablesConfig
+from shardctl.db.candles import refresh_all_candles
+from shardctl.db.connection import connect
+from shardctl.db.schema import upsert_assets
 
 GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
 DATASOURCE = GRAFANA / "provisioning" / "datasources" / "shardctl.yaml"

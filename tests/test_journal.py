@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.journal import (
+from shardctl.journal.journal import (
     MAX_FRAME,
     REC_HEADER,
     SEG_HEADER,
@@ -340,7 +340,7 @@ def test_fuzz_garbage_after_valid_records_is_cut(tmp_path: Path) -> None:
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from shardctl.journal import Journal
+    from shardctl.journal.journal import Journal
     j = Journal(sys.argv[1], segment_bytes=8192, fsync="never")
     i = 0
     while True:

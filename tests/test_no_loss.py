@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from shardctl.feed import FeedServer
 from support import query, row_count, wait_until
 from test_worker import start_worker, workers, write_config  # noqa: F401 (fixture)
+
+from shardctl.feed.server import FeedServer
 
 #: Stocks and crypto carry a day_volume that grows with every tick, which makes each tick unique.
 SYMBOLS = ("AAPL", "MSFT", "BTC/USD", "ETH/USD")

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from shardctl.parse import FrameParser, Kind, Tick
+from shardctl.rows import Tick
+from shardctl.twelvedata.parse import FrameParser, Kind
 
 
 def parse(frame: bytes | str):

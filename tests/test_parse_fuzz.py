@@ -9,7 +9,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardctl.parse import FrameParser, Kind, Tick
+from shardctl.rows import Tick
+from shardctl.twelvedata.parse import FrameParser, Kind
 
 json_scalars = st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) \
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import psycopg2
 import pytest
 
-from shardctl.config import TablesConfig
-from shardctl.database import connect
-from shardctl.errors import DatabaseError
-from shardctl.schema import (
+from shardctl.config.model import TablesConfig
+from shardctl.db.candles import refresh_range
+from shardctl.db.connection import connect
+from shardctl.db.schema import (
     SCHEMA_VERSION,
     apply_schema,
-    candle_window,
     detect_flavour,
     ensure_partition,
     partition_name,
     recorded_schema,
-    refresh_candles,
     upsert_assets,
 )
-from shardctl.writer import Writer
+from shardctl.db.writer import Writer
+from shardctl.errors import DatabaseError
 
 SEED_QUERY = ("SELECT * FROM one_day_candle WHERE symbol = 'BTC/USD' AND bucket >= NOW() - INTERVAL '14 days' "
               "ORDER BY bucket")
@@ -105,6 +105,11 @@ def test_rows_in_the_default_partition_move_when_their_day_gets_one(schema_dsn: 
                      ("crypto_ticks_default", "B", 3.0)]
 
 
+def refresh_days(conn: object, tables: TablesConfig, lo: datetime, hi: datetime) -> int:
+    """Rewrite the daily candles of the days overlapping [lo, hi); the rows written."""
+    return refresh_range(conn, replace(tables, candles=("1d",)), lo, hi)["1d"]
+
+
 def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig) -> None:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     d0, d1, d2 = today - timedelta(days=2), today - timedelta(days=1), today
@@ -129,8 +134,8 @@ def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig) ->
         assert writer.write(1, rows)
     conn = connect(schema_dsn)
     try:
-        assert refresh_candles(conn, tables) == 4  # 3 BTC days + 1 ETH day
-        assert refresh_candles(conn, tables) == 4  # idempotent
+        assert refresh_days(conn, tables, d0, d2 + timedelta(days=1)) == 4  # 3 BTC days + 1 ETH day
+        assert refresh_days(conn, tables, d0, d2 + timedelta(days=1)) == 4  # idempotent
     finally:
         conn.close()
     assert _query(schema_dsn, SEED_QUERY) == [
@@ -142,19 +147,16 @@ def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig) ->
 
 def test_refresh_only_touches_its_window(schema_dsn: str, tables: TablesConfig) -> None:
     now = datetime(2030, 6, 10, 12, tzinfo=UTC)
-    assert candle_window(now=now) == (datetime(2030, 6, 7, tzinfo=UTC), datetime(2030, 6, 11, tzinfo=UTC))
-    assert candle_window(timedelta(days=3), timedelta(days=1), now=now) == (
-        datetime(2030, 6, 7, tzinfo=UTC), datetime(2030, 6, 9, tzinfo=UTC))
     old = datetime(2030, 6, 1, 1, tzinfo=UTC)
     with Writer(schema_dsn, tables, "s") as writer:
         writer.write(1, [(old, "X", 1.0, 1, None, None), (now, "X", 2.0, 2, None, None)])
     conn = connect(schema_dsn)
     try:
-        assert refresh_candles(conn, tables, timedelta(days=30), now=now) == 2
+        assert refresh_days(conn, tables, now - timedelta(days=30), now) == 2
         with conn.cursor() as cur:
             cur.execute("DELETE FROM crypto_ticks WHERE time = %s", (old,))
         conn.commit()
-        assert refresh_candles(conn, tables, now=now) == 1  # 2030-06-01 is outside the 3-day window: kept
+        assert refresh_days(conn, tables, now - timedelta(days=3), now) == 1  # 2030-06-01 is outside: kept
     finally:
         conn.close()
     assert [r[0] for r in _query(schema_dsn, "SELECT bucket FROM one_day_candle ORDER BY bucket")] == [

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.config import SupervisorConfig
-from shardctl.states import (ALLOWED, Action, IllegalTransition, ShardMachine, ShardState,
-                             describe_exit)
+from shardctl.config.model import SupervisorConfig
+from shardctl.supervisor.states import (
+    ALLOWED,
+    Action,
+    IllegalTransition,
+    ShardMachine,
+    ShardState,
+    describe_exit,
+)
 
 S = ShardState
 POLICY = SupervisorConfig(start_grace=2.0, heartbeat_timeout=5.0, restart_initial=1.0, restart_max=8.0,

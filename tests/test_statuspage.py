@@ -26,12 +26,13 @@ from typing import Any, Iterator
 import psycopg2
 import pytest
 import websocket
-
-from shardctl import candles
-from shardctl.config import TablesConfig, check_config
-from shardctl.feed import FeedServer
 from support import wait_until
 from test_supervisor import CRYPTO, STOCKS, Supervisor, free_port, write_config
+
+from shardctl.config import check_config
+from shardctl.config.model import TablesConfig
+from shardctl.db import candles
+from shardctl.feed.server import FeedServer
 
 TOKEN_ENV = "SHARDCTL_TEST_STATUS_TOKEN"
 #: Chromium flags for a quiet, sandbox-less (root) headless run that talks to nothing but 127.0.0.1.

@@ -21,12 +21,12 @@ from typing import Any, Iterator
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import query, sent_ticks, stored_ticks, wait_until
 
 from shardctl.config import load_config
-from shardctl.control import ControlClient
 from shardctl.errors import ControlError
-from shardctl.feed import FeedServer
-from support import query, sent_ticks, stored_ticks, wait_until
+from shardctl.feed.server import FeedServer
+from shardctl.supervisor.control import ControlClient
 
 STOCKS = ("AAPL", "MSFT")
 CRYPTO = ("BTC/USD", "ETH/USD")
@@ -460,7 +460,7 @@ def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn) -> None:
     config = write_config(tmp_path, "ws://127.0.0.1:9/v1/quotes/price", schema_dsn)
     # Today's bucket is still open: only real-time candles show it before the day ends.
     config.write_text(config.read_text() + "\n[tables]\nrealtime_candles = true\n")
-    result = subprocess.run([sys.executable, "-m", "shardctl.sidecars", "maintain", str(config)],
+    result = subprocess.run([sys.executable, "-m", "shardctl.supervisor.sidecars", "maintain", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "maintenance:" in result.stderr

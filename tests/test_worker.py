@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from shardctl.feed import FeedServer
 from support import WorkerProcess, row_count, sent_ticks, stored_ticks, wait_until
+
+from shardctl.feed.server import FeedServer
 
 SYMBOLS = ("AAPL", "BTC/USD", "EUR/USD")
 

@@ -8,9 +8,9 @@ from decimal import Context, Decimal
 import psycopg2
 import pytest
 
-from shardctl.config import TablesConfig
+from shardctl.config.model import TablesConfig
+from shardctl.db.writer import Writer
 from shardctl.errors import DatabaseError, DatabaseUnavailable
-from shardctl.writer import Writer
 
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(microsecond=0)

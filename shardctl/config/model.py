@@ -1,0 +1,229 @@
+"""TOML config → frozen, typed dataclasses.
+
+``load_config`` promises a fully valid ``Config`` or raises ``ConfigErrors``
+listing every problem found, each naming the file, the key and the fix.
+``check_config`` returns the problems and warnings instead of raising, for
+``shardctl validate``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+import platformdirs
+
+from shardctl.errors import ConfigError
+
+DEFAULT_SOURCE_URL = "wss://ws.twelvedata.com/v1/quotes/price"
+DEFAULT_REST_URL = "https://api.twelvedata.com"
+DEFAULT_API_KEY_ENV = "TWELVEDATA_API_KEY"
+#: Twelve Data closes the oldest connection when a 4th opens with one key.
+MAX_CONNECTIONS_PER_KEY = 3
+#: The key the local feed accepts when no real key is configured.
+LOCAL_FEED_API_KEY = "demo"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Return seconds for ``"500ms"``, ``"2s"``, ``"1m"``, ``"1h"``, ``"1d"`` or a bare number of seconds.
+
+    Raises ``ValueError`` with a message that shows the accepted forms.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"expected a duration like \"500ms\", \"2s\" or \"1m\", got {text!r}")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise ValueError(f"a duration must be a finite number of seconds, got {text!r}")
+        if text < 0:
+            raise ValueError(f"a duration cannot be negative, got {text!r}")
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"expected a duration like \"500ms\", \"2s\" or \"1m\", got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Per-shard tunables; ``[defaults]`` fills them, ``[shards.NAME]`` may override any."""
+
+    batch_size: int = 1000
+    #: Rows that may wait for the database in memory; past this the worker relies on the journal.
+    max_pending_rows: int = 200_000
+    flush_interval: float = 1.0
+    heartbeat_interval: float = 10.0
+    watchdog_timeout: float = 30.0
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+    reconnect_reset_after: float = 60.0
+    bad_key_backoff: float = 300.0
+    stop_timeout: float = 10.0
+    dead_letter_log_interval: float = 10.0
+    #: The shard's journal: segment size, cap, what happens at the cap, and fsync policy.
+    journal_segment_bytes: int = 64 * 1024 * 1024
+    journal_max_bytes: int = 2 * 1024 * 1024 * 1024
+    journal_on_full: str = "block"
+    journal_fsync: str = "never"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+def parse_size(text: str | int) -> int:
+    """Return bytes for ``"512MiB"``, ``"2GB"``, ``"64KiB"`` or a bare integer; ValueError shows the forms."""
+    if isinstance(text, bool) or (isinstance(text, int) and text < 0):
+        raise ValueError(f"expected a size like \"512MiB\" or \"2GiB\", got {text!r}")
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"expected a size like \"512MiB\" or \"2GiB\", got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where rows go: a literal DSN, an environment variable holding one, or (neither) the embedded server."""
+
+    dsn: str | None = None
+    dsn_env: str | None = None
+    embedded_dir: Path = Path()
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn is None and self.dsn_env is None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    url: str = DEFAULT_SOURCE_URL
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    rest_url: str = DEFAULT_REST_URL
+
+    @property
+    def is_local(self) -> bool:
+        """True when the source is a feed on this machine (``shardctl feed``)."""
+        return urlparse(self.url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """A local ``shardctl feed`` that ``shardctl start`` runs beside the workers (demo mode)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    rate: float = 20.0
+    symbols: tuple[str, ...] = ()
+
+
+#: Candle intervals shardctl can keep (see shardctl.db.candlespec.candle_specs); "1d" is the tutorial's one_day_candle.
+CANDLE_INTERVALS = ("1m", "1h", "1d")
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """Filling recorded gaps with one-minute bars from Twelve Data's REST ``time_series``."""
+
+    enabled: bool = False
+    min_gap: float = 120.0
+    credits_per_minute: int = 8
+    dp: int = 10
+    settle: float = 5.0
+    max_attempts: int = 6
+    rescan_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Relation names (plain identifiers) and which candles to keep; ``[tables]`` in the config."""
+
+    ticks: str = "crypto_ticks"
+    assets: str = "crypto_assets"
+    day_candle: str = "one_day_candle"
+    ledger: str = "shardctl_ledger"
+    minute_candle: str = "one_minute_candle"
+    hour_candle: str = "one_hour_candle"
+    #: Candle intervals to create and refresh, a subset of CANDLE_INTERVALS that includes "1d".
+    candles: tuple[str, ...] = CANDLE_INTERVALS
+    #: Real-time aggregation: candles include the still-open buckets (TimescaleDB materialized_only = false).
+    realtime_candles: bool = False
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    control_socket: Path = Path()
+    pidfile: Path = Path()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    #: Variable holding the status page's token for its buttons; unset: a random token in STATE_DIR/run/status-token.
+    status_token_env: str | None = None
+    start_grace: float = 5.0
+    heartbeat_timeout: float = 15.0
+    restart_initial: float = 1.0
+    restart_max: float = 60.0
+    healthy_after: float = 30.0
+    max_failures: int = 5
+    failure_window: float = 300.0
+    stop_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    name: str
+    symbols: tuple[str, ...]
+    api_key_env: str
+    settings: ShardSettings
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    state_dir: Path
+    database: DatabaseConfig
+    source: SourceConfig
+    tables: TablesConfig
+    defaults: ShardSettings
+    supervisor: SupervisorConfig
+    shards: Mapping[str, ShardConfig] = field(default_factory=dict)
+    feed: FeedConfig | None = None
+    backfill: BackfillConfig = BackfillConfig()
+
+    def shard(self, name: str) -> ShardConfig:
+        """Return the named shard or raise a ConfigError that lists the known ones."""
+        try:
+            return self.shards[name]
+        except KeyError:
+            known = ", ".join(self.shards) or "none"
+            raise ConfigError(str(self.path), f"shards.{name}", f"no such shard (known: {known})") from None
+
+    def shard_dir(self, name: str) -> Path:
+        """The shard's private state directory (dead letters, later the journal)."""
+        return self.state_dir / "shards" / name
+
+    def api_key(self, shard: ShardConfig) -> str | None:
+        """The shard's API key from the environment; the local feed's key when the source is local and none is set."""
+        key = os.environ.get(shard.api_key_env)
+        if not key and self.source.is_local:
+            return LOCAL_FEED_API_KEY
+        return key or None
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    """``value`` with ~ expanded, made absolute against ``base`` when relative."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def default_state_dir() -> Path:
+    """``$SHARDCTL_STATE_DIR`` (made absolute against the working directory) or the user data dir."""
+    env = os.environ.get("SHARDCTL_STATE_DIR")
+    return resolve_path(Path.cwd(), env) if env else Path(platformdirs.user_data_dir("shardctl"))

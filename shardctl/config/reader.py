@@ -1,0 +1,439 @@
+"""Reading a config file: the raw TOML tree → ``Config``, collecting every problem on the way.
+
+``read_config`` never raises for bad input: each problem (and warning, and
+unset environment variable) is a ``ConfigError`` naming the file, the key and
+the fix, collected on the returned reader. ``shardctl.config.check_config``
+and ``load_config`` are the public entry points.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from shardctl.config.model import (
+    CANDLE_INTERVALS,
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_REST_URL,
+    DEFAULT_SOURCE_URL,
+    MAX_CONNECTIONS_PER_KEY,
+    BackfillConfig,
+    Config,
+    DatabaseConfig,
+    FeedConfig,
+    ShardConfig,
+    ShardSettings,
+    SourceConfig,
+    SupervisorConfig,
+    TablesConfig,
+    default_state_dir,
+    parse_duration,
+    parse_size,
+    resolve_path,
+)
+from shardctl.errors import ConfigError
+
+_SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes"))
+_CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "journal_on_full": ("block", "drop_oldest"),
+    "journal_fsync": ("never", "flush", "always"),
+}
+
+
+_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "backfill", "shards")
+_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "database": ("dsn", "dsn_env", "embedded_dir"),
+    "source": ("url", "api_key_env", "rest_url"),
+    "feed": ("host", "port", "rate", "symbols"),
+    "tables": tuple(f.name for f in fields(TablesConfig)),
+    "defaults": tuple(f.name for f in fields(ShardSettings)),
+    "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
+    "backfill": tuple(f.name for f in fields(BackfillConfig)),
+}
+_SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+class _Reader:
+    """Collects every problem while converting the raw TOML tree."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[ConfigError] = []
+        self.warnings: list[ConfigError] = []
+        #: Unset environment variables: warnings for `validate`, errors for `start`.
+        self.missing_env: list[ConfigError] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(ConfigError(str(self.path), key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(ConfigError(str(self.path), key, message))
+
+    def env_missing(self, key: str, message: str) -> None:
+        self.missing_env.append(ConfigError(str(self.path), key, message))
+
+    def table(self, raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = raw.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a table ([{key}]), got {type(value).__name__}")
+            return {}
+        return value
+
+    def unknown_keys(self, raw: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+        for key in raw:
+            if key in allowed:
+                continue
+            where = f"{prefix}.{key}" if prefix else key
+            close = difflib.get_close_matches(key, allowed, n=1)
+            if close:
+                hint = f"did you mean '{close[0]}'?"
+            elif prefix and key in _TOP_KEYS and not isinstance(raw[key], dict):
+                # TOML puts every key after [section] into that section.
+                hint = f"'{key}' is a top-level key: move it above the first [section] of the file"
+            else:
+                hint = f"allowed keys: {', '.join(allowed)}"
+            self.problem(where, f"unknown key; {hint}")
+
+    def string(self, raw: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
+        value = raw.get(key, default)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            self.problem(where, f"must be a non-empty string, got {value!r}")
+            return default
+        return value
+
+    def number(self, raw: Mapping[str, Any], key: str, where: str, default: float, *, integer: bool,
+               minimum: float) -> Any:
+        value = raw.get(key, default)
+        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type:
+            kind = "an integer" if integer else "a number"
+            self.problem(where, f"must be {kind}, got {value!r}")
+            return default
+        if not math.isfinite(value):
+            self.problem(where, f"must be a finite number, got {value!r}")
+            return default
+        if value < minimum:
+            self.problem(where, f"must be at least {minimum:g}, got {value!r}")
+            return default
+        return value
+
+    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        if key not in raw:
+            return default
+        try:
+            seconds = parse_duration(raw[key])
+        except ValueError as exc:
+            self.problem(where, str(exc))
+            return default
+        if seconds <= 0:
+            self.problem(where, f"must be longer than zero, got {raw[key]!r}")
+            return default
+        return seconds
+
+    def settings(self, raw: Mapping[str, Any], prefix: str, base: ShardSettings) -> ShardSettings:
+        values: dict[str, Any] = {}
+        for f in fields(ShardSettings):
+            if f.name not in raw:
+                continue
+            where = f"{prefix}.{f.name}"
+            if f.name in ("batch_size", "max_pending_rows"):
+                values[f.name] = self.number(raw, f.name, where, getattr(base, f.name), integer=True, minimum=1)
+            elif f.name in _SIZE_SETTINGS:
+                try:
+                    values[f.name] = parse_size(raw[f.name])
+                except ValueError as exc:
+                    self.problem(where, str(exc))
+            elif f.name in _CHOICE_SETTINGS:
+                if raw[f.name] not in _CHOICE_SETTINGS[f.name]:
+                    self.problem(where, f"must be one of {', '.join(map(repr, _CHOICE_SETTINGS[f.name]))}, "
+                                        f"got {raw[f.name]!r}")
+                else:
+                    values[f.name] = raw[f.name]
+            else:
+                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
+        result = ShardSettings(**{**base.__dict__, **values})
+        if result.journal_max_bytes < 2 * result.journal_segment_bytes and (
+                "journal_max_bytes" in raw or "journal_segment_bytes" in raw):
+            self.problem(f"{prefix}.journal_max_bytes", "must be at least twice journal_segment_bytes")
+        # Report the pair only where it is set, not again in every shard that inherits it.
+        if result.reconnect_max < result.reconnect_initial and (
+                "reconnect_max" in raw or "reconnect_initial" in raw):
+            self.problem(f"{prefix}.reconnect_max", "must not be shorter than reconnect_initial")
+        return result
+
+
+def read_config(path: Path) -> tuple[Config | None, _Reader]:
+    """Convert the file at ``path``; the reader holds problems, warnings and unset variables."""
+    reader = _Reader(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reader.problem("", "file not found; pass the path of a TOML config (see config/demo.toml)")
+        return None, reader
+    except OSError as exc:
+        reader.problem("", f"cannot read the file: {exc.strerror}")
+        return None, reader
+    except UnicodeDecodeError as exc:
+        reader.problem("", f"not a UTF-8 text file (byte {exc.start}); a config is a TOML text file")
+        return None, reader
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        reader.problem("", f"TOML syntax error: {exc}; fix the line it names")
+        return None, reader
+
+    base = path.parent.resolve()
+    reader.unknown_keys(raw, _TOP_KEYS, "")
+    for section, allowed in _SECTION_KEYS.items():
+        if isinstance(raw.get(section), dict):  # a non-table is reported once, where the section is read
+            reader.unknown_keys(raw[section], allowed, section)
+
+    state_value = reader.string(raw, "state_dir", "state_dir", None)
+    # $SHARDCTL_STATE_DIR wins over state_dir; a relative state_dir is relative to this file.
+    state_dir = default_state_dir() if os.environ.get("SHARDCTL_STATE_DIR") or not state_value else (
+        resolve_path(base, state_value))
+
+    db_raw = reader.table(raw, "database")
+    dsn = reader.string(db_raw, "dsn", "database.dsn", None)
+    dsn_env = reader.string(db_raw, "dsn_env", "database.dsn_env", None)
+    if dsn and dsn_env:
+        reader.problem("database", "set either dsn or dsn_env, not both")
+    if dsn and re.search(r"://[^/@:]+:[^/@]+@|password\s*=", dsn):
+        reader.warn("database.dsn", "holds a password; put it in the environment (dsn_env) or ~/.pgpass")
+    embedded_value = reader.string(db_raw, "embedded_dir", "database.embedded_dir", None)
+    database = DatabaseConfig(
+        dsn=dsn, dsn_env=dsn_env,
+        embedded_dir=resolve_path(base, embedded_value) if embedded_value else state_dir / "postgres",
+    )
+
+    src_raw = reader.table(raw, "source")
+    source = SourceConfig(
+        url=reader.string(src_raw, "url", "source.url", DEFAULT_SOURCE_URL) or DEFAULT_SOURCE_URL,
+        api_key_env=reader.string(src_raw, "api_key_env", "source.api_key_env", DEFAULT_API_KEY_ENV)
+        or DEFAULT_API_KEY_ENV,
+        rest_url=reader.string(src_raw, "rest_url", "source.rest_url", None) or "",
+    )
+    if not source.rest_url:
+        # A local feed serves REST on its websocket port; otherwise Twelve Data's API.
+        local = urlparse(source.url)
+        rest_url = f"http://{local.netloc}" if source.is_local else DEFAULT_REST_URL
+        source = SourceConfig(url=source.url, api_key_env=source.api_key_env, rest_url=rest_url)
+    url = urlparse(source.url)
+    if "apikey" in url.query.lower():
+        # Never echo the URL: it holds a secret (and `validate` would print it).
+        reader.problem("source.url", f"holds an API key (?apikey=...); remove it and export the key in "
+                                     f"${source.api_key_env} (or the variable named by api_key_env)")
+    elif url.scheme not in ("ws", "wss"):
+        reader.problem("source.url", f"must be a ws:// or wss:// URL, got {source.url!r}")
+
+    tables = _read_tables(reader, reader.table(raw, "tables"))
+
+    defaults = reader.settings(reader.table(raw, "defaults"), "defaults", ShardSettings())
+    supervisor = _read_supervisor(reader, reader.table(raw, "supervisor"), base, state_dir)
+    shards = _read_shards(reader, raw, source, defaults)
+    feed = _read_feed(reader, raw, shards) if "feed" in raw else None
+    if feed is not None:
+        _check_feed_matches_source(reader, feed, source)
+
+    backfill = _read_backfill(reader, reader.table(raw, "backfill"))
+    config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
+                    defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed,
+                    backfill=backfill)
+    _check_api_keys(reader, config)
+    return config, reader
+
+
+def _read_tables(reader: _Reader, raw: Mapping[str, Any]) -> TablesConfig:
+    values: dict[str, Any] = {}
+    for f in fields(TablesConfig):
+        if f.type != "str":
+            continue
+        name = reader.string(raw, f.name, f"tables.{f.name}", f.default)
+        if name and not _IDENTIFIER.match(name):
+            reader.problem(f"tables.{f.name}", f"{name!r} is not a plain SQL identifier (letters, digits, _)")
+            name = f.default
+        values[f.name] = name
+    for key, name in values.items():
+        if list(values.values()).index(name) != list(values).index(key):
+            reader.problem(f"tables.{key}", f"{name!r} is already the name of another table; choose another")
+    candles = raw.get("candles", list(CANDLE_INTERVALS))
+    if not isinstance(candles, list) or any(c not in CANDLE_INTERVALS for c in candles) or "1d" not in candles:
+        reader.problem("tables.candles", f"must be a list of intervals from {list(CANDLE_INTERVALS)} that "
+                                         f"includes \"1d\" (the tutorial's one_day_candle), got {candles!r}")
+        candles = list(CANDLE_INTERVALS)
+    values["candles"] = tuple(c for c in CANDLE_INTERVALS if c in candles)
+    realtime = raw.get("realtime_candles", False)
+    if not isinstance(realtime, bool):
+        reader.problem("tables.realtime_candles", f"must be true or false, got {realtime!r}")
+        realtime = False
+    values["realtime_candles"] = realtime
+    return TablesConfig(**values)
+
+
+def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> SupervisorConfig:
+    values: dict[str, Any] = {}
+    for f in fields(SupervisorConfig):
+        where = f"supervisor.{f.name}"
+        if f.name in ("control_socket", "pidfile"):
+            value = reader.string(raw, f.name, where, None)
+            default = state_dir / "run" / ("control.sock" if f.name == "control_socket" else "shardctl.pid")
+            values[f.name] = resolve_path(base, value) if value else default
+        elif f.name == "metrics_host":
+            values[f.name] = reader.string(raw, f.name, where, f.default)
+        elif f.name == "metrics_port":
+            values[f.name] = reader.number(raw, f.name, where, 0, integer=True, minimum=0)
+            if values[f.name] > 65535:
+                reader.problem(where, "must be a TCP port (1-65535), or 0 to turn metrics off")
+        elif f.name == "max_failures":
+            values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
+        elif f.name == "status_token_env":
+            values[f.name] = reader.string(raw, f.name, where, None)
+            if values[f.name] and not _ENV_NAME.match(values[f.name]):
+                reader.problem(where, f"{values[f.name]!r} is not an environment variable name (letters, digits, _)")
+        else:
+            values[f.name] = reader.duration(raw, f.name, where, f.default)
+    sock = values["control_socket"]
+    if len(str(sock)) > 100:
+        # Only the supervisor binds it (workers and one-off commands never do): a warning here,
+        # an error from `shardctl start`.
+        reader.warn("supervisor.control_socket",
+                    f"path is {len(str(sock))} characters; unix sockets allow about 100: choose a shorter one "
+                    "before `shardctl start`")
+    return SupervisorConfig(**values)
+
+
+def _read_backfill(reader: _Reader, raw: Mapping[str, Any]) -> BackfillConfig:
+    default = BackfillConfig()
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        reader.problem("backfill.enabled", f"must be true or false, got {enabled!r}")
+        enabled = False
+    return BackfillConfig(
+        enabled=enabled,
+        min_gap=reader.duration(raw, "min_gap", "backfill.min_gap", default.min_gap),
+        credits_per_minute=reader.number(raw, "credits_per_minute", "backfill.credits_per_minute",
+                                         default.credits_per_minute, integer=True, minimum=1),
+        dp=reader.number(raw, "dp", "backfill.dp", default.dp, integer=True, minimum=0),
+        settle=reader.duration(raw, "settle", "backfill.settle", default.settle),
+        max_attempts=reader.number(raw, "max_attempts", "backfill.max_attempts", default.max_attempts,
+                                   integer=True, minimum=1),
+        rescan_interval=reader.duration(raw, "rescan_interval", "backfill.rescan_interval",
+                                        default.rescan_interval),
+    )
+
+
+def _read_shards(reader: _Reader, raw: Mapping[str, Any], source: SourceConfig,
+                 defaults: ShardSettings) -> dict[str, ShardConfig]:
+    shards_raw = raw.get("shards")
+    if shards_raw is None:
+        reader.problem("shards", "missing; add at least one [shards.NAME] table with symbols = [...]")
+        return {}
+    if not isinstance(shards_raw, dict) or not shards_raw:
+        reader.problem("shards", "must hold at least one [shards.NAME] table with symbols = [...]")
+        return {}
+    shards: dict[str, ShardConfig] = {}
+    owner: dict[str, str] = {}
+    for name, body in shards_raw.items():
+        prefix = f"shards.{name}"
+        if not _SHARD_NAME.match(name):
+            reader.problem(prefix, "shard names use letters, digits, '-' and '_' (at most 32 characters)")
+        if not isinstance(body, dict):
+            reader.problem(prefix, "must be a table with symbols = [...]")
+            continue
+        reader.unknown_keys(body, _SHARD_KEYS, prefix)
+        symbols = body.get("symbols")
+        if not isinstance(symbols, list) or not symbols:
+            reader.problem(f"{prefix}.symbols", "a shard needs at least one symbol, e.g. symbols = [\"BTC/USD\"]")
+            symbols = []
+        clean: list[str] = []
+        for symbol in symbols:
+            if not isinstance(symbol, str) or not symbol.strip() or "," in symbol:
+                reader.problem(f"{prefix}.symbols", f"{symbol!r} is not a symbol like \"AAPL\" or \"BTC/USD\"")
+                continue
+            symbol = symbol.strip()
+            if symbol in owner:
+                where = "twice in this shard" if owner[symbol] == name else f"also in shards.{owner[symbol]}"
+                reader.problem(f"{prefix}.symbols", f"{symbol!r} is {where}; a symbol belongs to one shard")
+                continue
+            owner[symbol] = name
+            clean.append(symbol)
+        key_env = reader.string(body, "api_key_env", f"{prefix}.api_key_env", source.api_key_env)
+        settings = reader.settings(body, prefix, defaults)
+        shards[name] = ShardConfig(name=name, symbols=tuple(clean), api_key_env=key_env or source.api_key_env,
+                                   settings=settings)
+    return shards
+
+
+def _read_feed(reader: _Reader, raw: Mapping[str, Any], shards: Mapping[str, ShardConfig]) -> FeedConfig:
+    body = reader.table(raw, "feed")
+    port = reader.number(body, "port", "feed.port", 8765, integer=True, minimum=1)
+    if port > 65535:
+        reader.problem("feed.port", "must be a TCP port (1-65535)")
+    host = reader.string(body, "host", "feed.host", "127.0.0.1") or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        reader.problem("feed.host", "the local feed listens on 127.0.0.1 only")
+    rate = reader.number(body, "rate", "feed.rate", 20.0, integer=False, minimum=0.001)
+    symbols = body.get("symbols")
+    if symbols is None:
+        symbols = [s for shard in shards.values() for s in shard.symbols]
+    elif not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
+        reader.problem("feed.symbols", "must be a list of symbols")
+        symbols = []
+    return FeedConfig(host=host, port=port, rate=float(rate), symbols=tuple(symbols))
+
+
+def _check_feed_matches_source(reader: _Reader, feed: FeedConfig, source: SourceConfig) -> None:
+    """`start` runs the [feed]; warn when the workers would not read from it."""
+    url = urlparse(source.url)
+    if not source.is_local:
+        reader.warn("feed", f"a local feed will run, but source.url points at {url.hostname}; "
+                            "remove [feed] or set source.url to ws://127.0.0.1:PORT/v1/quotes/price")
+        return
+    try:
+        port = url.port or (443 if url.scheme == "wss" else 80)
+    except ValueError:
+        return
+    if port != feed.port:
+        reader.warn("feed.port", f"the feed listens on port {feed.port} but source.url uses port {port}; "
+                                 "make them the same")
+
+
+def _check_api_keys(reader: _Reader, config: Config) -> None:
+    by_key: dict[str, list[str]] = {}
+    for shard in config.shards.values():
+        by_key.setdefault(shard.api_key_env, []).append(shard.name)
+    for env, names in by_key.items():
+        if len(names) > MAX_CONNECTIONS_PER_KEY:
+            reader.problem(
+                f"shards.{names[MAX_CONNECTIONS_PER_KEY]}.api_key_env",
+                f"{len(names)} shards ({', '.join(names)}) share the API key in ${env}; Twelve Data allows "
+                f"{MAX_CONNECTIONS_PER_KEY} connections per key and closes the oldest: give some shards their "
+                f"own api_key_env or merge shards")
+        if not config.source.is_local and not os.environ.get(env):
+            first = names[0]
+            key = "source.api_key_env" if env == config.source.api_key_env else f"shards.{first}.api_key_env"
+            reader.env_missing(key, f"environment variable {env} is not set; export your Twelve Data API key in it "
+                             f"before `shardctl start` (needed by shard(s) {', '.join(names)})")
+    token_env = config.supervisor.status_token_env
+    if token_env and config.supervisor.metrics_port and not os.environ.get(token_env):
+        reader.env_missing("supervisor.status_token_env", f"environment variable {token_env} is not set; export the "
+                           "status page's token in it, or remove the key to have one generated in run/status-token")
+    if config.database.dsn_env and not os.environ.get(config.database.dsn_env):
+        reader.env_missing("database.dsn_env", f"environment variable {config.database.dsn_env} is not set; "
+                                        "export the database URL in it before `shardctl start`")

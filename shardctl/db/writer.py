@@ -1,0 +1,297 @@
+"""Writes batches of ticks with binary COPY and commits the shard's ledger row in the same transaction.
+
+The ledger row (``shard``, ``last_seq``, ``journal_offset``, ``rows_total``)
+is the idempotency key: a batch whose ``seq`` is not above the committed
+``last_seq`` is refused without writing, so a caller that lost the answer to
+a commit (connection dropped mid-commit) can simply send the same batch again.
+
+Errors: ``DatabaseUnavailable`` when the connection is lost or the server is
+out of reach (the connection is dropped; the next call reconnects, so the
+caller retries the same batch with backoff), ``DatabaseError`` otherwise
+(the transaction is rolled back; retrying the same batch will fail again).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
+
+import psycopg2
+from pgcopy import CopyManager, inspect
+from pgcopy.copy import numeric as _pgcopy_numeric
+from psycopg2 import sql
+from psycopg2.extensions import encodings
+
+from shardctl.config.model import TablesConfig
+from shardctl.crashpoints import crash_point
+from shardctl.db.connection import connect, map_error
+from shardctl.db.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
+from shardctl.db.gaps import record_gap
+from shardctl.db.schema import ensure_partition, upsert_assets
+from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError
+from shardctl.rows import COLUMNS
+
+log = logging.getLogger("shardctl.writer")
+
+#: Column order of a row tuple: (time, symbol, price, day_volume, bid, ask).
+#: Environment variable: "pgcopy" makes every CopyManager use pgcopy's own per-field formatters.
+ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
+Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)
+
+
+def _numeric(value: Any) -> Any:
+    """pgcopy's NUMERIC encoder wants Decimal; accept int (exact) and float (via its shortest repr) too."""
+    if isinstance(value, Decimal):
+        return _pgcopy_numeric(value)
+    if isinstance(value, bool):
+        raise TypeError(f"numeric field requires a number (got {value!r})")
+    if isinstance(value, int):
+        return _pgcopy_numeric(Decimal(value))
+    if isinstance(value, float):
+        return _pgcopy_numeric(Decimal(repr(value)))
+    return _pgcopy_numeric(value)
+
+
+class ShardBusy(ShardctlError):
+    """Another worker holds this shard's writer lock on the database."""
+
+
+class _TickCopyManager(CopyManager):
+    """pgcopy's CopyManager (table introspection, formatters, ``copystream``) with a fast ``writestream``.
+
+    When the COPY columns have the types of ``copyformat.TICK_TYPES`` (the
+    writer's COLUMNS on shardctl's schema), rows are encoded by
+    ``copyformat.TickEncoder``: the same bytes as pgcopy's formatters, several
+    times faster; rows it does not recognise still go through pgcopy's
+    formatters (same bytes, same errors). Other column types, or
+    ``SHARDCTL_COPY_ENCODER=pgcopy`` in the environment (an escape hatch and
+    the benchmarks' "before"), keep pgcopy's own ``writestream``.
+    """
+
+    type_formatters = {"numeric": _numeric}
+
+    def compile(self) -> None:
+        """pgcopy's compile (formatters per column; ValueError for a missing column), then the fast encoder."""
+        super().compile()
+        atts = inspect.get_types(self.conn, self.schema, self.table)
+        columns = [atts[c] for c in self.cols]
+        self.encoder: TickEncoder | None = None
+        if fast_path_types_ok(columns) and os.environ.get(ENCODER_ENV, "fast") != "pgcopy":
+            formatters = self.formatters
+            self.encoder = TickEncoder(encodings[self.conn.encoding], [not a.not_null for a in columns],
+                                       lambda row: pgcopy_row(formatters, row))
+
+    def writestream(self, data: Any, datastream: Any) -> None:
+        """Write the binary COPY payload of ``data`` (header, rows, trailer) to ``datastream``."""
+        if self.encoder is None:
+            super().writestream(data, datastream)
+        else:
+            datastream.write(self.encoder.encode(data))
+
+
+def _utc_day(moment: datetime) -> date:
+    if moment.tzinfo is None:  # pgcopy stores naive datetimes as UTC; so do we
+        return moment.date()
+    return moment.astimezone(timezone.utc).date()
+
+
+class Writer:
+    """One shard's writer: one connection (opened lazily), one CopyManager reused across batches."""
+
+    def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None) -> None:
+        self.dsn = dsn
+        self.tables = tables
+        self.shard = shard
+        self.application_name = application_name or f"shardctl:{shard}"
+        self._conn: Any = None
+        self._copy: _TickCopyManager | None = None
+        self._partitioned = False
+        self._days: set[date] = set()  # days known to have their own partition (plain PostgreSQL)
+
+    # ------------------------------------------------------------ connection
+
+    def _connection(self) -> Any:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._drop()
+        conn = connect(self.dsn, application_name=self.application_name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                            (sql.Identifier(self.tables.ticks).as_string(conn),))
+                row = cur.fetchone()
+            if row is None:
+                raise DatabaseError(f"table {self.tables.ticks} does not exist; run `shardctl db init CONFIG`")
+            self._partitioned = row[0] == "p"
+            # One writer per shard and database, across hosts: two would interleave journal offsets
+            # in one ledger row and skip each other's batches. The lock lives as long as the session.
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                            (f"shardctl {self.tables.ledger} {self.shard}",))
+                locked = cur.fetchone()[0]
+            if not locked:
+                raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
+                                "worker (another host, or a second supervisor); stop that one first")
+            self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS)
+            conn.commit()
+        except (psycopg2.Error, ValueError) as exc:
+            error = self._error(exc, conn, "cannot prepare the writer")
+            conn.close()
+            raise error from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        """Forget the connection (closing it if still open); the next call reconnects."""
+        conn, self._conn, self._copy = self._conn, None, None
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+
+    def _error(self, exc: BaseException, conn: Any, action: str) -> DatabaseError:
+        if isinstance(exc, psycopg2.Error):
+            return map_error(exc, self.dsn, action=f"shard {self.shard}: {action}", conn=conn)
+        return DatabaseError(f"shard {self.shard}: {action}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+
+    def _fail(self, exc: BaseException, action: str) -> DatabaseError:
+        """Map ``exc``; roll back, or drop the connection if it is gone (or the rollback fails)."""
+        conn = self._conn
+        error = self._error(exc, conn, action)
+        if isinstance(error, DatabaseUnavailable) or conn is None or conn.closed:
+            self._drop()
+            if not isinstance(error, DatabaseUnavailable):
+                error = DatabaseUnavailable(str(error))
+        else:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self._drop()
+        return error
+
+    # ------------------------------------------------------------ API
+
+    def last_committed(self) -> int:
+        """The shard's last committed batch sequence (0 if none yet). Connects if needed."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s")
+                            .format(sql.Identifier(self.tables.ledger)), (self.shard,))
+                row = cur.fetchone()
+            conn.commit()
+        except psycopg2.Error as exc:
+            raise self._fail(exc, "cannot read the ledger") from None
+        return int(row[0]) if row else 0
+
+    def last_journal_offset(self) -> int | None:
+        """The journal offset committed with the last batch (None if none was given)."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT journal_offset FROM {} WHERE shard = %s")
+                            .format(sql.Identifier(self.tables.ledger)), (self.shard,))
+                row = cur.fetchone()
+            conn.commit()
+        except psycopg2.Error as exc:
+            raise self._fail(exc, "cannot read the ledger") from None
+        return row[0] if row else None
+
+    def _ensure_days(self, rows: Sequence[Row]) -> None:
+        days: set[date] = set()
+        last: Any = None
+        for row in rows:  # rows of the same second share one datetime object (the parser's cache)
+            moment = row[0]
+            if moment is not last:
+                last = moment
+                if isinstance(moment, datetime):
+                    days.add(_utc_day(moment))
+        days -= self._days
+        for day in sorted(days):
+            ensure_partition(self._conn, self.tables, day)  # raises DatabaseError; commits its own transaction
+            self._days.add(day)
+
+    def write(self, seq: int, rows: Sequence[Row], *, journal_offset: int | None = None) -> bool:
+        """Write ``rows`` as batch ``seq`` in one transaction with the ledger update; False if already committed.
+
+        Returns True once the rows and the ledger row (last_seq=seq,
+        rows_total += len(rows), journal_offset, updated_at) are committed
+        together; False (writing nothing) if ``seq`` <= the committed last_seq.
+        Raises DatabaseUnavailable (retry the same call later) or DatabaseError.
+        """
+        conn = self._connection()
+        ledger = sql.Identifier(self.tables.ledger)
+        try:
+            if self._partitioned:
+                self._ensure_days(rows)
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s FOR UPDATE").format(ledger),
+                            (self.shard,))
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(sql.SQL("INSERT INTO {} (shard, last_seq, rows_total, updated_at) "
+                                        "VALUES (%s, 0, 0, now()) ON CONFLICT (shard) DO NOTHING").format(ledger),
+                                (self.shard,))
+                    cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s FOR UPDATE").format(ledger),
+                                (self.shard,))
+                    row = cur.fetchone()
+                if seq <= row[0]:
+                    conn.rollback()
+                    log.info("batch %d already committed (ledger at %d); skipped", seq, row[0],
+                             extra={"shard": self.shard})
+                    return False
+                if rows:
+                    assert self._copy is not None
+                    self._copy.copy(rows, io.BytesIO)
+                crash_point("after_copy")
+                cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "
+                                    "journal_offset = %s, updated_at = now() WHERE shard = %s").format(ledger),
+                            (seq, len(rows), journal_offset, self.shard))
+            conn.commit()
+            return True
+        except DatabaseUnavailable:
+            self._drop()
+            raise
+        except DatabaseError:
+            if self._conn is not None and not self._conn.closed:
+                try:
+                    self._conn.rollback()
+                except psycopg2.Error:
+                    self._drop()
+            raise
+        except (psycopg2.Error, ValueError, TypeError) as exc:
+            raise self._fail(exc, f"cannot write batch {seq}") from None
+
+    def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None:
+        """Record that this shard may have missed ticks in [gap_from, gap_to) (idempotent; see shardctl.db.gaps)."""
+        try:
+            record_gap(self._connection(), self.shard, gap_from, gap_to, reason)
+        except DatabaseUnavailable:
+            self._drop()
+            raise
+
+    def upsert_assets(self, names: Mapping[str, str | None]) -> None:
+        """Record symbols and their names as the stream told them (never blanking a known name)."""
+        try:
+            upsert_assets(self._connection(), self.tables, names)
+        except DatabaseUnavailable:
+            self._drop()
+            raise
+
+    def close(self) -> None:
+        """Close the connection (rolling back nothing committed-pending: every write commits or rolls back)."""
+        self._drop()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

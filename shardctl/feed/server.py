@@ -1,0 +1,527 @@
+"""``shardctl feed``: a local Twelve Data–compatible websocket server.
+
+Serves ``ws://127.0.0.1:PORT/v1/quotes/price`` with the wire protocol of
+``reference/twelvedata-protocol.md``: subscribe/unsubscribe/reset/heartbeat,
+then price events for the connection's symbols, either simulated (a random
+walk per symbol shared by all connections, at ``rate`` ticks/s per connection,
+0 = as fast as the client reads) or replayed from a JSON-lines file. Fault
+modes (``shardctl.feed.faults``) let tests and demos break the connection on
+purpose. The demo, the integration tests (``FeedServer`` in a background
+thread) and the benchmark (``shardctl feed`` as a subprocess) all use it.
+
+Handshake: the key comes from ``?apikey=`` or the ``X-TD-APIKEY`` header; a
+missing or wrong key (or the ``bad_key`` fault) is refused with HTTP 200
+instead of 101, as Twelve Data does. A 4th concurrent connection with one key
+closes the oldest with code 4000 (``CLOSE_EVICTED``).
+
+The same port answers plain HTTP GETs of Twelve Data's REST ``/time_series``
+(deterministic one-minute bars, for gap backfill), ``/api_usage`` and
+``/technical_indicators``: see ``shardctl.feed.rest`` (``rest_url``, ``rest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import hmac
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterable
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from shardctl.config.model import MAX_CONNECTIONS_PER_KEY
+from shardctl.errors import UsageError
+from shardctl.feed.catalog import Catalog
+from shardctl.feed.faults import CLOSE_EVICTED, Fault, make_fault, parse_fault_spec
+from shardctl.feed.rest import REST_FAULTS, RestApi
+from shardctl.feed.session import FeedError, ReplayEntry, Session, load_replay
+
+__all__ = ["FeedServer", "FeedStats", "FeedError", "CLOSE_EVICTED", "PATH", "register"]
+
+log = logging.getLogger("shardctl.feed")
+PATH = "/v1/quotes/price"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+
+@dataclass(frozen=True)
+class FeedStats:
+    """A snapshot of the feed's counters (price events only in ``sent``)."""
+
+    sent: int
+    open_connections: int
+    accepted: int
+    rejected: int
+    evicted: int
+    garbage_sent: int
+    malformed_sent: int
+    per_connection: dict[int, int]
+
+
+class FeedServer:
+    """A Twelve Data–compatible websocket server running its own asyncio loop in a daemon thread.
+
+    ``start()`` returns once it listens (``port``, ``url``); ``stop()`` closes every
+    connection (code 1001), flushes the sent-log and joins the thread. All public
+    methods are thread-safe. ``rate`` is ticks/s per connection (0 or None = as fast
+    as the client reads); ``count`` and ``duration`` bound each connection's stream
+    (the connection then stays open and still answers heartbeats).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, symbols: Iterable[str] = (),
+                 rate: float | None = 100.0, count: int | None = None, duration: float | None = None,
+                 api_key: str | None = None, sent_log: str | os.PathLike[str] | None = None,
+                 replay: str | os.PathLike[str] | None = None, replay_fast: bool = False,
+                 seed: int | None = None, faults: Iterable[Fault] = (), keep_sent: int = 100_000,
+                 close_timeout: float = 2.0) -> None:
+        if host not in LOOPBACK_HOSTS:
+            raise ValueError(f"the feed only listens on loopback ({', '.join(LOOPBACK_HOSTS)}), not {host!r}")
+        if rate is not None and rate < 0:
+            raise ValueError("rate cannot be negative")
+        self.host, self.port = host, port
+        self.rate = float(rate or 0.0)
+        self.count, self.duration = count, duration
+        self.api_key = api_key
+        self.replay_fast = replay_fast
+        self.close_timeout = close_timeout
+        self._sent_log_path = sent_log
+        self._replay_path = replay
+        self.replay_entries: list[ReplayEntry] | None = None
+        self.catalog = Catalog(symbols, seed=seed)
+        #: Twelve Data REST (``/time_series``...) on the same port; see ``shardctl.feed.rest``.
+        self.rest = RestApi(self.catalog, api_key=api_key)
+        self._cond = threading.Condition()
+        self._standing: list[Fault] = list(faults)
+        self._bad_key = any(f.name == "bad_key" for f in self._standing)
+        self._standing = [f for f in self._standing if f.name != "bad_key"]
+        self._conns: dict[int, Session] = {}
+        self._per_conn: dict[int, int] = {}
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep_sent or None)
+        self._keep_sent = keep_sent > 0
+        self._next_id = 0
+        self._sent = self._accepted = self._rejected = self._evicted = 0
+        self._garbage = self._malformed = 0
+        self._log_file: BinaryIO | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        """``ws://HOST:PORT/v1/quotes/price`` (valid once started)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}{PATH}"
+
+    @property
+    def rest_url(self) -> str:
+        """``http://HOST:PORT``: the REST base URL (``TDClient(base_url=...)``), valid once started."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def symbol_count(self) -> int:
+        """How many symbols the feed knows (built-in, declared and replayed)."""
+        return len(self.catalog)
+
+    def start(self, timeout: float = 10.0) -> FeedServer:
+        """Listen and serve in a daemon thread; return once listening. Raises ``FeedError`` (port in use...)."""
+        if self._thread is not None:
+            raise RuntimeError("FeedServer already started")
+        if self._replay_path is not None:
+            self.replay_entries = load_replay(self._replay_path)
+            for entry in self.replay_entries:
+                if entry.symbol:
+                    self.catalog.add(entry.symbol)
+        if self._sent_log_path is not None:
+            try:
+                self._log_file = open(self._sent_log_path, "ab")
+            except OSError as exc:
+                raise FeedError(f"cannot open sent-log {self._sent_log_path}: {exc.strerror or exc}") from None
+        self._thread = threading.Thread(target=self._run, name="shardctl-feed", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise FeedError(f"feed did not start listening within {timeout:g}s")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            self._close_log()
+            raise self._start_error
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every connection (1001), stop listening, flush and close the sent-log, join the thread.
+
+        Idempotent. If the loop has not finished within ``timeout`` seconds the daemon
+        thread is left behind (logged); the sent-log is flushed either way.
+        """
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        if thread.is_alive() and self._stop_event is not None:
+            try:
+                loop.call_soon_threadsafe(self._stop_event.set)
+            except RuntimeError:
+                pass
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("feed thread did not stop within %.1fs", timeout)
+        self._close_log()
+
+    def __enter__(self) -> FeedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _close_log(self) -> None:
+        with self._cond:
+            if self._log_file is not None:
+                try:
+                    self._log_file.flush()
+                    self._log_file.close()
+                finally:
+                    self._log_file = None
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
+            if not self._ready.is_set():
+                self._start_error = exc
+            else:
+                log.error("feed loop failed: %s", exc, exc_info=True)
+        finally:
+            self._ready.set()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _main(self) -> None:
+        self._stop_event = asyncio.Event()
+        ws_logger = logging.getLogger("shardctl.feed.ws")
+        ws_logger.setLevel(logging.WARNING)  # its DEBUG lines would print request headers (the key)
+        try:
+            server: Server = await serve(
+                self._handler, self.host, self.port, process_request=self._process_request,
+                compression=None, ping_interval=None, close_timeout=self.close_timeout,
+                max_size=2**20, write_limit=2**18, logger=ws_logger, server_header=None)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
+            raise FeedError(f"cannot listen on {self.host}:{self.port}: {reason}; choose another --port") from None
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            await self._stop_event.wait()
+        finally:
+            server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(server.wait_closed(), self.close_timeout + 1.0)
+            except TimeoutError:
+                for conn in list(self._conns.values()):
+                    conn.ws.transport.abort()
+
+    # ---------------------------------------------------------------- handshake & messages
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        rest = self.rest.handle(connection, request)
+        if rest is not None:
+            return rest
+        parts = urlsplit(request.path)
+        if parts.path.rstrip("/") != PATH:
+            return connection.respond(404, "Not Found\n")
+        key = (parse_qs(parts.query).get("apikey") or [""])[0] or request.headers.get("X-TD-APIKEY", "")
+        with self._cond:
+            bad = self._bad_key or not key or (
+                self.api_key is not None and not hmac.compare_digest(key.encode(), self.api_key.encode()))
+            if bad:
+                self._rejected += 1
+                self._cond.notify_all()
+        if bad:
+            log.info("refused a handshake: %s", "bad_key fault" if self._bad_key else "missing or wrong API key")
+            return connection.respond(200, '{"status":"error","message":"invalid api key"}\n')
+        connection.td_api_key = key  # type: ignore[attr-defined]
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        session = self._register(ws)
+        try:
+            await session.serve()
+        finally:
+            with self._cond:
+                self._conns.pop(session.id, None)
+                self._cond.notify_all()
+            code = ws.close_code if ws.close_code is not None else "none (aborted)"
+            log.info("conn %d closed after %d events, close code %s", session.id, session.sent, code)
+
+    def _register(self, ws: ServerConnection) -> Session:
+        with self._cond:
+            self._next_id += 1
+            conn = Session(self._next_id, getattr(ws, "td_api_key", ""), ws, self)
+            self._accepted += 1
+            self._conns[conn.id] = conn
+            self._per_conn[conn.id] = 0
+            for fault in self._standing:
+                if fault.conn is None or fault.conn == conn.id:
+                    conn.faults.append([fault.after, fault])
+            same_key = [c for c in self._conns.values() if c.key == conn.key and not c.evicted]
+            self._cond.notify_all()
+        peer = "%s:%s" % tuple(ws.remote_address[:2]) if ws.remote_address else "?"
+        log.info("conn %d open from %s", conn.id, peer)
+        if len(same_key) > MAX_CONNECTIONS_PER_KEY:
+            oldest = min(same_key, key=lambda c: c.id)
+            oldest.evicted = True
+            with self._cond:
+                self._evicted += 1
+            log.info("conn %d evicted: more than %d connections with one API key", oldest.id,
+                     MAX_CONNECTIONS_PER_KEY)
+            task = asyncio.get_running_loop().create_task(
+                oldest.ws.close(CLOSE_EVICTED, "too many connections for this API key"))
+            self._tasks.add(task)  # keep a reference until done
+            task.add_done_callback(self._tasks.discard)
+        return conn
+
+    def record_sent(self, conn: Session, prices: list[bytes]) -> None:
+        """Count and log price events a session has just written (called on the loop thread)."""
+        with self._cond:
+            self._sent += len(prices)
+            self._per_conn[conn.id] = conn.sent
+            if self._keep_sent:
+                cid = conn.id
+                self._recent.extend([(cid, p) for p in prices])
+            if self._log_file is not None:
+                head = b'{"conn":%d,"event":' % conn.id
+                self._log_file.write(b"".join([head + p + b"}\n" for p in prices]))
+                self._log_file.flush()
+            self._cond.notify_all()
+
+    def record_fault(self, name: str) -> None:
+        """Count a fault that fired (called by sessions on the loop thread)."""
+        with self._cond:
+            if name == "garbage":
+                self._garbage += 1
+            elif name == "malformed_price":
+                self._malformed += 1
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------- faults API
+
+    def inject(self, fault: str, *, standing: bool = False, **params: Any) -> None:
+        """Arm a fault (see ``shardctl.feed.faults``); thread-safe.
+
+        One-shot (default): fires once on each connection open now (or only ``conn=ID``)
+        after it sends ``after`` more price events. ``standing=True``: also arms it on
+        every future connection until ``clear``. ``bad_key`` refuses new handshakes
+        until cleared. ``rate_limit`` (``count=N``) answers the next N REST ``/time_series``
+        requests with 429. Raises ``ValueError`` for an unknown fault or parameter.
+        """
+        if fault in REST_FAULTS:
+            self.rest.inject(fault, **params)
+            return
+        f = make_fault(fault, **params)
+        if f.name == "bad_key":
+            with self._cond:
+                self._bad_key = True
+            log.info("fault bad_key on: refusing new handshakes")
+            return
+        if standing:
+            with self._cond:
+                self._standing.append(f)
+
+        def arm() -> None:
+            now = asyncio.get_running_loop().time()
+            for conn in list(self._conns.values()):
+                if f.conn is None or f.conn == conn.id:
+                    conn.arm(f, now)
+        self._in_loop(arm)
+
+    def clear(self, fault: str | None = None) -> None:
+        """Disarm ``fault`` (every fault when None): standing and pending ones, an ongoing silence, bad_key."""
+        self.rest.clear(fault)
+        if fault in REST_FAULTS:
+            return
+        with self._cond:
+            self._standing = [f for f in self._standing if fault not in (None, f.name)]
+            if fault in (None, "bad_key"):
+                self._bad_key = False
+
+        def disarm() -> None:
+            now = asyncio.get_running_loop().time()
+            for conn in list(self._conns.values()):
+                conn.disarm(fault, now)
+        self._in_loop(disarm)
+
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self._ready.is_set():
+            return
+        if threading.current_thread() is self._thread:
+            fn()
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                fn()
+                done.set_result(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+        try:
+            loop.call_soon_threadsafe(call)
+        except RuntimeError:  # loop closed meanwhile
+            return
+        done.result(timeout=10)
+
+    # ---------------------------------------------------------------- observation
+
+    def _snapshot(self) -> FeedStats:
+        return FeedStats(self._sent, len(self._conns), self._accepted, self._rejected, self._evicted,
+                         self._garbage, self._malformed, dict(self._per_conn))
+
+    def stats(self) -> FeedStats:
+        """The counters now."""
+        with self._cond:
+            return self._snapshot()
+
+    def connection_ids(self) -> list[int]:
+        """Ids of the connections open now, oldest first."""
+        with self._cond:
+            return sorted(self._conns)
+
+    def sent_events(self, conn: int | None = None) -> list[dict[str, Any]]:
+        """The price events sent (the last ``keep_sent``), oldest first; only connection ``conn`` if given."""
+        with self._cond:
+            recent = list(self._recent)
+        return [orjson.loads(data) for cid, data in recent if conn is None or cid == conn]
+
+    def wait_for(self, predicate: Callable[[FeedStats], bool] | int, timeout: float = 10.0) -> FeedStats:
+        """Block until ``predicate(stats)`` holds (an int n means ``sent >= n``); return those stats.
+
+        Raises ``TimeoutError`` showing the last stats when ``timeout`` passes first.
+        """
+        if isinstance(predicate, int):
+            n = predicate
+            predicate = lambda s: s.sent >= n  # noqa: E731
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                snap = self._snapshot()
+                if predicate(snap):
+                    return snap
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"feed condition not met within {timeout:g}s; stats {snap}")
+                self._cond.wait(remaining)
+
+    def wait_sent(self, n: int, timeout: float = 10.0) -> FeedStats:
+        """Block until at least ``n`` price events were sent in total; ``TimeoutError`` otherwise."""
+        return self.wait_for(lambda s: s.sent >= n, timeout)
+
+    def wait_connections(self, n: int, timeout: float = 10.0) -> FeedStats:
+        """Block until exactly ``n`` connections are open; ``TimeoutError`` otherwise."""
+        return self.wait_for(lambda s: s.open_connections == n, timeout)
+
+    def wait_accepted(self, n: int, timeout: float = 10.0) -> FeedStats:
+        """Block until at least ``n`` connections were accepted since start; ``TimeoutError`` otherwise."""
+        return self.wait_for(lambda s: s.accepted >= n, timeout)
+
+
+# -------------------------------------------------------------------- CLI
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``shardctl feed`` to the CLI."""
+    p = subparsers.add_parser("feed", help="serve a local Twelve Data-compatible websocket feed",
+                              description="Serve simulated or replayed Twelve Data prices "
+                              "over websocket on 127.0.0.1, with fault modes for tests.")
+    p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), localhost or ::1")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
+    p.add_argument("--symbols", default="", help="comma-separated extra known symbols (SYM, SYM:EXCH, X/Y)")
+    p.add_argument("--rate", type=float, default=100.0, help="price events/s per connection (0 = as fast as read)")
+    p.add_argument("--count", type=int, default=None, help="stop streaming after N events per connection")
+    p.add_argument("--duration", default=None, help="stop streaming after this long per connection (e.g. 30s)")
+    p.add_argument("--replay", metavar="FILE", help="replay a JSON-lines file instead of simulating")
+    p.add_argument("--fast", action="store_true", help="replay as fast as possible, not at recorded pace")
+    p.add_argument("--sent-log", metavar="FILE", help="append every price event sent, as JSON lines")
+    p.add_argument("--api-key-env", metavar="NAME",
+                   help="environment variable holding the one key to accept (default: any non-empty key)")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="standing fault, e.g. close:after=500, abort:after=1000, garbage:every=1000, "
+                        "silence:after=200,seconds=5, malformed_price:after=10, bad_key (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="seed the random walk for reproducible prices")
+    p.add_argument("--stats-interval", default="10s", help="how often to log a stats line (default 10s)")
+    p.set_defaults(func=cmd_feed)
+
+
+def cmd_feed(args: argparse.Namespace) -> int:
+    """Run the feed in the foreground until SIGTERM/SIGINT; exit 0 on a clean stop."""
+    from shardctl.config.model import parse_duration
+
+    if args.host not in LOOPBACK_HOSTS:
+        raise UsageError(f"--host must be one of {', '.join(LOOPBACK_HOSTS)} (the feed is local only), "
+                         f"not {args.host!r}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {args.port}")
+    if args.rate < 0 or (args.count is not None and args.count < 0):
+        raise UsageError("--rate and --count cannot be negative")
+    try:
+        duration = parse_duration(args.duration) if args.duration is not None else None
+        stats_interval = max(parse_duration(args.stats_interval), 0.1)
+        faults = [parse_fault_spec(spec) for spec in args.fault]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "")
+        if not api_key:
+            raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is unset or empty")
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    server = FeedServer(args.host, args.port, symbols=symbols, rate=args.rate, count=args.count,
+                        duration=duration, api_key=api_key, sent_log=args.sent_log, replay=args.replay,
+                        replay_fast=args.fast, seed=args.seed, faults=faults, keep_sent=0)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        mode = (f"replay {args.replay} ({'fast' if args.fast else 'recorded pace'})" if args.replay
+                else f"rate {args.rate:g}/s" if args.rate else "rate unlimited")
+        log.info("feed listening on %s, %d symbols, %s%s%s", server.url, server.symbol_count, mode,
+                 ", key required" if api_key else "", f", faults {', '.join(args.fault)}" if faults else "")
+        log.info("REST (Twelve Data /time_series, one-minute bars) on %s", server.rest_url)
+        last, last_t = 0, time.monotonic()
+        while not stop.wait(stats_interval):
+            s = server.stats()
+            now = time.monotonic()
+            log.info("feed stats: open=%d accepted=%d rejected=%d sent=%d (%.0f/s)", s.open_connections,
+                     s.accepted, s.rejected, s.sent, (s.sent - last) / (now - last_t))
+            last, last_t = s.sent, now
+    finally:
+        server.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    s = server.stats()
+    log.info("feed stopped (%s): accepted=%d rejected=%d evicted=%d sent=%d garbage=%d malformed=%d",
+             signal.Signals(received[0]).name if received else "stop", s.accepted, s.rejected, s.evicted,
+             s.sent, s.garbage_sent, s.malformed_sent)
+    return 0

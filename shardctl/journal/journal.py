@@ -1,0 +1,450 @@
+"""The shard's journal: every received frame is appended here before anything else happens to it.
+
+Files (their layout is in ``shardctl.journal.format``)::
+
+    DIR/00000000000000000000.seg   one file per segment, named by its base offset (20 digits);
+    DIR/00000000000067108900.seg   the last one is the active segment, the only one written to
+
+Offsets are byte positions in the concatenation of every segment ever written
+(headers included); ``append`` returns its record's *end offset*, what the
+ledger stores. They survive reopening and segment deletion because the active
+segment is never deleted and its name carries the position on. ``seq`` counts
+records from the first ever written, so backlog and loss counts are exact.
+
+Recovery, at open (only the last segment is read): a torn tail (short header
+or frame, bad CRC or seq: a crash mid-write) is cut at the last intact record,
+logged in one line, and appends go on. Any other damage (bad segment header,
+gap between segments, bad record in an older segment, met when reading)
+raises ``JournalCorrupt`` naming file and offset: never repaired silently.
+
+Durability (``fsync``): appends are buffered; ``flush()``, which the worker
+calls before a batch goes to the database, hands them to the OS (enough to
+survive a killed process). "never" (shardctl's default): no fsync; "flush"
+(this class's default): fsync on ``flush()``, roll and close; "always": after
+every append too (slow).
+Readers see flushed records only.
+
+Cap (``max_bytes``: all segment bytes, at least two segments' worth). "block":
+at ``size_bytes >= max_bytes`` the journal is ``full`` and ``append`` raises
+``JournalFull``; the worker checks ``full`` before reading the socket, so the
+cap is soft by one record; ``commit`` frees space. "drop_oldest": ``append``
+deletes the oldest segments, each uncommitted loss becoming a ``Gap`` in
+``gaps`` and counted in ``dropped_records``/``dropped_bytes``.
+
+Threads: any method from any thread (one lock; cursors read files outside
+it). In the worker the main thread appends, flushes and re-reads the backlog
+with ``read``; the committer thread calls ``commit``. One process owns a
+directory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from shardctl.errors import ShardctlError
+from shardctl.journal.format import (
+    _BUFFER,
+    _CHUNK,
+    _CRC,
+    _META,
+    _REC,
+    _SEG,
+    _SHORT,
+    MAGIC,
+    MAX_FRAME,
+    MIB,
+    REC_HEADER,
+    SEG_HEADER,
+    Record,
+    _scan,
+)
+
+log = logging.getLogger("shardctl.journal")
+
+OnFull = Literal["block", "drop_oldest"]
+FsyncPolicy = Literal["never", "flush", "always"]
+
+
+class JournalError(ShardctlError):
+    """The journal cannot do what was asked (closed, or the disk refused a write)."""
+
+
+class JournalCorrupt(JournalError):
+    """Damage that is not a torn tail: ``path`` and ``offset`` say where."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        self.path, self.offset = path, offset
+        super().__init__(f"journal corrupt: {path} at offset {offset}: {reason}; move the directory aside "
+                         f"to start an empty journal (its uncommitted frames are then lost)")
+
+
+class JournalFull(JournalError):
+    """``on_full="block"`` and the journal is at ``max_bytes``: commit (or stop reading) first."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Uncommitted records deleted by ``drop_oldest``: offsets [start, end), and receive times around the hole."""
+
+    start_offset: int
+    end_offset: int
+    records: int
+    bytes: int
+    first_received_at: float | None  # of the first record lost
+    resumed_received_at: float | None  # of the first record kept after the hole (None: not written yet)
+
+
+@dataclass(eq=False)
+class _Segment:
+    base: int
+    first_seq: int
+    size: int  # bytes handed to the OS (for the active segment, its buffer is not counted)
+    path: Path
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+class Journal:
+    """An append-only, segmented, crash-safe frame journal in ``directory`` (created if missing).
+
+    A segment rolls before passing ``segment_bytes`` (a bigger frame gets its
+    own); ``max_bytes`` (None: no cap), ``on_full``, ``fsync``: see the module.
+    After opening, call ``commit(ledger_offset)`` (``advance_to`` if the ledger
+    is past ``end_offset``), then ``replay(ledger_offset)``. Read-only status
+    (lock-free): ``end_offset`` (flushed or not), ``flushed_offset``,
+    ``committed_offset``, ``first_offset`` (first byte on disk), ``size_bytes``,
+    ``uncommitted_bytes``, ``backlog_records``, ``oldest_uncommitted_received_at``
+    (None when all is committed), ``full``, ``gaps``, ``dropped_records``/``_bytes``.
+    """
+
+    def __init__(self, directory: Path | str, *, segment_bytes: int = 64 * MIB, max_bytes: int | None = None,
+                 on_full: OnFull = "block", fsync: FsyncPolicy = "flush") -> None:
+        if segment_bytes < 256:
+            raise ValueError(f"segment_bytes must be at least 256 (got {segment_bytes})")
+        if max_bytes is not None and max_bytes < 2 * segment_bytes:
+            raise ValueError(f"max_bytes must be at least 2 × segment_bytes = {2 * segment_bytes} (got {max_bytes})")
+        if on_full not in ("block", "drop_oldest"):
+            raise ValueError(f"on_full must be 'block' or 'drop_oldest' (got {on_full!r})")
+        if fsync not in ("never", "flush", "always"):
+            raise ValueError(f"fsync must be 'never', 'flush' or 'always' (got {fsync!r})")
+        self.directory = Path(directory)
+        self.segment_bytes, self.max_bytes, self.on_full, self.fsync = segment_bytes, max_bytes, on_full, fsync
+        self._lock = threading.Lock()
+        self._buf = bytearray()
+        self._segments: list[_Segment] = []
+        self._fd = -1
+        self.gaps: list[Gap] = []
+        self.dropped_records = self.dropped_bytes = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._recover()
+
+    def _recover(self) -> None:
+        for tmp in self.directory.glob("*.seg.tmp"):
+            tmp.unlink()
+        for path in sorted(p for p in self.directory.glob("*.seg") if len(p.stem) == 20 and p.stem.isdigit()):
+            with open(path, "rb") as f:
+                magic, first_seq = _SEG.unpack(f.read(SEG_HEADER).ljust(SEG_HEADER, b"\0"))
+            if magic != MAGIC:
+                raise JournalCorrupt(path, int(path.stem), "bad segment header")
+            seg = _Segment(int(path.stem), first_seq, path.stat().st_size, path)
+            if self._segments and self._segments[-1].end != seg.base:
+                raise JournalCorrupt(path, seg.base, f"segment gap: the previous one ends at {self._segments[-1].end}")
+            self._segments.append(seg)
+        if not self._segments:
+            self._segments.append(self._create(0, 0))
+        last = self._segments[-1]
+        data = last.path.read_bytes()
+        with memoryview(data) as view:
+            pos, seq, problem = _scan(view, SEG_HEADER, last.first_seq, len(data), None, last.base)
+        if pos < len(data):
+            log.warning("journal %s: cut %d byte(s) of torn record(s) at offset %d (%s)", last.path,
+                        len(data) - pos, last.base + pos, problem)
+            os.truncate(last.path, pos)
+            last.size = pos
+        assert seq is not None
+        self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+        self.end_offset = self.flushed_offset = last.end
+        self._next_seq = seq
+        self.size_bytes = sum(s.size for s in self._segments)
+        self.committed_offset = self._segments[0].base
+        self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(self.committed_offset)
+
+    def _create(self, base: int, first_seq: int) -> _Segment:
+        """A new segment file holding only its header, created atomically (write aside, then rename)."""
+        path = self.directory / f"{base:020d}.seg"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(_SEG.pack(MAGIC, first_seq))
+            f.flush()
+            if self.fsync != "never":
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if self.fsync != "never":
+            dirfd = os.open(self.directory, os.O_RDONLY)
+            os.fsync(dirfd)
+            os.close(dirfd)
+        return _Segment(base, first_seq, SEG_HEADER, path)
+
+    def append(self, frame: bytes, received_at: float) -> int:
+        """Buffer ``frame`` (received at ``received_at``, wall-clock seconds); return its end offset.
+
+        Raises ValueError above MAX_FRAME, JournalFull (block mode, at the cap),
+        JournalError if closed or the disk refuses a write.
+        """
+        length = len(frame)
+        if length > MAX_FRAME:
+            raise ValueError(f"frame of {length} bytes exceeds the journal's {MAX_FRAME}-byte limit")
+        size = REC_HEADER + length
+        with self._lock:
+            if self._fd < 0:
+                raise JournalError(f"journal {self.directory} is closed")
+            if self.max_bytes is not None and self.size_bytes + size > self.max_bytes:
+                self._make_room(size)
+            used = self.end_offset - self._segments[-1].base
+            if used > SEG_HEADER and used + size > self.segment_bytes:
+                self._roll(self.end_offset)
+            seq = self._next_seq
+            meta = _META.pack(length, seq, received_at)
+            buf = self._buf
+            buf += meta
+            buf += _CRC.pack(zlib.crc32(frame, zlib.crc32(meta)))
+            buf += frame
+            self._next_seq = seq + 1
+            self.end_offset += size
+            self.size_bytes += size
+            if self.oldest_uncommitted_received_at is None:
+                self.oldest_uncommitted_received_at = received_at
+            if len(buf) >= _BUFFER or self.fsync == "always":
+                self._write_out(self.fsync == "always")
+            return self.end_offset
+
+    def flush(self) -> int:
+        """Hand every buffered record to the OS (and fsync unless ``fsync="never"``); return ``flushed_offset``."""
+        with self._lock:
+            if self._fd >= 0:
+                self._write_out(self.fsync != "never")
+            return self.flushed_offset
+
+    def _write_out(self, sync: bool = False) -> None:
+        buf, done = self._buf, 0
+        try:
+            while done < len(buf):
+                done += os.write(self._fd, buf if not done else buf[done:])
+            if sync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalError(f"journal {self.directory}: cannot write: {exc.strerror}") from None
+        finally:
+            del buf[:done]
+            self.flushed_offset += done
+            self._segments[-1].size = self.flushed_offset - self._segments[-1].base
+
+    def _roll(self, base: int) -> None:
+        """Close the active segment's file, start a new segment at ``base``. Lock held."""
+        self._write_out(self.fsync != "never")
+        os.close(self._fd)
+        self._fd = -1
+        seg = self._create(base, self._next_seq)
+        self._segments.append(seg)
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self.end_offset = self.flushed_offset = seg.end
+        self.size_bytes += SEG_HEADER
+
+    def _make_room(self, size: int) -> None:
+        assert self.max_bytes is not None
+        if self.on_full == "block":
+            if self.size_bytes >= self.max_bytes:
+                raise JournalFull(f"journal {self.directory} is full ({self.size_bytes} of {self.max_bytes} bytes, "
+                                  f"{self.uncommitted_bytes} uncommitted): the database is behind")
+            return
+        while self.size_bytes + size > self.max_bytes and len(self._segments) > 1:
+            seg, after = self._segments[0], self._segments[1]
+            lost_from = max(seg.base, self.committed_offset)
+            if lost_from < seg.end:
+                seq, first_at = self._head_at(lost_from)
+                gap = Gap(lost_from, seg.end, after.first_seq - seq, seg.end - lost_from, first_at,
+                          self._head_at(after.base)[1])
+                self.gaps.append(gap)
+                self.dropped_records += gap.records
+                self.dropped_bytes += gap.bytes
+                log.error("journal %s full: dropped %d uncommitted record(s), offsets %d..%d", self.directory,
+                          gap.records, gap.start_offset, gap.end_offset)
+            seg.path.unlink()
+            self._segments.pop(0)
+            self.size_bytes -= seg.size
+            if self.committed_offset < after.base:
+                self.committed_offset = after.base
+                self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(after.base)
+
+    def commit(self, offset: int) -> None:
+        """Everything up to ``offset`` (an end offset from ``append``) is in the database.
+
+        Deletes the segments that end at or before it, never the active one.
+        An offset at or below ``committed_offset`` is ignored; one past
+        ``flushed_offset`` raises ValueError (flush before writing a batch).
+        """
+        with self._lock:
+            if offset > self.flushed_offset:
+                raise ValueError(f"commit({offset}) is past the journal's flushed end {self.flushed_offset}: "
+                                 f"flush() before handing a batch to the database")
+            if offset <= self.committed_offset:
+                return
+            self.committed_offset = offset
+            self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(offset)
+            while len(self._segments) > 1 and self._segments[0].end <= offset:
+                seg = self._segments.pop(0)
+                self.size_bytes -= seg.size
+                seg.path.unlink(missing_ok=True)
+
+    def advance_to(self, offset: int) -> None:
+        """Discard every segment and go on at ``offset``: at startup, when the ledger is past ``end_offset``.
+
+        That happens when the directory was emptied or replaced; without this,
+        new offsets would be below the ledger's and be taken as committed.
+        """
+        with self._lock:
+            if offset <= self.end_offset:
+                raise ValueError(f"advance_to({offset}) is not past the journal end {self.end_offset}")
+            for seg in self._segments:  # first: a crash before the new one exists leaves an empty journal
+                seg.path.unlink(missing_ok=True)
+            self._roll(offset)
+            self._segments = self._segments[-1:]
+            self.committed_offset, self.size_bytes = offset, SEG_HEADER
+            self._committed_seq, self.oldest_uncommitted_received_at = self._next_seq, None
+
+    def _head_at(self, offset: int) -> tuple[int, float | None]:
+        """(seq, received_at) of the record starting at ``offset``; (next seq, None) at the end. Lock held."""
+        segs = self._segments
+        i = max(0, bisect.bisect_right(segs, offset, key=lambda s: s.base) - 1)
+        offset = max(offset, segs[i].base + SEG_HEADER)
+        if offset >= self.end_offset:
+            return self._next_seq, None
+        if offset >= self.flushed_offset:
+            _, seq, at, _ = _REC.unpack_from(self._buf, offset - self.flushed_offset)
+            return seq, at
+        if offset >= segs[i].end:
+            i += 1
+            offset = segs[i].base + SEG_HEADER
+        with open(segs[i].path, "rb") as f:
+            f.seek(offset - segs[i].base)
+            head = f.read(REC_HEADER)
+        if len(head) < REC_HEADER:
+            raise JournalCorrupt(segs[i].path, offset, "record header past the end of the segment")
+        _, seq, at, _ = _REC.unpack(head)
+        return seq, at
+
+    def cursor(self, from_offset: int = 0) -> Cursor:
+        """A reader of the flushed records after ``from_offset``, usable from another thread."""
+        return Cursor(self, from_offset)
+
+    def read(self, from_offset: int, max_records: int) -> list[Record]:
+        """Up to ``max_records`` flushed records after ``from_offset``, in order (empty at the end)."""
+        with self.cursor(from_offset) as cursor:
+            return cursor.read(max_records)
+
+    def replay(self, from_offset: int = 0) -> Iterator[Record]:
+        """Yield every flushed record after ``from_offset``, across segments, in order (JournalCorrupt on damage)."""
+        with self.cursor(from_offset) as cursor:
+            while batch := cursor.read(4096):
+                yield from batch
+
+    def close(self) -> None:
+        """Flush (and fsync unless "never") and close; appends then raise JournalError. Idempotent."""
+        with self._lock:
+            if self._fd >= 0:
+                self._write_out(self.fsync != "never")
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def first_offset(self) -> int:
+        return self._segments[0].base
+
+    @property
+    def uncommitted_bytes(self) -> int:
+        return self.end_offset - self.committed_offset
+
+    @property
+    def backlog_records(self) -> int:
+        return self._next_seq - self._committed_seq
+
+    @property
+    def full(self) -> bool:
+        return self.on_full == "block" and self.max_bytes is not None and self.size_bytes >= self.max_bytes
+
+
+class Cursor:
+    """Reads flushed records after ``position``, in order; may run alongside appends and commits.
+
+    A position below ``first_offset`` (records dropped) moves on to the first
+    record on disk, logging the skip. A segment deleted while the cursor
+    reads it stays readable through the open file.
+    """
+
+    def __init__(self, journal: Journal, position: int) -> None:
+        self.journal, self.position = journal, position
+        self._fd = -1
+        self._seg: _Segment | None = None
+        self._seq: int | None = None
+
+    def read(self, max_records: int = 1000) -> list[Record]:
+        """Up to ``max_records`` records after ``position`` (advancing it); empty when none are flushed yet."""
+        out: list[Record] = []
+        want, j = _CHUNK, self.journal
+        while len(out) < max_records:
+            with j._lock:
+                segs = j._segments
+                if self.position < segs[0].base:
+                    log.warning("journal %s: offsets %d..%d were dropped before being committed; reading on",
+                                j.directory, self.position, segs[0].base)
+                    self.position = segs[0].base
+                i = bisect.bisect_right(segs, self.position, key=lambda s: s.base) - 1
+                if self.position >= segs[i].end and i + 1 < len(segs):
+                    i += 1
+                seg = segs[i]
+                if self.position < seg.base + SEG_HEADER:
+                    self.position, self._seq = seg.base + SEG_HEADER, seg.first_seq
+                left = seg.end - self.position  # what is flushed in this segment after the position
+                if left <= 0:
+                    break
+                if seg is not self._seg:
+                    self.close()
+                    self._fd, self._seg = os.open(seg.path, os.O_RDONLY), seg
+            data = os.pread(self._fd, min(left, want), self.position - seg.base)
+            with memoryview(data) as view:
+                pos, self._seq, problem = _scan(view, 0, self._seq, max_records - len(out), out, self.position)
+            self.position += pos
+            want = _CHUNK
+            if problem == _SHORT and pos == 0 and REC_HEADER <= len(data) < left:
+                want = REC_HEADER + _REC.unpack_from(data)[0]  # a record longer than a chunk
+            elif problem is not None and (problem != _SHORT or pos == 0):
+                raise JournalCorrupt(seg.path, self.position, problem)
+        return out
+
+    def close(self) -> None:
+        """Close the open segment file (``read`` reopens as needed)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._seg = -1, None
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

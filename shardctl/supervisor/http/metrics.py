@@ -1,0 +1,269 @@
+"""``/metrics`` (Prometheus text) and ``/healthz`` on a tiny asyncio HTTP server.
+
+The data comes from one callable returning the supervisor's per-shard status
+dicts (the same ones ``shardctl status --json`` prints); a custom prometheus
+Collector turns them into families at scrape time, so nothing is copied
+between scrapes. Counters are per-shard totals across worker restarts, so
+they never go down while the supervisor lives.
+
+``/healthz`` answers 200 ``ok`` when every shard that should run is
+RUNNING, else 503 with one ``shard: STATE (reason)`` line per problem.
+
+Every other path goes to an optional ``App`` (the supervisor mounts the
+status page, ``shardctl.supervisor.http.statuspage``, there); requests are bounded
+(MAX_HEAD, MAX_BODY, READ_TIMEOUT) and clients never see a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from shardctl.errors import ShardctlError
+from shardctl.supervisor.states import ShardState
+
+log = logging.getLogger("shardctl.metrics")
+
+Snapshot = Callable[[], Iterable[Mapping[str, Any]]]
+Health = Callable[[], tuple[bool, list[str]]]
+
+#: status key → (metric name without the shardctl_ prefix and _total suffix, help)
+COUNTERS = {
+    "ticks_received": ("ticks_received", "Price events received from the source"),
+    "rows_written": ("rows_written", "Tick rows committed to the database"),
+    "batches": ("batches_written", "Batches committed to the database"),
+    "reconnects": ("reconnects", "Websocket reconnects"),
+    "dead_letters": ("dead_letters", "Events dead-lettered (unparsable or rejected)"),
+    "restarts": ("restarts", "Worker processes started after the shard's first"),
+    "journal_dropped": ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)"),
+}
+#: status key → (gauge name without the shardctl_ prefix, help)
+JOURNAL_GAUGES = {
+    "journal_backlog": ("journal_backlog_records", "Journal records not yet committed to the database"),
+    "journal_bytes": ("journal_bytes", "Bytes in the shard's journal segments"),
+    "seconds_behind": ("seconds_behind", "Age of the oldest journal record not yet committed"),
+    "journal_full": ("journal_full", "1 while the journal is at its cap and reading has stopped"),
+}
+
+
+class ShardCollector(Collector):
+    """Renders the supervisor's shard status dicts as Prometheus families."""
+
+    def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time) -> None:
+        self.snapshot = snapshot
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        shards = list(self.snapshot())
+        now = self.clock()
+        counters = {key: CounterMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
+                    for key, (name, doc) in COUNTERS.items()}
+        latency = SummaryMetricFamily("shardctl_batch_seconds", "Time to write one batch (COPY + commit)",
+                                      labels=["shard"])
+        batch_max = GaugeMetricFamily("shardctl_batch_seconds_max",
+                                      "Slowest batch of the current worker process", labels=["shard"])
+        state = GaugeMetricFamily("shardctl_shard_state", "1 for the shard's current state", labels=["shard", "state"])
+        up = GaugeMetricFamily("shardctl_shard_up", "1 when the shard is RUNNING", labels=["shard"])
+        pending = GaugeMetricFamily("shardctl_pending_rows", "Rows received but not yet committed",
+                                    labels=["shard"])
+        connected = GaugeMetricFamily("shardctl_connected", "1 while the worker's websocket is connected",
+                                      labels=["shard"])
+        tick_age = GaugeMetricFamily("shardctl_last_tick_age_seconds", "Seconds since the last tick was received",
+                                     labels=["shard"])
+        lag = GaugeMetricFamily("shardctl_event_lag_seconds",
+                                "Now minus the last tick's own timestamp", labels=["shard"])
+        gauges = {key: GaugeMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
+                  for key, (name, doc) in JOURNAL_GAUGES.items()}
+        for shard in shards:
+            name = str(shard["name"])
+            for key, family in counters.items():
+                family.add_metric([name], float(shard.get(key) or 0))
+            for key, gauge in gauges.items():
+                gauge.add_metric([name], float(shard.get(key) or 0))
+            latency.add_metric([name], count_value=int(shard.get("batches") or 0),
+                               sum_value=float(shard.get("batch_seconds_sum") or 0.0))
+            batch_max.add_metric([name], float(shard.get("batch_seconds_max") or 0.0))
+            for candidate in ShardState:
+                state.add_metric([name, candidate.value], 1.0 if shard.get("state") == candidate.value else 0.0)
+            up.add_metric([name], 1.0 if shard.get("state") == ShardState.RUNNING.value else 0.0)
+            pending.add_metric([name], float(shard.get("pending_rows") or 0))
+            connected.add_metric([name], 1.0 if shard.get("connected") else 0.0)
+            if shard.get("last_tick_at") is not None:
+                tick_age.add_metric([name], max(0.0, now - float(shard["last_tick_at"])))
+            if shard.get("last_event_ts") is not None:
+                lag.add_metric([name], max(0.0, now - float(shard["last_event_ts"])))
+        yield from counters.values()
+        yield from gauges.values()
+        yield from (latency, batch_max, state, up, pending, connected, tick_age, lag)
+
+
+def render(snapshot: Snapshot) -> bytes:
+    """The Prometheus text exposition for ``snapshot``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ShardCollector(snapshot))
+    return generate_latest(registry)
+
+
+def health(shards: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
+    """(healthy, problems): a shard that should run but is not RUNNING is a problem."""
+    problems = [f"{s['name']}: {s['state']} ({s.get('reason') or 'no reason'})"
+                for s in shards if s.get("wanted") and s.get("state") != ShardState.RUNNING.value]
+    return (not problems, problems)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One parsed request: header names lower-cased, ``query`` undecoded, ``body`` at most MAX_BODY bytes."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    peer: str
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: Serves what /metrics and /healthz do not: an HttpResponse, or None for 404 (the status page).
+App = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
+#: Request line + headers, and body, limits; past them the answer is 431 / 413 and the connection closes.
+MAX_HEAD = 16 * 1024
+MAX_BODY = 8 * 1024
+READ_TIMEOUT = 5.0
+
+
+class MetricsServer:
+    """Serves GET /metrics and GET /healthz on host:port (port 0 picks a free one; see ``.port``).
+
+    Any other path goes to ``app`` when given (the status page); without one,
+    or when it answers None, the answer is 404. A handler error is logged and
+    answered 500 with no detail; a malformed or oversized request gets a 4xx
+    and a closed connection.
+    """
+
+    def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.snapshot = snapshot
+        self.app = app
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        """Listen, or raise ShardctlError with one line when the port is taken."""
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True,
+                                                      limit=MAX_HEAD)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ShardctlError(f"metrics port {self.host}:{self.port} is already in use; choose another "
+                                    "supervisor.metrics_port (0 turns metrics off)") from None
+            raise ShardctlError(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}") from None
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics%s", self.host, self.port,
+                 f", status page on http://{self.host}:{self.port}/" if self.app is not None else "")
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await _read_request(reader, writer)
+            response = await self._dispatch(request)
+        except _Refused as refused:
+            response = HttpResponse(refused.status, refused.message.encode() + b"\n")
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        except Exception:  # never let a scrape hurt the supervisor
+            log.exception("metrics request failed")
+            response = HttpResponse(500, b"internal error\n")
+        reason = HTTPStatus(response.status).phrase
+        extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+        writer.write(f"HTTP/1.1 {response.status} {reason}\r\nContent-Type: {response.content_type}\r\n"
+                     f"Content-Length: {len(response.body)}\r\n{extra}Connection: close\r\n\r\n".encode()
+                     + response.body)
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        if request.path in ("/metrics", "/healthz"):
+            status, ctype, body = self._route(request.method, request.path)
+            return HttpResponse(status, body, ctype, (("Allow", "GET"),) if status == 405 else ())
+        response = await self.app(request) if self.app is not None else None
+        return response or HttpResponse(404, b"try /metrics or /healthz\n")
+
+    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method != "GET":
+            return 405, "text/plain", b"only GET\n"
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
+        ok, problems = health(self.snapshot())
+        if ok:
+            return 200, "text/plain", b"ok\n"
+        return 503, "text/plain", ("\n".join(problems) + "\n").encode()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> HttpRequest:
+    """Read one request within READ_TIMEOUT; _Refused for one that is malformed or too large."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+    except asyncio.LimitOverrunError:
+        raise _Refused(431, "request header too large") from None
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise _Refused(400, "malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise _Refused(400, "malformed header line")
+            headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        raise _Refused(411, "send a Content-Length, not Transfer-Encoding")
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit():
+        raise _Refused(400, "bad Content-Length")
+    if int(length_text) > MAX_BODY:
+        raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+    body = await asyncio.wait_for(reader.readexactly(int(length_text)), READ_TIMEOUT) if int(length_text) else b""
+    path, _, query = parts[1].partition("?")
+    peer = writer.get_extra_info("peername")
+    return HttpRequest(parts[0], path, query, headers, body, str(peer[0]) if peer else "?")

@@ -1,0 +1,356 @@
+"""The supervisor: one asyncio loop (no threads) running one worker process per shard.
+
+``serve(config_path)`` is ``shardctl start CONFIG``: pidfile, control socket,
+metrics and the status page (``shardctl.supervisor.http.statuspage``), database (embedded if
+none configured; schema applied), the local feed when ``[feed]`` is set, then
+every shard's worker. It runs in the foreground until SIGTERM/SIGINT or
+``shardctl stop``, and returns 0 when every worker stopped cleanly (1 if any
+had to be SIGKILLed).
+
+Signals and control commands share one path (gunicorn's arbiter style): a
+signal handler only queues a request, the dispatcher acts on it.
+
+* SIGTERM/SIGINT = ``stop_all``: every shard stops in parallel under one
+  deadline (``supervisor.stop_timeout``); a second signal cuts it short and
+  stragglers are SIGKILLed (logged as an error).
+* SIGHUP = ``reload``: re-read the config; restart the shards whose settings
+  changed, start added ones, stop removed ones. ``[database]``, ``[feed]`` and
+  ``[supervisor]`` changes need a supervisor restart (a warning says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from shardctl.config import load_config
+from shardctl.config.model import Config
+from shardctl.errors import ConfigError, ControlError
+from shardctl.supervisor.control import ControlServer, Request
+from shardctl.supervisor.http.metrics import MetricsServer
+from shardctl.supervisor.http.statuspage import StatusPage
+from shardctl.supervisor.pidfile import Pidfile
+from shardctl.supervisor.shard import Deadline, Shard
+from shardctl.supervisor.sidecars import DatabaseSetup, LocalFeed
+from shardctl.supervisor.states import PROCESS_STATES, ShardState
+
+log = logging.getLogger("shardctl.supervisor")
+
+TICK = 0.1
+#: How long start/restart wait for RUNNING beyond start_grace unless the request says otherwise.
+COMMAND_WAIT_EXTRA = 10.0
+_DONE_STATES = frozenset({ShardState.RUNNING, ShardState.FATAL, ShardState.STOPPED})
+
+
+def _use_pidfd_watcher() -> None:
+    """Reap children with pidfds on the loop itself (3.11's default watcher starts a thread per child)."""
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(asyncio.get_running_loop())
+            asyncio.set_child_watcher(watcher)
+
+
+class Supervisor:
+    """Owns the shards; ``run`` returns the process exit code."""
+
+    def __init__(self, config: Config, *, log_format: str = "text") -> None:
+        self.config = config
+        self.log_format = log_format
+        self.shards: dict[str, Shard] = {}
+        self.database = DatabaseSetup(config)
+        self.shutting_down = False
+        self.metrics_port: int | None = None
+        self.feed = LocalFeed(config.feed, log_format)
+        self._queue: asyncio.Queue[tuple[Request, Any, str]] | None = None
+        self._done: asyncio.Event | None = None
+        self._deadline: Deadline | None = None
+        self._stop_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self._reload_lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.exit_code = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        """Start everything, serve until stopped, clean up; return 0 if every worker stopped cleanly."""
+        loop = asyncio.get_running_loop()
+        _use_pidfd_watcher()
+        self._queue, self._done, self._reload_lock = asyncio.Queue(), asyncio.Event(), asyncio.Lock()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        sup = self.config.supervisor
+        control = ControlServer(sup.control_socket, self.handle)
+        page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
+        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve) \
+            if sup.metrics_port else None
+        try:
+            await control.start()
+            if metrics is not None:
+                page.start()
+                await metrics.start()
+                self.metrics_port = metrics.port
+            self.database.prepare()
+            await self.feed.start()
+            for shard_config in self.config.shards.values():
+                self.shards[shard_config.name] = self._new_shard(shard_config.name)
+            for shard in self.shards.values():
+                await shard.launch(reason="supervisor started")
+            log.info("supervising %d shard(s); control socket %s", len(self.shards), sup.control_socket)
+            self._spawn(self._dispatch())
+            self._spawn(self._ticker())
+            if self.database.needs_maintenance:
+                self._spawn(self.database.maintenance_loop())
+            await self._done.wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not self._done.is_set():  # failed while starting: leave nothing behind
+                await self._stop_everything(Deadline(sup.stop_timeout))
+            await control.close()
+            if metrics is not None:
+                await metrics.close()
+            page.close()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            self.database.stop_embedded()
+        return self.exit_code
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_shard(self, name: str) -> Shard:
+        return Shard(self.config.shards[name], config_path=self.config.path, dsn=self.database.dsn,
+                     policy=self.config.supervisor, stop_timeout=self.config.supervisor.stop_timeout, log_format=self.log_format)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        request = Request("reload") if signum == signal.SIGHUP else Request("stop_all")
+        assert self._queue is not None
+        self._queue.put_nowait((request, None, f"signal {name}"))
+
+    # ------------------------------------------------------------ loops
+
+    async def _ticker(self) -> None:
+        while True:
+            if not self.shutting_down:
+                for shard in list(self.shards.values()):
+                    shard.poll()
+            await asyncio.sleep(TICK)
+
+    async def _dispatch(self) -> None:
+        assert self._queue is not None
+        while True:
+            request, reply, source = await self._queue.get()
+            if request.cmd == "stop_all":
+                self._request_shutdown(reply, source)
+            elif self.shutting_down:
+                _fail(reply, ControlError("shutting_down", "the supervisor is shutting down"))
+            elif request.cmd == "reload":
+                self._spawn(_answer(reply, self._reload(source)))
+            else:
+                self._spawn(_answer(reply, self._shard_command(request)))
+
+    # ------------------------------------------------------------ control
+
+    async def handle(self, request: Request) -> dict[str, Any]:
+        """The control server's handler: status is answered at once, the rest goes through the queue."""
+        if request.cmd == "status":
+            return self.status(request.shard)
+        assert self._queue is not None
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((request, reply, "control socket"))
+        return await reply
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return [shard.status() for shard in self.shards.values()]
+
+    def status(self, name: str | None = None) -> dict[str, Any]:
+        """``{"shards": [...], "supervisor": {...}}``; ``name`` limits it to one shard (no_such_shard if unknown)."""
+        shards = [self._shard(name).status()] if name else self.statuses()
+        return {"shards": shards, "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
+                                                 "shutting_down": self.shutting_down,
+                                                 "metrics_port": self.metrics_port,
+                                                 "feed_pid": self.feed.process.pid if self.feed.process else None}}
+
+    def _shard(self, name: str | None) -> Shard:
+        shard = self.shards.get(name or "")
+        if shard is None:
+            known = ", ".join(self.shards) or "none"
+            raise ControlError("no_such_shard", f"no shard named {name!r} (known: {known})")
+        return shard
+
+    async def _shard_command(self, request: Request) -> dict[str, Any]:
+        shard = self._shard(request.shard)
+        if shard.lock.locked():
+            raise ControlError("busy", f"shard {shard.name} is busy with another command; try again")
+        wait = request.timeout or (self.config.supervisor.start_grace + COMMAND_WAIT_EXTRA)
+        async with shard.lock:
+            state = shard.state
+            if request.cmd == "start":
+                if state in PROCESS_STATES:
+                    raise ControlError("already_running", f"shard {shard.name} is {state.value} (pid {shard.pid})")
+                await shard.launch(manual=True)
+                return await self._await_running(shard, wait)
+            if request.cmd == "stop":
+                if state in (ShardState.STOPPED, ShardState.FATAL):
+                    raise ControlError("not_running", f"shard {shard.name} is {state.value}, not running")
+                killed = await shard.stop()
+                return {"shard": shard.status(), "killed": killed}
+            # restart: one lock held across stop and start, so it is atomic for other commands
+            if state in PROCESS_STATES or state is ShardState.BACKOFF:
+                await shard.stop(reason="restarting by operator")
+            if self.shutting_down:
+                raise ControlError("shutting_down", "the supervisor is shutting down")
+            await shard.launch(manual=True, reason="restarted by operator")
+            return await self._await_running(shard, wait)
+
+    async def _await_running(self, shard: Shard, wait: float) -> dict[str, Any]:
+        state = await shard.wait_for(_DONE_STATES, wait)
+        if state is ShardState.RUNNING:
+            return {"shard": shard.status()}
+        if state in (ShardState.FATAL, ShardState.STOPPED):
+            raise ControlError("not_running", f"shard {shard.name} did not start: {state.value}: "
+                                              f"{shard.machine.reason}")
+        raise ControlError("timeout", f"shard {shard.name} is not RUNNING after {wait:g}s: {state.value}: "
+                                      f"{shard.machine.reason}")
+
+    # ------------------------------------------------------------ shutdown
+
+    def _request_shutdown(self, reply: Any, source: str) -> None:
+        if self.shutting_down:
+            if reply is None and self._deadline is not None:
+                log.warning("%s again: stopping stragglers now", source)
+                self._deadline.hurry()
+            _fail(reply, ControlError("shutting_down", "the supervisor is already shutting down"))
+            return
+        if reply is not None:
+            self._stop_waiters.append(reply)
+        self._spawn(self._shutdown(source))
+
+    async def _shutdown(self, source: str) -> None:
+        self.shutting_down = True
+        self._deadline = Deadline(self.config.supervisor.stop_timeout)
+        log.info("%s: stopping %d shard(s) (deadline %gs)", source, len(self.shards),
+                 self.config.supervisor.stop_timeout)
+        killed = await self._stop_everything(self._deadline)
+        self.exit_code = 1 if killed else 0
+        shards = self.statuses()
+        ticks = sum(int(s["ticks_received"]) for s in shards)
+        rows = sum(int(s["rows_written"]) for s in shards)
+        result = {"stopped": sorted(self.shards), "killed": killed, "shards": shards,
+                  "ticks_received": ticks, "rows_written": rows}
+        for waiter in self._stop_waiters:
+            if not waiter.done():
+                waiter.set_result(result)
+        (log.error if killed else log.info)(
+            "supervisor stopped %s: %d tick(s) received, %d row(s) written",
+            f"(killed: {', '.join(killed)})" if killed else "cleanly", ticks, rows)
+        assert self._done is not None
+        self._done.set()
+
+    async def _stop_everything(self, deadline: Deadline) -> list[str]:
+        """Stop every shard in parallel under ``deadline``, then the feed; return the shards that were killed."""
+        self.shutting_down = True
+        names = list(self.shards)
+        results = await asyncio.gather(*(self.shards[n].stop(deadline, "supervisor stopping") for n in names),
+                                       return_exceptions=True)
+        killed = [n for n, r in zip(names, results) if r is True]
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                log.error("stopping failed: %s", result, extra={"shard": name})
+        await asyncio.gather(*(shard.close() for shard in self.shards.values()), return_exceptions=True)
+        await self.feed.stop()
+        return killed
+
+    # ------------------------------------------------------------ reload
+
+    async def _reload(self, source: str) -> dict[str, Any]:
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            old = self.config
+            try:
+                new = load_config(old.path, require_env=True)
+            except ConfigError as exc:
+                log.error("reload (%s) failed; keeping the running config: %s", source, exc)
+                raise ControlError("bad_request", f"reload failed, config unchanged: {exc}") from None
+            for section in ("database", "feed", "supervisor"):
+                if getattr(new, section) != getattr(old, section):
+                    log.warning("reload: [%s] changed; that takes effect after a supervisor restart", section)
+            everything = new.source != old.source or new.tables != old.tables
+            removed = [n for n in old.shards if n not in new.shards]
+            added = [n for n in new.shards if n not in old.shards]
+            changed = [n for n in new.shards if n in old.shards and (everything or new.shards[n] != old.shards[n])]
+            self.config = new
+            log.info("reload (%s): %d added, %d removed, %d changed", source, len(added), len(removed), len(changed))
+            await asyncio.gather(*(self._reload_shard(n, added=n in added, removed=n in removed)
+                                   for n in added + removed + changed))
+            return {"added": added, "removed": removed, "restarted": changed}
+
+    async def _reload_shard(self, name: str, *, added: bool, removed: bool) -> None:
+        if self.shutting_down:
+            return
+        if added:
+            self.shards[name] = shard = self._new_shard(name)
+            await shard.launch(reason="added by reload")
+            return
+        shard = self.shards[name]
+        async with shard.lock:
+            if removed:
+                await shard.stop(reason="removed by reload")
+                await shard.close()
+                del self.shards[name]
+                return
+            shard.config = self.config.shards[name]
+            if shard.machine.wanted:
+                await shard.stop(reason="config changed; restarting")
+                if not self.shutting_down:
+                    await shard.launch(manual=True, reason="config changed")
+
+
+async def _answer(reply: Any, work: Any) -> None:
+    try:
+        result = await work
+    except ControlError as exc:
+        _fail(reply, exc)
+    except Exception as exc:
+        log.exception("command failed")
+        _fail(reply, ControlError("internal", f"internal error: {exc}"))
+    else:
+        if reply is not None and not reply.done():
+            reply.set_result(result)
+
+
+def _fail(reply: Any, exc: ControlError) -> None:
+    if reply is not None and not reply.done():
+        reply.set_exception(exc)
+
+
+def serve(config_path: str | Path, *, log_format: str = "text",
+          on_ready: Callable[[Supervisor], None] | None = None) -> int:
+    """``shardctl start CONFIG``: run the supervisor in the foreground; return its exit code.
+
+    Raises ShardctlError (one line) for a bad config, a supervisor already
+    running, a port in use or an unreachable database.
+    """
+    config = load_config(config_path, require_env=True)
+    pidfile = Pidfile(config.supervisor.pidfile, config_path=str(config_path))
+    pidfile.create()
+    try:
+        supervisor = Supervisor(config, log_format=log_format)
+        if on_ready is not None:
+            on_ready(supervisor)
+        return asyncio.run(supervisor.run())
+    finally:
+        pidfile.unlink()
+

@@ -1,0 +1,72 @@
+"""``python -m shardctl.worker --config FILE --shard NAME``: one shard in the foreground.
+
+Reads the config, takes the shard's host lock, makes sure the schema exists
+when run by hand (the supervisor does that otherwise), installs the stop
+signals and runs the ``Worker`` until it stops. Exits 0 after a clean stop,
+with the error's exit code (one logged line) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Sequence
+
+from shardctl import logs
+from shardctl.config import load_config
+from shardctl.config.model import Config, ShardConfig
+from shardctl.db.connection import connect, resolve_dsn
+from shardctl.db.schema import apply_schema
+from shardctl.errors import ShardctlError
+from shardctl.worker.process import ShardLock
+from shardctl.worker.worker import Worker, log
+
+
+def _install_signals(worker: Worker) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        worker.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shardctl.worker", description="Run one shard in the foreground.")
+    parser.add_argument("--config", required=True, help="path of the TOML config")
+    parser.add_argument("--shard", required=True, help="name of the shard to run")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    args = parser.parse_args(argv)
+    logs.configure(args.shard, level=args.log_level, fmt=args.log_format)
+    report_fd = int(os.environ["SHARDCTL_REPORT_FD"]) if os.environ.get("SHARDCTL_REPORT_FD") else None
+    try:
+        config = load_config(args.config, require_env=True)
+        shard = config.shard(args.shard)
+        lock = ShardLock(config.shard_dir(shard.name) / "worker.lock")
+        try:
+            return _run(config, shard, report_fd)
+        finally:
+            lock.release()
+    except ShardctlError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+
+
+def _run(config: Config, shard: ShardConfig, report_fd: int | None) -> int:
+    dsn = resolve_dsn(config)
+    if report_fd is None:
+        # Run by hand: make sure the tables exist (the supervisor does this otherwise).
+        conn = connect(dsn, application_name=f"shardctl-{shard.name}")
+        try:
+            apply_schema(conn, config.tables)
+        finally:
+            conn.close()
+    worker = Worker(config, shard, dsn, report_fd=report_fd)
+    _install_signals(worker)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""What a worker learns besides ticks, handed to the committer thread: gaps and asset names.
+
+Gaps are stretches in which the shard may have missed ticks: the stream's
+disconnections, the time the worker was down (from its liveness stamp to
+its first connection), and frames the journal dropped at its cap. Asset
+names come from the first event of each symbol (``currency_base``). Both are
+written by the committer thread, in order with the batches and retried like
+them, so neither ever blocks the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import orjson
+
+from shardctl.journal.journal import Journal
+from shardctl.twelvedata.stream import StreamClient
+from shardctl.worker.committer import Committer
+
+log = logging.getLogger("shardctl.worker")
+
+
+def _utc(wall: float) -> datetime:
+    return datetime.fromtimestamp(wall, timezone.utc)
+
+
+class Bookkeeper:
+    """Collects gaps and asset names in the main thread; ``hand_over`` queues them for the database."""
+
+    def __init__(self) -> None:
+        #: Wall-clock time the previous worker of this shard was last alive (None: unknown).
+        self.down_since: float | None = None
+        #: Symbols seen in this process.
+        self.symbols: set[str] = set()
+        #: Gaps the worker itself noticed (e.g. time blocked at the journal cap): (from, to, reason).
+        self.gaps: list[tuple[float, float, str]] = []
+        self._new_assets: dict[str, str | None] = {}
+        self._journal_gaps_taken = 0
+
+    def learn_symbol(self, frame: bytes, symbol: str) -> None:
+        """Note a symbol's first event in this process, with its name when the event carries one."""
+        self.symbols.add(symbol)
+        name = orjson.loads(frame).get("currency_base")
+        self._new_assets[symbol] = name if isinstance(name, str) else None
+
+    def hand_over(self, stream: StreamClient, journal: Journal, committer: Committer) -> None:
+        """Queue every gap and asset name learnt since the last call as committer tasks."""
+        gaps, self.gaps = self.gaps, []
+        if self.down_since is not None and stream.first_connected_at is not None:
+            gaps.append((self.down_since, stream.first_connected_at, "worker down"))
+            self.down_since = None
+        gaps.extend(stream.gaps)
+        stream.gaps.clear()
+        for gap in journal.gaps[self._journal_gaps_taken:]:
+            self._journal_gaps_taken += 1
+            if gap.first_received_at is not None:
+                gaps.append((gap.first_received_at, gap.resumed_received_at or time.time(),
+                             f"journal cap: dropped {gap.records} frame(s)"))
+        for start, end, reason in gaps:
+            log.warning("gap recorded: %s for %.1fs", reason, end - start)
+            committer.run_task(lambda w, a=_utc(start), b=_utc(end), r=reason: w.record_gap(a, b, r))  # type: ignore[attr-defined]
+        if self._new_assets:
+            names, self._new_assets = self._new_assets, {}
+            committer.run_task(lambda w: w.upsert_assets(names))  # type: ignore[attr-defined]

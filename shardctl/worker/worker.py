@@ -1,0 +1,371 @@
+"""One shard's worker process: stream → journal → parse → batch → commit.
+
+``python -m shardctl.worker --config FILE --shard NAME``
+
+Every frame read from the socket is appended to the shard's journal before
+anything else happens to it; each batch commits with the journal offset it
+reaches. At start the worker replays the journal from the ledger's offset
+before it reads the socket. While the database is away the worker keeps
+reading into the journal and holds no more rows in memory than the committer
+queue allows; when the database returns it re-reads the backlog from the
+journal in order, then goes live again. Disconnections, the stretch the
+worker was down and frames dropped at the journal cap are recorded as gaps.
+
+The stop contract: on SIGTERM or SIGINT, or when the parent process goes
+away, the worker stops reading, commits what the database will take within
+the shard's ``stop_timeout``, closes the socket with 1001 and exits 0; what
+the database could not take stays in the journal for the next start. Exit 1
+means the writer thread failed unexpectedly (the supervisor restarts the
+worker, which replays its journal); exit 2 means the configuration is unusable.
+
+When ``SHARDCTL_REPORT_FD`` names an inherited pipe, the worker writes JSON
+lines to it for the supervisor: ``{"type": "ready"}`` once subscribed, and
+``{"type": "stats", ...}`` every second (which doubles as its heartbeat).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from shardctl.config.model import Config, ShardConfig
+from shardctl.db.writer import ShardBusy, Writer
+from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
+from shardctl.journal.deadletters import DeadLetters, dead_letter_path
+from shardctl.journal.journal import Journal
+from shardctl.twelvedata.parse import FrameParser, Kind
+from shardctl.twelvedata.stream import StreamClient
+from shardctl.worker.backfill import Backfiller
+from shardctl.worker.batcher import Batcher
+from shardctl.worker.bookkeeping import Bookkeeper
+from shardctl.worker.committer import Committer, LatencyLog
+from shardctl.worker.process import AliveStamp, Reporter
+
+log = logging.getLogger("shardctl.worker")
+
+REPORT_INTERVAL = 1.0
+#: Journal records re-read per step while catching up.
+CATCH_UP_CHUNK = 2000
+_POLL_SLICE = 0.2
+_BLOCKED_SLICE = 0.01
+#: How long a starting worker waits for another session to release the shard's writer lock.
+SHARD_BUSY_WAIT = 10.0
+
+
+class Worker:
+    """Runs one shard until asked to stop; ``run`` returns the process exit code."""
+
+    def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None) -> None:
+        self.shard = shard
+        self._backfill_rescan = config.backfill.rescan_interval
+        self.settings = s = shard.settings
+        #: Set by signal handlers and the loop itself; a plain attribute, so a handler never takes a lock.
+        self.stopping = False
+        self._stop_reason = ""
+        self._exit_code = EXIT_OK
+        self._reporter = Reporter(report_fd)
+        self._parser = FrameParser()
+        self._batcher: Batcher[tuple] = Batcher(s.batch_size, s.flush_interval)
+        shard_dir = config.shard_dir(shard.name)
+        self._alive = AliveStamp(shard_dir / "alive")
+        self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
+                                max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
+                                fsync=s.journal_fsync)  # type: ignore[arg-type]
+        latency_path = os.environ.get("SHARDCTL_LATENCY_LOG")
+        #: Per-tick monotonic arrival times of the rows in the batcher, recorded only for benchmarks.
+        self._arrivals: list[float] | None = [] if latency_path else None
+        self._committer = Committer(
+            Writer(dsn, config.tables, shard.name),
+            max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
+            latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
+        self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval)
+        api_key = config.api_key(shard)
+        if api_key is None:
+            raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")
+        self._stream = StreamClient(config.source.url, api_key, shard.symbols, s,
+                                    api_key_env=shard.api_key_env, on_subscribed=self._subscribed)
+        #: Journal offsets: frames up to ``_parsed_to`` are rows (batched or submitted); up to
+        #: ``_submitted_to`` they are with the committer; dead letters were written up to ``_dead_to``.
+        self._parsed_to = self._submitted_to = self._dead_to = 0
+        #: False while the journal holds frames not yet parsed (start-up replay, database outage).
+        self._live = True
+        self._ready_sent = False
+        self._books = Bookkeeper()
+        self._backfill = None if not config.backfill.enabled else Backfiller(
+            dsn, shard.name, shard.symbols, rest_url=config.source.rest_url, api_key=api_key,
+            threshold=config.backfill.min_gap, rate_limit_per_minute=config.backfill.credits_per_minute,
+            dp=config.backfill.dp, settle=config.backfill.settle, max_attempts=config.backfill.max_attempts)
+        self.ticks_received = 0
+        self.other_events = 0
+        self._last_tick_at: float | None = None
+        self._last_event_ts: int | None = None
+        self._blocked_logged = False
+        self._blocked_since = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the main loop to stop (safe from a signal handler: it only sets attributes)."""
+        if not self.stopping:
+            self._stop_reason = reason
+            self.stopping = True
+
+    def run(self) -> int:
+        """Stream until asked to stop; the exit code follows the module's stop contract."""
+        parent = os.getppid()
+        self._books.down_since = self._alive.read()
+        base = self._wait_for_ledger()
+        if base is None:
+            self._journal.close()
+            log.info("stopped (%s) before the database answered", self._stop_reason)
+            return EXIT_OK
+        self._open_journal_at(base)
+        self._committer.start()
+        if self._backfill is not None:
+            self._backfill.start(resume=True, rescan=self._backfill_rescan)
+        log.info("worker started: %d symbol(s), batch_size %d, flush_interval %gs, source %s",
+                 len(self.shard.symbols), self.settings.batch_size, self.settings.flush_interval,
+                 self._stream.url)
+        next_report = time.monotonic()
+        try:
+            while not self.stopping:
+                busy = self._catch_up() if not self._live else False
+                if self._journal.full:
+                    # Commits free whole segments: hand over what is batched and look again soon.
+                    self._note_blocked()
+                    self._flush()
+                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
+                else:
+                    if self._blocked_logged:
+                        self._blocked_logged = False
+                        log.info("the journal has room again; reading the socket")
+                        self._books.gaps.append((self._blocked_since, time.time(), "journal full: not reading"))
+                    self._read_socket(busy)
+                now = time.monotonic()
+                if self._batcher.due(now):
+                    self._flush()
+                if now >= next_report:
+                    next_report = now + REPORT_INTERVAL
+                    self._housekeeping(now)
+                    if os.getppid() != parent or self._reporter.broken:
+                        self.request_stop("parent process went away")
+        finally:
+            code = self._shutdown()
+        return code
+
+    def _wait_for_ledger(self) -> int | None:
+        """The committed journal offset, asking every second (and reporting) until the database answers."""
+        logged = False
+        busy_until = time.monotonic() + SHARD_BUSY_WAIT
+        while not self.stopping:
+            try:
+                return self._committer.committed_base()
+            except ShardBusy:
+                # A predecessor killed a moment ago may still hold the lock until its session ends.
+                if time.monotonic() >= busy_until:
+                    raise
+                time.sleep(0.2)
+            except DatabaseError as exc:
+                self._committer.stats.last_error = str(exc)
+                if not logged:
+                    logged = True
+                    log.error("cannot read the ledger (%s); waiting for the database before streaming", exc)
+                self._report()
+                for _ in range(10):
+                    if not self.stopping:
+                        time.sleep(0.1)
+        return None
+
+    def _open_journal_at(self, base: int) -> None:
+        journal = self._journal
+        if base > journal.end_offset:
+            log.warning("the journal ends at offset %d but the ledger is at %d (journal replaced?): "
+                        "starting a new journal there", journal.end_offset, base)
+            journal.advance_to(base)
+        elif base < journal.first_offset:
+            log.error("the journal starts at offset %d, after the ledger's %d: frames in between are lost",
+                      journal.first_offset, base)
+        else:
+            journal.commit(base)
+        self._parsed_to = self._submitted_to = self._dead_to = max(base, journal.first_offset)
+        if journal.backlog_records:
+            self._live = False
+            log.info("replaying %d journal record(s) not yet in the database", journal.backlog_records)
+
+    def _shutdown(self) -> int:
+        deadline = time.monotonic() + self.settings.stop_timeout
+        self._journal.flush()
+        self._flush()
+        if self._backfill is not None:
+            self._backfill.stop(timeout=1.0)
+        drained = self._committer.drain(deadline - 0.5)
+        self._stream.close()
+        self._committer.close()
+        self._journal.close()
+        self._dead.close()
+        self._report()
+        stats = self._committer.stats
+        log.info("stopped: %d tick(s) received, %d row(s) written in %d batch(es) (%s)", self.ticks_received,
+                 stats.rows_written, stats.batches, self._stop_reason or "error")
+        waiting = self._journal.end_offset - stats.committed_offset
+        if not drained or waiting > 0:
+            log.warning("%d journal record(s) are not in the database yet (%s); they are written at the next start",
+                        self._journal.backlog_records, stats.last_error or "stop deadline")
+        return self._exit_code
+
+    # ------------------------------------------------------------ the data path
+
+    def _read_socket(self, busy: bool) -> None:
+        deadline = self._batcher.deadline()
+        now = time.monotonic()
+        wait = 0.0 if busy else _POLL_SLICE if deadline is None else min(_POLL_SLICE, max(0.0, deadline - now))
+        frame = self._stream.poll(wait)
+        if frame is None:
+            return
+        offset = self._journal.append(frame, time.time())
+        if self._live:
+            self._process(frame, offset, time.monotonic(), from_socket=True)
+        elif b'"price"' not in frame:
+            # While catching up, rows come from the journal, but statuses still matter now.
+            parsed = self._parser.parse(frame)
+            if parsed.kind is Kind.STATUS and parsed.event is not None:
+                self._stream.handle_status(parsed.event)
+
+    def _process(self, frame: bytes, offset: int, arrived: float, *, from_socket: bool) -> None:
+        parsed = self._parser.parse(frame)
+        kind = parsed.kind
+        if kind is Kind.PRICE:
+            row = parsed.row
+            assert row is not None
+            self.ticks_received += 1
+            self._last_tick_at = arrived
+            if row.symbol not in self._books.symbols:
+                self._books.learn_symbol(frame, row.symbol)
+            if self._arrivals is not None:
+                self._arrivals.append(arrived)
+            self._parsed_to = offset
+            if self._batcher.add(row, time.monotonic()):
+                self._flush()
+            return
+        if kind is Kind.BAD:
+            if offset > self._dead_to:
+                self._dead.add(frame, parsed.reason or "malformed", time.monotonic())
+        elif kind is Kind.STATUS and from_socket:
+            assert parsed.event is not None
+            self._stream.handle_status(parsed.event)
+        elif kind is Kind.OTHER:
+            self.other_events += 1
+        self._dead_to = max(self._dead_to, offset)
+        self._parsed_to = offset
+
+    def _flush(self) -> None:
+        """Hand the batch to the committer, or, when it has no room, leave its frames to the journal."""
+        rows = self._batcher.take()
+        arrivals = None
+        if self._arrivals is not None:
+            arrivals, self._arrivals = self._arrivals, []
+        if not rows:
+            return
+        if not self._committer.has_room(len(rows)):
+            if self._live:
+                log.warning("the database is behind (%d rows waiting): reading into the journal only; "
+                            "the backlog is re-read from it when the database catches up",
+                            self._committer.pending_rows)
+            self._live = False
+            self._parsed_to = self._submitted_to
+            return
+        self._last_event_ts = int(rows[-1][0].timestamp())
+        self._journal.flush()
+        self._committer.submit(rows, self._parsed_to, arrivals=arrivals)
+        self._submitted_to = self._parsed_to
+
+    def _catch_up(self) -> bool:
+        """Turn the next journal records into rows when the committer has room; True if it did work."""
+        room = self._committer.max_pending_rows - self._committer.pending_rows - len(self._batcher)
+        if room < self.settings.batch_size:
+            return False
+        self._journal.flush()
+        records = self._journal.read(self._parsed_to, min(CATCH_UP_CHUNK, room))
+        if not records:
+            self._live = True
+            log.info("caught up with the journal; streaming live")
+            return False
+        wall, mono = time.time(), time.monotonic()
+        for record in records:
+            if record.end_offset <= self._parsed_to:
+                continue
+            self._process(record.frame, record.end_offset, mono - (wall - record.received_at), from_socket=False)
+            if self._parsed_to != record.end_offset:  # the committer filled up: start over from _submitted_to
+                break
+        return True
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _housekeeping(self, now: float) -> None:
+        if self._committer.failure is not None:
+            log.error("stopping: the writer thread failed (%s); the journal is replayed at the next start",
+                      self._committer.failure)
+            self._exit_code = EXIT_RUNTIME
+            self.request_stop("writer thread failed")
+        self._journal.flush()
+        self._commit_trailing_frames()
+        self._report()
+        self._dead.flush_log(now)
+        if self._stream.connected:
+            self._alive.touch()
+        self._books.hand_over(self._stream, self._journal, self._committer)
+
+    def _commit_trailing_frames(self) -> None:
+        """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
+        if (self._live and not len(self._batcher) and self._parsed_to > self._submitted_to
+                and not self._committer.pending_rows):
+            self._committer.submit([], self._parsed_to)
+            self._submitted_to = self._parsed_to
+
+    def _note_blocked(self) -> None:
+        if not self._blocked_logged:
+            self._blocked_logged = True
+            self._blocked_since = time.time()
+            log.error("journal is full (%d bytes, journal_on_full = \"block\"): not reading the socket until the "
+                      "database takes the backlog", self._journal.size_bytes)
+
+    def _subscribed(self) -> None:
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._reporter.send({"type": "ready"})
+
+    def stats(self) -> dict[str, Any]:
+        """The counters the supervisor shows and exports (cumulative for this process)."""
+        commit, journal = self._committer.stats, self._journal
+        oldest = journal.oldest_uncommitted_received_at
+        return {
+            "type": "stats",
+            "ticks_received": self.ticks_received,
+            "rows_written": commit.rows_written,
+            "batches": commit.batches,
+            "batch_seconds_sum": round(commit.batch_seconds_sum, 6),
+            "batch_seconds_max": round(commit.batch_seconds_max, 6),
+            "reconnects": self._stream.reconnects,
+            "dead_letters": self._dead.count,
+            "other_events": self.other_events,
+            "failed_symbols": sorted(self._stream.failed_symbols),
+            "pending_rows": len(self._batcher) + self._committer.pending_rows,
+            "connected": self._stream.connected,
+            "subscribed": self._stream.subscribed,
+            "catching_up": not self._live,
+            "journal_bytes": journal.size_bytes,
+            "journal_backlog": journal.backlog_records,
+            "journal_full": journal.full,
+            "journal_dropped": journal.dropped_records,
+            "seconds_behind": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
+            "last_tick_at": None if self._last_tick_at is None
+            else time.time() - (time.monotonic() - self._last_tick_at),
+            "last_event_ts": self._last_event_ts,
+            "last_error": commit.last_error or (None if self._stream.connected else self._stream.last_error),
+        }
+
+    def _report(self) -> None:
+        self._reporter.send(self.stats())
