@@ -35,8 +35,14 @@ class Backoff:
         self._healthy_since: float | None = None
 
     def succeeded(self, now: float) -> None:
-        """Record that the guarded thing works again as of ``now``."""
-        self._healthy_since = now
+        """Record that the guarded thing works as of ``now``.
+
+        Only the first success after a failure starts the healthy period; the
+        successes that follow it do not move its start, so callers may report
+        every success.
+        """
+        if self._healthy_since is None:
+            self._healthy_since = now
 
     def failed(self, now: float) -> float:
         """Record a failure at ``now`` and return how long to wait before the next attempt."""

@@ -35,6 +35,18 @@ def test_resets_after_a_healthy_period() -> None:
     assert b.failed(44.0) == 1.0, "healthy for 30 s: start again"
 
 
+def test_a_success_reported_on_every_call_still_resets() -> None:
+    """The committer reports a success after every batch: only the first one starts the healthy period."""
+    b = Backoff(0.25, 2.0, reset_after=2.0, rng=no_jitter)
+    assert [b.failed(t) for t in (0.0, 0.25, 0.75, 1.75, 3.75)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    for tick in range(100):  # database back at 5.0: a batch commits every 0.1 s
+        b.succeeded(5.0 + tick / 10)
+    assert b.failed(15.0) == 0.25, "healthy since 5.0: the second outage starts from initial again"
+    b.succeeded(15.3)
+    b.succeeded(16.0)
+    assert b.failed(16.5) == 0.5, "healthy for 1.2 s only (since 15.3): keep growing"
+
+
 def test_reset_forgets_failures() -> None:
     b = Backoff(0.5, 5.0, rng=no_jitter)
     b.failed(0.0)

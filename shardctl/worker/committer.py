@@ -60,6 +60,9 @@ Task = Callable[["BatchWriter"], object]
 _ABANDONED = object()
 #: A side task (gap, asset names) failing this often with a non-connection error is dropped, logged.
 TASK_ATTEMPTS = 5
+#: The longest wait between two tries of a failing write: writes resume at most this long after the
+#: database answers again. A connection attempt every 2 s costs a down server nothing worth saving.
+RETRY_MAX = 2.0
 
 
 class LatencyLog:
@@ -84,8 +87,8 @@ class Committer:
     """Owns a Writer and a thread that commits submitted batches (and tasks) in order."""
 
     def __init__(self, writer: BatchWriter, *, max_pending_rows: int,
-                 on_committed: Callable[[int], None] | None = None, retry_initial: float = 0.5,
-                 retry_max: float = 30.0, latency_log: LatencyLog | None = None) -> None:
+                 on_committed: Callable[[int], None] | None = None, retry_initial: float = 0.25,
+                 retry_max: float = RETRY_MAX, latency_log: LatencyLog | None = None) -> None:
         self._writer = writer
         self._on_committed = on_committed
         self._latency_log = latency_log
