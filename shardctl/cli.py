@@ -17,6 +17,7 @@ from typing import Sequence
 from shardctl import __version__, logs
 from shardctl.config import check_config
 from shardctl.errors import EXIT_CONFIG, EXIT_OK, ShardctlError
+from shardctl.journal.space import journal_space_warnings
 
 #: Modules that add commands, in help order.
 COMMAND_MODULES = (
@@ -33,6 +34,8 @@ log = logging.getLogger("shardctl.cli")
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print a one-line summary of a valid config, or every problem (exit 2)."""
     config, problems, warnings = check_config(args.config)
+    if config is not None:
+        warnings += journal_space_warnings(config)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if problems:

@@ -205,3 +205,30 @@ def test_cli_shipped_prod_is_valid():
     proc = run_cli("config/prod.toml", TWELVEDATA_API_KEY=SECRET, SHARDCTL_DSN="postgresql://u:pw@db/x")
     assert proc.returncode == 0 and proc.stderr == ""
     assert SECRET not in proc.stdout and "pw@" not in proc.stdout
+
+
+def test_a_journal_cap_larger_than_the_free_disk_is_warned_about(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    config = write(tmp_path, f"""\
+        state_dir = "{tmp_path / 'state'}"
+        [source]
+        url = "ws://127.0.0.1:8765/v1/quotes/price"
+        [defaults]
+        journal_max_bytes = {free * 2}
+        [shards.crypto]
+        symbols = ["BTC/USD"]
+        """)
+    result = subprocess.run([sys.executable, "-m", "shardctl", "validate", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_OK, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "journal_max_bytes" in line)
+    assert warning.startswith(f"warning: {config}: journal_max_bytes: the journal cap of crypto ({free * 2:,} bytes)")
+    assert str(tmp_path) in warning and "lower journal_max_bytes or give the state directory more space" in warning
+
+
+def test_a_journal_cap_that_fits_is_not_warned_about(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD + '    [defaults]\n    journal_segment_bytes = "1MiB"\n    journal_max_bytes = "2MiB"\n')
+    result = subprocess.run([sys.executable, "-m", "shardctl", "validate", str(config)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ,
+                                                                           "SHARDCTL_STATE_DIR": str(tmp_path)})
+    assert "journal_max_bytes" not in result.stderr

@@ -334,7 +334,7 @@ def test_fuzz_garbage_after_valid_records_is_cut(tmp_path: Path) -> None:
     for _ in range(500):  # the scanner itself never raises, whatever the bytes
         blob = rng.randbytes(rng.randrange(0, 300))
         out: list[Record] = []
-        pos, _, problem = _scan(memoryview(blob), 0, None, 10**9, out, 0)
+        pos, _, problem, _ = _scan(memoryview(blob), 0, None, 10**9, out, 0)
         assert pos <= len(blob) and (problem is None) == (pos == len(blob))
 
 
@@ -385,3 +385,89 @@ def test_benchmark_appends_per_second(tmp_path: Path, capsys: pytest.CaptureFixt
         j.close()
         with capsys.disabled():
             print(f"\njournal: {n / elapsed:,.0f} appends/s of 200-byte frames (fsync={policy}, flush per 1,000)")
+
+
+# ------------------------------------------------------------------ writes reach the OS, full disks, reclaim
+
+
+def test_write_buffered_hands_every_record_to_the_os_without_fsync(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync="flush")
+    fill(j, 3)
+    active = segments(tmp_path)[-1]
+    assert active.stat().st_size == SEG_HEADER, "appends are buffered in memory"
+    j.write_buffered()
+    assert active.stat().st_size == j.end_offset == j.flushed_offset
+    data = active.read_bytes()  # what another process sees: every record, before any flush() or close()
+    out: list[Record] = []
+    _scan(memoryview(data), SEG_HEADER, 0, 100, out, 0)
+    assert indices(out) == [0, 1, 2]
+    j.close()
+
+
+def test_last_received_at_comes_from_the_last_intact_record(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=256, fsync="never")
+    assert j.last_received_at is None
+    fill(j, 30)  # received at 1000.0 .. 1029.0, across segments
+    j.close()
+    active = segments(tmp_path)[-1]
+    with open(active, "ab") as f:
+        f.write(b"\x07" * 10)  # a torn record after the last intact one
+    assert Journal(tmp_path, segment_bytes=256, fsync="never").last_received_at == 1029.0
+
+
+def test_committed_space_in_the_active_segment_is_given_back(tmp_path: Path) -> None:
+    from shardctl.journal.journal import RECLAIM_BYTES
+
+    j = Journal(tmp_path, segment_bytes=64 * RECLAIM_BYTES, fsync="never")
+    offsets = [j.append(frame(i, 4096), 1000.0 + i) for i in range(400)]  # > RECLAIM_BYTES, one segment
+    j.flush()
+    j.commit(offsets[-1])
+    assert j.size_bytes == SEG_HEADER and sum(p.stat().st_size for p in segments(tmp_path)) == SEG_HEADER
+    after = fill(j, 5, start=400)
+    assert after[0] > offsets[-1], "offsets go on past the reclaimed segment"
+    j.close()
+    again = Journal(tmp_path, segment_bytes=64 * RECLAIM_BYTES, fsync="never")
+    again.commit(offsets[-1])
+    assert [r.end_offset for r in again.replay(offsets[-1])] == after
+    assert indices(list(again.replay(offsets[-1]))) == [400, 401, 402, 403, 404]
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Path:
+    """A 1 MiB tmpfs (needs root, as in CI); skipped elsewhere with the reason."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs for a full disk")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_every_record_and_resumes(tiny_fs: Path) -> None:
+    from shardctl.journal.journal import JournalDiskFull
+
+    j = Journal(tiny_fs / "journal", segment_bytes=64 * 1024 * 1024, fsync="never")
+    offsets: list[int] = []
+    with pytest.raises(JournalDiskFull) as full:
+        for i in range(10_000):
+            offsets.append(j.append(frame(i, 1000), 1000.0 + i))
+            j.write_buffered()
+    assert "disk full" in str(full.value) and str(tiny_fs / "journal") in str(full.value)
+    on_disk = j.flushed_offset
+    assert on_disk < j.end_offset == offsets[-1], "the refused records stay buffered"
+    assert on_disk in offsets, "a partial write is cut back to whole records"
+    with pytest.raises(JournalDiskFull):
+        j.write_buffered()
+    j.commit(on_disk)  # the database took everything on disk: the space comes back
+    j.write_buffered()
+    assert j.flushed_offset == j.end_offset
+    j.close()
+    reopened = Journal(tiny_fs / "journal", segment_bytes=64 * 1024 * 1024, fsync="never")
+    reopened.commit(on_disk)
+    kept = list(reopened.replay(on_disk))
+    assert [r.end_offset for r in kept] == [o for o in offsets if o > on_disk]
+    assert reopened.last_received_at == 1000.0 + len(offsets) - 1
+    reopened.close()

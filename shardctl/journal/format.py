@@ -21,7 +21,7 @@ _REC = struct.Struct("<IQdI")  # ... and the CRC
 _CRC = struct.Struct("<I")
 SEG_HEADER, REC_HEADER = _SEG.size, _REC.size  # 16, 24
 MAX_FRAME = 16 * MIB  #: the largest frame ``append`` takes; a longer length field is damage
-_BUFFER = _CHUNK = MIB  # bytes buffered before a write to the OS; bytes a cursor reads at a time
+_BUFFER = _CHUNK = MIB  # most bytes buffered before a write to the OS; bytes a cursor reads at a time
 _SHORT = "truncated record"
 
 
@@ -31,29 +31,36 @@ class Record(NamedTuple):
     received_at: float
 
 
+class Scan(NamedTuple):
+    """Where a scan stopped: after the last intact record, the next seq, and why it stopped."""
+
+    pos: int
+    seq: int | None
+    problem: str | None  #: None at the end of the view or the limit, ``_SHORT`` inside a record, else damage
+    last_received_at: float | None  #: of the last intact record scanned (None: no record)
+
+
 def _scan(view: memoryview, pos: int, seq: int | None, limit: int, out: list[Record] | None,
-          base: int) -> tuple[int, int | None, str | None]:
+          base: int) -> Scan:
     """Walk up to ``limit`` intact records from ``pos`` (``seq``: the next one's, None: any) into ``out``.
 
-    Returns (position after the last intact record, next seq, problem): None
-    at the end of ``view`` or ``limit``, ``_SHORT`` if ``view`` ends inside a
-    record, else what is wrong. ``base``: offset of ``view[0]``. Never raises.
+    ``base``: offset of ``view[0]``. Never raises.
     """
-    end, count = len(view), 0
+    end, count, last_at = len(view), 0, None
     while count < limit and pos < end:
         if end - pos < REC_HEADER:
-            return pos, seq, _SHORT
+            return Scan(pos, seq, _SHORT, last_at)
         length, rseq, at, crc = _REC.unpack_from(view, pos)
         if length > MAX_FRAME:
-            return pos, seq, f"bad record length {length}"
+            return Scan(pos, seq, f"bad record length {length}", last_at)
         stop = pos + REC_HEADER + length
         if stop > end:
-            return pos, seq, _SHORT
+            return Scan(pos, seq, _SHORT, last_at)
         if zlib.crc32(view[pos + REC_HEADER:stop], zlib.crc32(view[pos:pos + _META.size])) != crc:
-            return pos, seq, "checksum mismatch"
+            return Scan(pos, seq, "checksum mismatch", last_at)
         if seq is not None and rseq != seq:
-            return pos, seq, f"record seq {rseq}, expected {seq}"
+            return Scan(pos, seq, f"record seq {rseq}, expected {seq}", last_at)
         if out is not None:
             out.append(Record(base + stop, bytes(view[pos + REC_HEADER:stop]), at))
-        seq, pos, count = rseq + 1, stop, count + 1
-    return pos, seq, None
+        seq, pos, count, last_at = rseq + 1, stop, count + 1, at
+    return Scan(pos, seq, None, last_at)

@@ -17,12 +17,20 @@ logged in one line, and appends go on. Any other damage (bad segment header,
 gap between segments, bad record in an older segment, met when reading)
 raises ``JournalCorrupt`` naming file and offset: never repaired silently.
 
-Durability (``fsync``): appends are buffered; ``flush()``, which the worker
-calls before a batch goes to the database, hands them to the OS (enough to
-survive a killed process). "never" (shardctl's default): no fsync; "flush"
+Durability (``fsync``): appends are buffered in memory; ``write_buffered()``
+hands them to the OS (``write(2)``: enough to survive a killed process), and
+the worker calls it before every read of its socket, so a frame it has read
+is in the OS before it reads the next burst. ``flush()`` does the same and
+then fsyncs per the policy: "never" (shardctl's default): no fsync; "flush"
 (this class's default): fsync on ``flush()``, roll and close; "always": after
-every append too (slow).
-Readers see flushed records only.
+every append too (slow). Readers see flushed records only.
+
+A full disk (ENOSPC, EDQUOT) raises ``JournalDiskFull`` and leaves the journal
+as it was: a partial write is cut back, the records stay buffered, and the next
+``write_buffered`` tries again. When every record on disk is committed, the
+segment files are replaced by an empty one (at ``RECLAIM_BYTES``, or at once
+while the disk is full), so committed space comes back even when all of it
+was in the active segment.
 
 Cap (``max_bytes``: all segment bytes, at least two segments' worth). "block":
 at ``size_bytes >= max_bytes`` the journal is ``full`` and ``append`` raises
@@ -40,6 +48,8 @@ directory.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import logging
 import os
 import threading
@@ -71,6 +81,9 @@ log = logging.getLogger("shardctl.journal")
 
 OnFull = Literal["block", "drop_oldest"]
 FsyncPolicy = Literal["never", "flush", "always"]
+#: Committed bytes in the active segment worth replacing it by an empty one for, once all is committed.
+RECLAIM_BYTES = MIB
+_DISK_FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 
 class JournalError(ShardctlError):
@@ -88,6 +101,24 @@ class JournalCorrupt(JournalError):
 
 class JournalFull(JournalError):
     """``on_full="block"`` and the journal is at ``max_bytes``: commit (or stop reading) first."""
+
+
+class JournalDiskFull(JournalError):
+    """The filesystem refused a write for lack of space; nothing was lost, the records stay buffered."""
+
+    def __init__(self, directory: Path, free_bytes: int | None) -> None:
+        self.directory, self.free_bytes = directory, free_bytes
+        free = "unknown" if free_bytes is None else f"{free_bytes:,}"
+        super().__init__(f"disk full: {directory} ({free} bytes free)")
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged process may still write on ``path``'s filesystem (None if unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass(frozen=True)
@@ -121,10 +152,10 @@ class Journal:
     own); ``max_bytes`` (None: no cap), ``on_full``, ``fsync``: see the module.
     After opening, call ``commit(ledger_offset)`` (``advance_to`` if the ledger
     is past ``end_offset``), then ``replay(ledger_offset)``. Read-only status
-    (lock-free): ``end_offset`` (flushed or not), ``flushed_offset``,
+    (lock-free): ``end_offset`` (flushed or not), ``flushed_offset``, ``last_received_at``,
     ``committed_offset``, ``first_offset`` (first byte on disk), ``size_bytes``,
     ``uncommitted_bytes``, ``backlog_records``, ``oldest_uncommitted_received_at``
-    (None when all is committed), ``full``, ``gaps``, ``dropped_records``/``_bytes``.
+    (None when all is committed), ``full``, ``disk_full``, ``gaps``, ``dropped_records``/``_bytes``.
     """
 
     def __init__(self, directory: Path | str, *, segment_bytes: int = 64 * MIB, max_bytes: int | None = None,
@@ -145,6 +176,8 @@ class Journal:
         self._fd = -1
         self.gaps: list[Gap] = []
         self.dropped_records = self.dropped_bytes = 0
+        #: True from a write the disk refused until one succeeds.
+        self.disk_full = False
         self.directory.mkdir(parents=True, exist_ok=True)
         self._recover()
 
@@ -165,7 +198,12 @@ class Journal:
         last = self._segments[-1]
         data = last.path.read_bytes()
         with memoryview(data) as view:
-            pos, seq, problem = _scan(view, SEG_HEADER, last.first_seq, len(data), None, last.base)
+            pos, seq, problem, self.last_received_at = _scan(view, SEG_HEADER, last.first_seq, len(data), None,
+                                                             last.base)
+        if self.last_received_at is None and len(self._segments) > 1:  # an empty active segment: look before it
+            before = self._segments[-2].path.read_bytes()
+            with memoryview(before) as view:
+                self.last_received_at = _scan(view, SEG_HEADER, None, len(before), None, 0).last_received_at
         if pos < len(data):
             log.warning("journal %s: cut %d byte(s) of torn record(s) at offset %d (%s)", last.path,
                         len(data) - pos, last.base + pos, problem)
@@ -198,8 +236,10 @@ class Journal:
     def append(self, frame: bytes, received_at: float) -> int:
         """Buffer ``frame`` (received at ``received_at``, wall-clock seconds); return its end offset.
 
-        Raises ValueError above MAX_FRAME, JournalFull (block mode, at the cap),
-        JournalError if closed or the disk refuses a write.
+        Never raises for a full disk: the record then stays buffered (in the
+        active segment, past ``segment_bytes`` if need be) and ``write_buffered``
+        reports the full disk. Raises ValueError above MAX_FRAME, JournalFull
+        (block mode, at the cap), JournalError if closed or a write fails otherwise.
         """
         length = len(frame)
         if length > MAX_FRAME:
@@ -212,7 +252,8 @@ class Journal:
                 self._make_room(size)
             used = self.end_offset - self._segments[-1].base
             if used > SEG_HEADER and used + size > self.segment_bytes:
-                self._roll(self.end_offset)
+                with contextlib.suppress(JournalDiskFull):
+                    self._roll(self.end_offset)
             seq = self._next_seq
             meta = _META.pack(length, seq, received_at)
             buf = self._buf
@@ -222,10 +263,12 @@ class Journal:
             self._next_seq = seq + 1
             self.end_offset += size
             self.size_bytes += size
+            self.last_received_at = received_at
             if self.oldest_uncommitted_received_at is None:
                 self.oldest_uncommitted_received_at = received_at
             if len(buf) >= _BUFFER or self.fsync == "always":
-                self._write_out(self.fsync == "always")
+                with contextlib.suppress(JournalDiskFull):
+                    self._write_out(self.fsync == "always")
             return self.end_offset
 
     def flush(self) -> int:
@@ -235,7 +278,18 @@ class Journal:
                 self._write_out(self.fsync != "never")
             return self.flushed_offset
 
+    def write_buffered(self) -> None:
+        """Hand every buffered record to the OS (``write(2)``), with an fsync only under ``fsync="always"``.
+
+        Raises JournalDiskFull (the records stay buffered: call again later) or JournalError.
+        """
+        if self._buf:
+            with self._lock:
+                if self._fd >= 0:
+                    self._write_out(self.fsync == "always")
+
     def _write_out(self, sync: bool = False) -> None:
+        """Write the buffer to the active segment, all or nothing. Lock held."""
         buf, done = self._buf, 0
         try:
             while done < len(buf):
@@ -243,22 +297,57 @@ class Journal:
             if sync:
                 os.fsync(self._fd)
         except OSError as exc:
+            if done:  # cut a partial write back to whole records: they stay in the buffer
+                try:
+                    os.ftruncate(self._fd, self.flushed_offset - self._segments[-1].base)
+                except OSError:
+                    pass
+            if exc.errno in _DISK_FULL:
+                self.disk_full = True
+                raise JournalDiskFull(self.directory, free_bytes(self.directory)) from None
             raise JournalError(f"journal {self.directory}: cannot write: {exc.strerror}") from None
-        finally:
-            del buf[:done]
-            self.flushed_offset += done
-            self._segments[-1].size = self.flushed_offset - self._segments[-1].base
+        self.disk_full = False
+        del buf[:done]
+        self.flushed_offset += done
+        self._segments[-1].size = self.flushed_offset - self._segments[-1].base
 
     def _roll(self, base: int) -> None:
-        """Close the active segment's file, start a new segment at ``base``. Lock held."""
+        """Start a new segment at ``base`` after the active one; nothing changes if the disk refuses. Lock held."""
         self._write_out(self.fsync != "never")
+        seg = self._create_or_raise(base, self._next_seq)
         os.close(self._fd)
-        self._fd = -1
-        seg = self._create(base, self._next_seq)
         self._segments.append(seg)
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
         self.end_offset = self.flushed_offset = seg.end
         self.size_bytes += SEG_HEADER
+
+    def _create_or_raise(self, base: int, first_seq: int) -> _Segment:
+        try:
+            return self._create(base, first_seq)
+        except OSError as exc:
+            self.directory.joinpath(f"{base:020d}.seg.tmp").unlink(missing_ok=True)
+            if exc.errno in _DISK_FULL:
+                raise JournalDiskFull(self.directory, free_bytes(self.directory)) from None
+            raise JournalError(f"journal {self.directory}: cannot create a segment: {exc.strerror}") from None
+
+    def _reclaim(self) -> None:
+        """Replace the segment files by one empty segment ending at ``flushed_offset``. Lock held.
+
+        Only when every record on disk is committed. The new segment's header
+        takes the place of the last committed bytes, so the offsets of buffered
+        records stay valid. The old files go first: on a full disk there may be
+        no room for the new one before. A crash in between leaves an empty
+        directory, which the worker treats as a replaced journal (all of it was
+        committed, so nothing on disk is lost).
+        """
+        os.close(self._fd)
+        self._fd = -1
+        for seg in self._segments:
+            seg.path.unlink(missing_ok=True)
+        seg = self._create_or_raise(self.flushed_offset - SEG_HEADER, self._committed_seq)
+        self._segments = [seg]
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self.size_bytes = SEG_HEADER + len(self._buf)
 
     def _make_room(self, size: int) -> None:
         assert self.max_bytes is not None
@@ -305,6 +394,9 @@ class Journal:
                 seg = self._segments.pop(0)
                 self.size_bytes -= seg.size
                 seg.path.unlink(missing_ok=True)
+            if (offset == self.flushed_offset and self._fd >= 0 and self._segments[-1].size > SEG_HEADER
+                    and (self.disk_full or self._segments[-1].size - SEG_HEADER >= RECLAIM_BYTES)):
+                self._reclaim()
 
     def advance_to(self, offset: int) -> None:
         """Discard every segment and go on at ``offset``: at startup, when the ledger is past ``end_offset``.
@@ -359,12 +451,17 @@ class Journal:
                 yield from batch
 
     def close(self) -> None:
-        """Flush (and fsync unless "never") and close; appends then raise JournalError. Idempotent."""
+        """Flush (and fsync unless "never") and close; appends then raise JournalError. Idempotent.
+
+        Closes even when the disk is full; then raises JournalDiskFull: the buffered records are lost.
+        """
         with self._lock:
             if self._fd >= 0:
-                self._write_out(self.fsync != "never")
-                os.close(self._fd)
-                self._fd = -1
+                try:
+                    self._write_out(self.fsync != "never")
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
 
     def __enter__(self) -> Journal:
         return self
@@ -428,7 +525,7 @@ class Cursor:
                     self._fd, self._seg = os.open(seg.path, os.O_RDONLY), seg
             data = os.pread(self._fd, min(left, want), self.position - seg.base)
             with memoryview(data) as view:
-                pos, self._seq, problem = _scan(view, 0, self._seq, max_records - len(out), out, self.position)
+                pos, self._seq, problem, _ = _scan(view, 0, self._seq, max_records - len(out), out, self.position)
             self.position += pos
             want = _CHUNK
             if problem == _SHORT and pos == 0 and REC_HEADER <= len(data) < left:

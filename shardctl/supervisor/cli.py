@@ -129,6 +129,8 @@ def _backlog(shard: dict[str, Any]) -> str:
     """Journal records not yet in the database and how far behind, e.g. "12,000 (31s)"; "FULL" at the cap."""
     records = int(shard.get("journal_backlog") or 0)
     text = f"{records:,} ({_duration(shard.get('seconds_behind'))})" if records else "0"
+    if shard.get("disk_full"):
+        return text + " DISK FULL"
     return text + " FULL" if shard.get("journal_full") else text
 
 

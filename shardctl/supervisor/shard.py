@@ -37,7 +37,8 @@ log = logging.getLogger("shardctl.supervisor")
 COUNTER_KEYS = ("ticks_received", "rows_written", "batches", "batch_seconds_sum", "reconnects",
                 "dead_letters", "journal_dropped")
 #: The current worker's journal gauges (zero without a worker).
-JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up")
+JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up", "disk_full",
+                "disk_free_bytes")
 #: Values kept from the last stats line, even after the worker exits.
 STICKY_KEYS = ("last_tick_at", "last_event_ts", "last_error")
 REPORT_LINE_LIMIT = 1 << 20

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from shardctl.config import load_config
 from shardctl.config.model import Config
 from shardctl.errors import ConfigError, ControlError
+from shardctl.journal.space import journal_space_warnings
 from shardctl.supervisor.control import ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
@@ -344,6 +345,8 @@ def serve(config_path: str | Path, *, log_format: str = "text",
     running, a port in use or an unreachable database.
     """
     config = load_config(config_path, require_env=True)
+    for warning in journal_space_warnings(config):
+        log.warning("%s", warning)
     pidfile = Pidfile(config.supervisor.pidfile, config_path=str(config_path))
     pidfile.create()
     try:

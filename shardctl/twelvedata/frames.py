@@ -34,9 +34,11 @@ class FrameReader:
     """Cuts complete messages out of a socket's byte stream; answers pings through ``send_pong``."""
 
     def __init__(self, sock: socket.socket | ssl.SSLSocket, send_pong: Callable[[bytes], None],
-                 initial: bytes = b"") -> None:
+                 initial: bytes = b"", before_recv: Callable[[], None] | None = None) -> None:
         self._sock = sock
         self._send_pong = send_pong
+        #: Called before every read of the socket (the worker writes its journal out there).
+        self._before_recv = before_recv
         self._buf = bytearray(initial)
         self._pos = 0
         self._fragments: list[bytes] | None = None
@@ -84,6 +86,8 @@ class FrameReader:
         if self._pos:
             del self._buf[:self._pos]
             self._pos = 0
+        if self._before_recv is not None:
+            self._before_recv()
         try:
             data = self._sock.recv(_CHUNK)
         except (socket.timeout, ssl.SSLWantReadError):

@@ -51,6 +51,7 @@ class StreamClient:
     def __init__(self, url: str, api_key: str, symbols: Sequence[str], settings: ShardSettings, *,
                  api_key_env: str = "TWELVEDATA_API_KEY",
                  on_subscribed: Callable[[], None] | None = None,
+                 before_recv: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._url = _with_key(url, api_key)
         self.url = public_url(url)
@@ -58,6 +59,7 @@ class StreamClient:
         self.settings = settings
         self.api_key_env = api_key_env
         self._on_subscribed = on_subscribed
+        self._before_recv = before_recv
         self._clock = clock
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max,
                                 reset_after=settings.reconnect_reset_after)
@@ -80,6 +82,10 @@ class StreamClient:
         self._down_since: float | None = None
         self._down_reason = ""
 
+    def resume_reading(self) -> None:
+        """The caller stopped polling for a while (a full disk): count the silence from now, not from then."""
+        self._last_frame_at = max(self._last_frame_at, self._clock())
+
     @property
     def connected(self) -> bool:
         return self._ws is not None
@@ -91,7 +97,11 @@ class StreamClient:
     # ------------------------------------------------------------ the loop
 
     def poll(self, timeout: float) -> bytes | None:
-        """Return the next text frame, or None after at most ``timeout`` seconds; never raises on network trouble."""
+        """Return the next text frame, or None after at most ``timeout`` seconds.
+
+        Never raises on network trouble; what ``before_recv`` raises propagates
+        (the connection stays as it was).
+        """
         now = self._clock()
         if self._ws is None:
             if now < self._next_attempt:
@@ -181,7 +191,7 @@ class StreamClient:
             self._retry_later(now, f"cannot connect to {self.url}: {exc or type(exc).__name__}")
             return
         self._ws, self._timeout = ws, None
-        self._reader = FrameReader(ws.sock, ws.pong)
+        self._reader = FrameReader(ws.sock, ws.pong, before_recv=self._before_recv)
         wall = time.time()
         if self.first_connected_at is None:
             self.first_connected_at = wall
@@ -214,7 +224,9 @@ class StreamClient:
         self._reader = None
         self.subscribed = False
         if ws is not None and self._down_since is None:
-            self._down_since, self._down_reason = time.time(), reason
+            # From the last frame that arrived: whatever the server sent after it was not read.
+            wall = time.time()
+            self._down_since, self._down_reason = wall - max(0.0, now - self._last_frame_at), reason
         if ws is not None:
             if abort:
                 ws.abort()

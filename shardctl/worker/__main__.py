@@ -20,6 +20,7 @@ from shardctl.config.model import Config, ShardConfig
 from shardctl.db.connection import connect, resolve_dsn
 from shardctl.db.schema import apply_schema
 from shardctl.errors import ShardctlError
+from shardctl.journal.space import journal_space_warnings
 from shardctl.worker.process import ShardLock
 from shardctl.worker.worker import Worker, log
 
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, require_env=True)
         shard = config.shard(args.shard)
+        for warning in journal_space_warnings(config, [shard.name]):
+            log.warning("%s", warning)
         lock = ShardLock(config.shard_dir(shard.name) / "worker.lock")
         try:
             return _run(config, shard, report_fd)

@@ -1,10 +1,9 @@
-"""A worker process's plumbing: the supervisor's report pipe, the per-shard lock, the liveness stamp."""
+"""A worker process's plumbing: the supervisor's report pipe and the per-shard lock."""
 
 from __future__ import annotations
 
 import fcntl
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +41,13 @@ class ShardLock:
             holder = self._file.read().strip() or "?"
             self._file.close()
             raise ShardctlError(f"another worker (pid {holder}) is already running this shard ({path})") from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(str(os.getpid()))
-        self._file.flush()
+        try:  # the pid is for people; the lock holds without it (a full disk may refuse the write)
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(str(os.getpid()))
+            self._file.flush()
+        except OSError:
+            pass
 
     def release(self) -> None:
         self._file.close()
-
-
-class AliveStamp:
-    """A file holding the last wall-clock time the worker was known to be connected and streaming.
-
-    Read at start, it tells how long the shard was down (a gap); the worker
-    touches it about once a second while its stream is connected.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tmp = path.with_suffix(".tmp")
-
-    def read(self) -> float | None:
-        try:
-            return float(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def touch(self) -> None:
-        self._tmp.write_text(f"{time.time():.3f}")
-        os.replace(self._tmp, self.path)

@@ -11,6 +11,14 @@ queue allows; when the database returns it re-reads the backlog from the
 journal in order, then goes live again. Disconnections, the stretch the
 worker was down and frames dropped at the journal cap are recorded as gaps.
 
+Every frame reaches the OS (``write(2)``) before the worker reads its socket
+again, so a killed worker loses nothing it had read but the burst in hand;
+the "worker down" gap starts at the last frame the journal holds, so every
+tick a crash loses lies inside it. A full disk is a state, not a crash: the
+worker stops reading the socket, keeps writing the journal's backlog to the
+database (which gives the space back), shows "disk full" in its stats, and
+resumes reading when its buffered frames fit on the disk again.
+
 The stop contract: on SIGTERM or SIGINT, or when the parent process goes
 away, the worker stops reading, commits what the database will take within
 the shard's ``stop_timeout``, closes the socket with 1001 and exits 0; what
@@ -35,14 +43,14 @@ from shardctl.config.model import Config, ShardConfig
 from shardctl.db.writer import ShardBusy, Writer
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
-from shardctl.journal.journal import Journal
+from shardctl.journal.journal import Journal, JournalDiskFull, free_bytes
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
-from shardctl.worker.process import AliveStamp, Reporter
+from shardctl.worker.process import Reporter
 
 log = logging.getLogger("shardctl.worker")
 
@@ -53,6 +61,8 @@ _POLL_SLICE = 0.2
 _BLOCKED_SLICE = 0.01
 #: How long a starting worker waits for another session to release the shard's writer lock.
 SHARD_BUSY_WAIT = 10.0
+#: How often a worker whose disk is full tries to write its buffered frames out again.
+DISK_RETRY = 0.2
 
 
 class Worker:
@@ -70,7 +80,6 @@ class Worker:
         self._parser = FrameParser()
         self._batcher: Batcher[tuple] = Batcher(s.batch_size, s.flush_interval)
         shard_dir = config.shard_dir(shard.name)
-        self._alive = AliveStamp(shard_dir / "alive")
         self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
                                 max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
                                 fsync=s.journal_fsync)  # type: ignore[arg-type]
@@ -86,7 +95,8 @@ class Worker:
         if api_key is None:
             raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")
         self._stream = StreamClient(config.source.url, api_key, shard.symbols, s,
-                                    api_key_env=shard.api_key_env, on_subscribed=self._subscribed)
+                                    api_key_env=shard.api_key_env, on_subscribed=self._subscribed,
+                                    before_recv=self._journal.write_buffered)
         #: Journal offsets: frames up to ``_parsed_to`` are rows (batched or submitted); up to
         #: ``_submitted_to`` they are with the committer; dead letters were written up to ``_dead_to``.
         self._parsed_to = self._submitted_to = self._dead_to = 0
@@ -104,6 +114,10 @@ class Worker:
         self._last_event_ts: int | None = None
         self._blocked_logged = False
         self._blocked_since = 0.0
+        #: While the disk is full: the refusal, and when the worker last read a frame (the gap's start).
+        self._disk_full: JournalDiskFull | None = None
+        self._disk_full_since = 0.0
+        self._disk_retry_at = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -116,7 +130,8 @@ class Worker:
     def run(self) -> int:
         """Stream until asked to stop; the exit code follows the module's stop contract."""
         parent = os.getppid()
-        self._books.down_since = self._alive.read()
+        # The last frame the journal durably holds: whatever came after it was never read.
+        self._books.down_since = self._journal.last_received_at
         base = self._wait_for_ledger()
         if base is None:
             self._journal.close()
@@ -133,7 +148,11 @@ class Worker:
         try:
             while not self.stopping:
                 busy = self._catch_up() if not self._live else False
-                if self._journal.full:
+                if self._disk_full is not None and not self._disk_has_room():
+                    # Commits give the journal's space back: hand over what is on disk and look again soon.
+                    self._flush()
+                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
+                elif self._journal.full:
                     # Commits free whole segments: hand over what is batched and look again soon.
                     self._note_blocked()
                     self._flush()
@@ -197,23 +216,27 @@ class Worker:
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.stop_timeout
-        self._journal.flush()
         self._flush()
+        self._commit_trailing_frames()
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
         drained = self._committer.drain(deadline - 0.5)
         self._stream.close()
         self._committer.close()
-        self._journal.close()
+        try:
+            self._journal.close()
+        except JournalDiskFull as exc:
+            log.error("%s: %d byte(s) of frames read since could not be written; they are lost, inside the gap "
+                      "the next start records", exc, self._journal.end_offset - self._journal.flushed_offset)
         self._dead.close()
         self._report()
         stats = self._committer.stats
         log.info("stopped: %d tick(s) received, %d row(s) written in %d batch(es) (%s)", self.ticks_received,
                  stats.rows_written, stats.batches, self._stop_reason or "error")
-        waiting = self._journal.end_offset - stats.committed_offset
-        if not drained or waiting > 0:
+        waiting = self._journal.backlog_records
+        if waiting:
             log.warning("%d journal record(s) are not in the database yet (%s); they are written at the next start",
-                        self._journal.backlog_records, stats.last_error or "stop deadline")
+                        waiting, stats.last_error or ("stop deadline" if not drained else "not handed over"))
         return self._exit_code
 
     # ------------------------------------------------------------ the data path
@@ -222,7 +245,11 @@ class Worker:
         deadline = self._batcher.deadline()
         now = time.monotonic()
         wait = 0.0 if busy else _POLL_SLICE if deadline is None else min(_POLL_SLICE, max(0.0, deadline - now))
-        frame = self._stream.poll(wait)
+        try:
+            frame = self._stream.poll(wait)  # writes the journal out before it reads the socket
+        except JournalDiskFull as exc:
+            self._enter_disk_full(exc)
+            return
         if frame is None:
             return
         offset = self._journal.append(frame, time.time())
@@ -277,8 +304,14 @@ class Worker:
             self._live = False
             self._parsed_to = self._submitted_to
             return
+        try:
+            self._journal.flush()
+        except JournalDiskFull as exc:
+            on_disk = self._parsed_to <= self._journal.flushed_offset  # a batch re-read from the journal
+            self._enter_disk_full(exc)
+            if not on_disk:
+                return
         self._last_event_ts = int(rows[-1][0].timestamp())
-        self._journal.flush()
         self._committer.submit(rows, self._parsed_to, arrivals=arrivals)
         self._submitted_to = self._parsed_to
 
@@ -287,9 +320,14 @@ class Worker:
         room = self._committer.max_pending_rows - self._committer.pending_rows - len(self._batcher)
         if room < self.settings.batch_size:
             return False
-        self._journal.flush()
+        try:
+            self._journal.flush()
+        except JournalDiskFull as exc:
+            self._enter_disk_full(exc)
         records = self._journal.read(self._parsed_to, min(CATCH_UP_CHUNK, room))
         if not records:
+            if self._journal.flushed_offset < self._journal.end_offset:
+                return False  # the rest is still buffered, waiting for room on the disk
             self._live = True
             log.info("caught up with the journal; streaming live")
             return False
@@ -310,20 +348,54 @@ class Worker:
                       self._committer.failure)
             self._exit_code = EXIT_RUNTIME
             self.request_stop("writer thread failed")
-        self._journal.flush()
+        try:
+            self._journal.flush()
+        except JournalDiskFull as exc:
+            self._enter_disk_full(exc)
         self._commit_trailing_frames()
         self._report()
         self._dead.flush_log(now)
-        if self._stream.connected:
-            self._alive.touch()
         self._books.hand_over(self._stream, self._journal, self._committer)
 
     def _commit_trailing_frames(self) -> None:
         """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
         if (self._live and not len(self._batcher) and self._parsed_to > self._submitted_to
-                and not self._committer.pending_rows):
+                and self._parsed_to <= self._journal.flushed_offset and not self._committer.pending_rows):
             self._committer.submit([], self._parsed_to)
             self._submitted_to = self._parsed_to
+
+    def _enter_disk_full(self, exc: JournalDiskFull) -> None:
+        """Stop reading the socket; what is batched stays in the journal and is re-read once it is on disk."""
+        if self._disk_full is None:
+            self._disk_full_since = self._journal.last_received_at or time.time()
+            log.error("%s: not reading the socket; writing the journal's backlog to the database, which gives "
+                      "the space back; reading again when there is room", exc)
+        self._disk_full = exc
+        self._disk_retry_at = time.monotonic() + DISK_RETRY
+        self._live = False
+        if self._parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read them later
+            self._batcher.take()
+            if self._arrivals is not None:
+                self._arrivals.clear()
+            self._parsed_to = self._submitted_to
+
+    def _disk_has_room(self) -> bool:
+        """Try the buffered frames again (at most every DISK_RETRY); True, and reading again, once they fit."""
+        now = time.monotonic()
+        if now < self._disk_retry_at:
+            return False
+        self._disk_retry_at = now + DISK_RETRY
+        try:
+            self._journal.write_buffered()
+        except JournalDiskFull as exc:
+            self._disk_full = exc
+            return False
+        assert self._disk_full is not None
+        log.info("the disk has room again (%s): reading the socket", self._disk_full.directory)
+        self._books.gaps.append((self._disk_full_since, time.time(), "disk full: not reading"))
+        self._disk_full = None
+        self._stream.resume_reading()
+        return True
 
     def _note_blocked(self) -> None:
         if not self._blocked_logged:
@@ -359,12 +431,15 @@ class Worker:
             "journal_bytes": journal.size_bytes,
             "journal_backlog": journal.backlog_records,
             "journal_full": journal.full,
+            "disk_full": self._disk_full is not None,
+            "disk_free_bytes": free_bytes(journal.directory),
             "journal_dropped": journal.dropped_records,
             "seconds_behind": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
             "last_tick_at": None if self._last_tick_at is None
             else time.time() - (time.monotonic() - self._last_tick_at),
             "last_event_ts": self._last_event_ts,
-            "last_error": commit.last_error or (None if self._stream.connected else self._stream.last_error),
+            "last_error": (str(self._disk_full) if self._disk_full is not None else commit.last_error
+                           or (None if self._stream.connected else self._stream.last_error)),
         }
 
     def _report(self) -> None:

@@ -58,6 +58,8 @@ JOURNAL_GAUGES = {
     "journal_bytes": ("journal_bytes", "Bytes in the shard's journal segments"),
     "seconds_behind": ("seconds_behind", "Age of the oldest journal record not yet committed"),
     "journal_full": ("journal_full", "1 while the journal is at its cap and reading has stopped"),
+    "disk_full": ("disk_full", "1 while the journal's disk refuses writes and reading has stopped"),
+    "disk_free_bytes": ("disk_free_bytes", "Bytes free on the filesystem of the shard's journal"),
 }
 
 
@@ -120,9 +122,13 @@ def render(snapshot: Snapshot) -> bytes:
 
 
 def health(shards: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
-    """(healthy, problems): a shard that should run but is not RUNNING is a problem."""
-    problems = [f"{s['name']}: {s['state']} ({s.get('reason') or 'no reason'})"
-                for s in shards if s.get("wanted") and s.get("state") != ShardState.RUNNING.value]
+    """(healthy, problems): a shard that should run but is not RUNNING, or whose disk is full, is a problem."""
+    problems = []
+    for s in shards:
+        if s.get("wanted") and s.get("state") != ShardState.RUNNING.value:
+            problems.append(f"{s['name']}: {s['state']} ({s.get('reason') or 'no reason'})")
+        elif s.get("disk_full"):
+            problems.append(f"{s['name']}: {s.get('last_error') or 'disk full'}")
     return (not problems, problems)
 
 

@@ -124,7 +124,8 @@
       c.rate.textContent = Number(s.ticks_per_second || 0).toFixed(1);
       c.rows.textContent = count(s.rows_written);
       c.lag.textContent = s.last_event_ts ? duration(data.now - s.last_event_ts) : "—";
-      c.backlog.textContent = `${count(s.journal_backlog)} · ${duration(s.seconds_behind)}`;
+      const stopped = s.disk_full ? " · DISK FULL" : s.journal_full ? " · FULL" : "";
+      c.backlog.textContent = `${count(s.journal_backlog)} · ${duration(s.seconds_behind)}${stopped}`;
       c.backlog.title = "journal records not yet committed · age of the oldest";
       const error = s.last_error || (s.state === "FATAL" || s.state === "BACKOFF" ? s.reason : "") || "";
       c.error.textContent = error;
