@@ -5,7 +5,8 @@ of thousands of frames a second that is most of a worker's time. After
 websocket-client's handshake, ``FrameReader`` reads the socket in large
 chunks and cuts frames out of its buffer, so a burst of frames costs one
 system call. Text payloads are returned as bytes, unvalidated: the JSON
-parser validates UTF-8 anyway.
+parser validates UTF-8 anyway. Fragmented messages are reassembled (control
+frames may come between their parts) and keep their first frame's opcode.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class FrameReader:
                 continue
             if opcode not in (OP_TEXT, OP_BINARY):
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
+            if self._fragments is not None:  # RFC 6455 5.4: the first part would vanish silently
+                raise ProtocolError("a new message began inside a fragmented message")
             if fin:
                 return opcode, payload
             self._fragments, self._fragment_opcode, self._fragment_bytes = [payload], opcode, len(payload)
