@@ -22,6 +22,12 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
+#: Put by ``StreamClient.poll`` before the payload of a binary message. Twelve Data sends text
+#: frames only, so a binary one is a dead letter, never a row. The mark is part of the frame bytes
+#: that go into the journal, so the parser reaches the same verdict live and on replay; no JSON
+#: text can start with NUL, so no valid text frame carries it.
+BINARY_FRAME_MARK = b"\x00binary\x00"
+
 _CHUNK = 262144
 #: Largest message accepted (the journal takes frames up to 16 MiB, header included).
 _MAX_MESSAGE = 16 * 1024 * 1024 - 64
