@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 import pytest
 from support import WorkerProcess, query, row_count, sent_ticks, stored_ticks, wait_until
@@ -37,14 +37,6 @@ def write_config(tmp_path: Path, url: str, dsn: str, *, symbols: tuple[str, ...]
     path = tmp_path / "shardctl.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.close()
 
 
 def start_worker(workers: list[WorkerProcess], tmp_path: Path, config: Path, **kw: object) -> WorkerProcess:
