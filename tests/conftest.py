@@ -4,7 +4,8 @@
 started once and stopped at session end; or, when ``SHARDCTL_TEST_DSN`` is
 set, that server (never stopped). ``fresh_dsn``: a new empty database,
 dropped after the test. ``schema_dsn``: the same with shardctl's schema.
-``write_config``: writes a TOML config file for a test.
+``write_config``: writes a TOML config file for a test. ``workers``: the
+worker processes a test started, killed after it.
 
 Tests marked ``@pytest.mark.timescaledb`` are skipped when the server lacks
 the TimescaleDB extension.
@@ -23,6 +24,7 @@ from typing import Callable, Iterator
 import psycopg2
 import psycopg2.extensions
 import pytest
+from support import WorkerProcess
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.embedded import EmbeddedPostgres
@@ -173,6 +175,15 @@ def write_config_file(directory: Path, text: str, name: str = "shardctl.toml") -
 def write_config() -> Callable[..., Path]:
     """``write_config(tmp_path, text, name="shardctl.toml") -> Path``: write a TOML config for a test."""
     return write_config_file
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test started (``start_worker`` in test_worker.py appends them); killed afterwards."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.close()
 
 
 @pytest.fixture(autouse=True)

@@ -597,10 +597,28 @@ def test_feed_with_remote_source_warns(tmp_path, monkeypatch):
     ("metrics_port = 70000", "supervisor.metrics_port", "TCP port"),
     ("metrics_port = -1", "supervisor.metrics_port", "at least 0"),
     ("max_failures = 0", "supervisor.max_failures", "at least 1"),
+    ('allowed_hosts = "shardctl.internal"', "supervisor.allowed_hosts", 'a list of host names, e.g. ["shardctl'),
+    ('allowed_hosts = ["http://shardctl.internal"]', "supervisor.allowed_hosts",
+     "'http://shardctl.internal' is not a host name or IP address"),
+    ('allowed_hosts = ["shardctl.internal:9108"]', "supervisor.allowed_hosts", "no scheme, port or wildcard"),
+    ('allowed_hosts = ["*.internal"]', "supervisor.allowed_hosts", "'*.internal' is not a host name"),
+    ('allowed_hosts = ["ok.internal", ""]', "supervisor.allowed_hosts", "'' is not a host name"),
+    ("allowed_hosts = [9108]", "supervisor.allowed_hosts", "9108 is not a host name"),
 ])
 def test_bad_supervisor(tmp_path, body, key, fragment):
     path = write(tmp_path, LOCAL + f"[supervisor]\n{body}\n" + shards_toml(1))
     assert_names(only(problems_of(path)), path, key, fragment)
+
+
+def test_allowed_hosts_are_bare_lower_case_names(tmp_path):
+    path = write(tmp_path, LOCAL + "[supervisor]\n"
+                 + 'allowed_hosts = ["Shardctl.Internal", "10.0.0.5", "[fd00::1]", "fd00::2", "pod-0.svc"]\n'
+                 + shards_toml(1))
+    config, problems, _ = check_config(path)
+    assert problems == []
+    assert config.supervisor.allowed_hosts == ("shardctl.internal", "10.0.0.5", "fd00::1", "fd00::2", "pod-0.svc")
+    path = write(tmp_path, LOCAL + shards_toml(1))
+    assert check_config(path)[0].supervisor.allowed_hosts == ()
 
 
 def test_every_problem_is_reported_at_once(tmp_path):

@@ -77,6 +77,15 @@ def test_fragments_pings_and_close(pair) -> None:
     assert reader.read() == (OP_CLOSE, struct.pack(">H", 1001) + b"bye")
 
 
+def test_a_new_message_inside_a_fragmented_one_is_a_protocol_error(pair) -> None:
+    """RFC 6455 5.4: fragments are not interleaved; the first part must not vanish silently."""
+    server, client = pair
+    reader = FrameReader(client, lambda _: None)
+    server.sendall(frame(b'{"event": "price", ', OP_TEXT, fin=False) + frame(b'{"event": "heartbeat"}'))
+    with pytest.raises(ProtocolError, match="fragmented message"):
+        reader.read()
+
+
 def test_peer_closing_tcp_and_bad_frames_raise(pair) -> None:
     server, client = pair
     reader = FrameReader(client, lambda _: None)

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 from support import query, row_count, wait_until
-from test_worker import start_worker, workers, write_config  # noqa: F401 (fixture)
+from test_worker import start_worker, write_config
 
 from shardctl.feed.server import FeedServer
 

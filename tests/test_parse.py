@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
+from shardctl.journal.journal import Journal
 from shardctl.rows import Tick
+from shardctl.twelvedata.frames import BINARY_FRAME_MARK
 from shardctl.twelvedata.parse import FrameParser, Kind
 
 
@@ -78,6 +80,7 @@ def test_heartbeat_and_unknown_events() -> None:
 @pytest.mark.parametrize("frame, reason", [
     (b"not json at all", "not JSON"),
     (b"\xff\xfe garbage", "not JSON"),
+    (b'{"event": "price", "symbol": "AA\xffPL", "timestamp": 1700000000, "price": 1}', "not valid UTF-8"),
     (b"", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
     (b'"price"', "not a JSON object"),
@@ -105,3 +108,22 @@ def test_wrongly_typed_optional_fields_become_null() -> None:
     row = parse(b'{"event":"price","symbol":"X","timestamp":1700000000,"price":1.5,'
                 b'"bid":"1.4","ask":null,"day_volume":"12"}').row
     assert row is not None and (row.bid, row.ask, row.day_volume) == (None, None, None)
+
+
+BINARY_REASON = "binary websocket frame (opcode 2), Twelve Data sends text"
+VALID_PRICE = b'{"event": "price", "symbol": "AAPL", "timestamp": 1700000000, "price": 342.1}'
+
+
+def test_a_binary_frame_is_bad_even_when_it_holds_a_valid_price() -> None:
+    parsed = parse(BINARY_FRAME_MARK + VALID_PRICE)
+    assert parsed.kind is Kind.BAD and parsed.row is None
+    assert parsed.reason == BINARY_REASON
+
+
+def test_a_binary_frame_replayed_from_the_journal_gets_the_same_verdict(tmp_path) -> None:
+    with Journal(tmp_path / "journal") as journal:
+        journal.append(BINARY_FRAME_MARK + VALID_PRICE, 1700000000.0)
+        journal.append(VALID_PRICE, 1700000000.0)
+        journal.flush()
+        replayed = [parse(record.frame) for record in journal.replay()]
+    assert [(p.kind, p.reason) for p in replayed] == [(Kind.BAD, BINARY_REASON), (Kind.PRICE, None)]

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -247,6 +248,87 @@ def test_restart_needs_the_token_and_goes_through_the_control_path(launch, monke
     assert code == 200 and body["shard"]["state"] == "STOPPED"
     code, body = http_json(port, "/api/shards/stocks/stop", method="POST", headers={"X-Shardctl-Token": token})
     assert (code, body["code"]) == (409, "not_running")
+
+
+# ------------------------------------------------------------------ Host and Origin (DNS rebinding, CSRF)
+
+def send(port: int, path: str, host: str, *, method: str = "GET",
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One real request to 127.0.0.1:port with exactly this Host header; returns (status, body)."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None, headers={"Host": host, **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def one_line_error(body: bytes) -> str:
+    error = json.loads(body)["error"]
+    assert error and "\n" not in error
+    return error
+
+
+def test_a_foreign_host_or_origin_is_refused(launch) -> None:
+    sup, port = launch()
+    token = (sup.config.state_dir / "run" / "status-token").read_text().strip()
+    before = sup.status()
+
+    # DNS rebinding: a page on attacker.example resolved to 127.0.0.1 sends its own name as Host.
+    for path in ("/", "/api/status", "/api/candles?symbol=BTC/USD&interval=1m", "/static/statuspage.js", "/nope"):
+        code, body = send(port, path, f"attacker.example:{port}")
+        assert code == 421, (path, code, body[:200])
+        assert one_line_error(body) == ("host 'attacker.example' is not served here; add it to "
+                                        "supervisor.allowed_hosts if it names this supervisor")
+    assert send(port, "/api/status", "127.0.0.1.attacker.example")[0] == 421
+    code, body = send(port, "/api/status", "localhost:http")
+    assert code == 421 and "(malformed)" in one_line_error(body)
+    assert raw(port, b"GET /api/status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 400 ")  # no Host at all
+    code, body = send(port, "/api/shards/crypto/restart", "attacker.example", method="POST",
+                      headers={"X-Shardctl-Token": token})
+    assert code == 421
+    # Probes and Prometheus use the pod IP or a service name: /metrics and /healthz answer any Host.
+    assert send(port, "/healthz", "10.1.2.3:9108") == (200, b"ok\n")
+    code, body = send(port, "/metrics", "shardctl-metrics.monitoring.svc")
+    assert code == 200 and b"shardctl_rows_written_total" in body
+
+    for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "[::1]",
+                 "localhost:8080"):  # an ssh tunnel may use another local port
+        code, body = send(port, "/api/status", host)
+        assert code == 200 and json.loads(body)["supervisor"]["pid"] == sup.proc.pid, host
+
+    # CSRF: a state change from another origin is refused even with the right token.
+    for origin in ("http://attacker.example", f"http://attacker.example:{port}", "null", "file://"):
+        code, body = send(port, "/api/shards/crypto/stop", f"127.0.0.1:{port}", method="POST",
+                          headers={"X-Shardctl-Token": token, "Origin": origin})
+        assert code == 403, (origin, code, body)
+        assert one_line_error(body).startswith(f"origin {origin!r} may not change shards here"), body
+    assert sup.status()["crypto"]["pid"] == before["crypto"]["pid"] and sup.status()["crypto"]["state"] == "RUNNING"
+    assert "stop refused from 127.0.0.1: foreign origin" in sup.log()
+
+    # The page itself (same origin) and curl (no Origin) act with the token.
+    code, body = send(port, "/api/shards/crypto/stop", f"127.0.0.1:{port}", method="POST",
+                      headers={"X-Shardctl-Token": token, "Origin": f"http://127.0.0.1:{port}"})
+    assert code == 200 and json.loads(body)["shard"]["state"] == "STOPPED"
+    code, body = send(port, "/api/shards/crypto/start", f"127.0.0.1:{port}", method="POST",
+                      headers={"X-Shardctl-Token": token})
+    assert code == 200 and json.loads(body)["shard"]["state"] in ("STARTING", "RUNNING")
+
+
+def test_configured_allowed_hosts_are_served(launch) -> None:
+    sup, port = launch(allowed_hosts=["shardctl.internal"])
+    token = (sup.config.state_dir / "run" / "status-token").read_text().strip()
+    for host in ("shardctl.internal", f"shardctl.internal:{port}", "Shardctl.Internal"):
+        code, body = send(port, "/api/status", host)
+        assert code == 200 and json.loads(body)["supervisor"]["pid"] == sup.proc.pid, host
+    assert send(port, "/", "other.internal")[0] == 421
+    code, body = send(port, "/api/shards/stocks/stop", "shardctl.internal", method="POST",
+                      headers={"X-Shardctl-Token": token, "Origin": "https://shardctl.internal"})
+    assert code == 200 and json.loads(body)["shard"]["state"] == "STOPPED"
+    code, body = send(port, "/api/shards/stocks/start", "shardctl.internal", method="POST",
+                      headers={"X-Shardctl-Token": token, "Origin": "http://other.internal"})
+    assert code == 403
 
 
 # ------------------------------------------------------------------ the browser

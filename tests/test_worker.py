@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Union
 
 import pytest
-from support import WorkerProcess, row_count, sent_ticks, stored_ticks, wait_until
+from support import WorkerProcess, query, row_count, sent_ticks, stored_ticks, wait_until
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from shardctl.feed.server import FeedServer
 
@@ -31,14 +37,6 @@ def write_config(tmp_path: Path, url: str, dsn: str, *, symbols: tuple[str, ...]
     path = tmp_path / "shardctl.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.close()
 
 
 def start_worker(workers: list[WorkerProcess], tmp_path: Path, config: Path, **kw: object) -> WorkerProcess:
@@ -206,3 +204,149 @@ def test_a_second_worker_of_one_shard_on_another_host_is_refused(tmp_path, schem
         before = row_count(schema_dsn)
         wait_until(lambda: row_count(schema_dsn) > before, what="the first worker's rows")
         assert first.terminate() == 0
+
+
+# ---------------------------------------------------------------- frames Twelve Data never sends
+
+
+@dataclass(frozen=True)
+class TextBytes:
+    """A text frame carrying exactly these bytes (which need not be valid UTF-8)."""
+
+    data: bytes
+
+
+#: str → one text frame, bytes → one binary frame, TextBytes → one text frame of raw bytes,
+#: list → one message fragmented into a frame per item (str items: text, bytes items: binary).
+ScriptItem = Union[str, bytes, TextBytes, list]
+
+
+class ScriptedFeed:
+    """A websockets server on 127.0.0.1 with just enough of the Twelve Data protocol.
+
+    It confirms every subscribe, sends ``script`` once (on the first connection,
+    right after the first subscribe-status) and answers heartbeats.
+    """
+
+    def __init__(self, script: list[ScriptItem]) -> None:
+        self.script = script
+        self.url = ""
+        self.connections = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> ScriptedFeed:
+        self._thread.start()
+        assert self._ready.wait(10), "the scripted feed did not start listening"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self._handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+            self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/quotes/price"
+            self._ready.set()
+            await self._stop.wait()
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        script = self.script if self.connections == 1 else []
+        try:
+            async for message in ws:
+                action = json.loads(message).get("action")
+                if action == "heartbeat":
+                    await ws.send(json.dumps({"event": "heartbeat", "status": "ok"}))
+                elif action == "subscribe":
+                    symbols = json.loads(message)["params"]["symbols"].split(",")
+                    await ws.send(json.dumps({"event": "subscribe-status", "status": "ok",
+                                              "success": [{"symbol": s} for s in symbols], "fails": []}))
+                    for item in script:
+                        if isinstance(item, TextBytes):
+                            await ws.send(item.data, text=True)
+                        else:
+                            await ws.send(item)
+                    script = []
+        except ConnectionClosed:
+            pass  # a killed worker, or the server stopping under a running one
+
+
+def price(symbol: str, ts: int, value: float) -> str:
+    return json.dumps({"event": "price", "symbol": symbol, "timestamp": ts, "price": value})
+
+
+def script_with_frames_twelve_data_never_sends() -> tuple[list[ScriptItem], Counter, str]:
+    """(script, the ticks that must become rows, the sentinel's price JSON): good text ticks among binary
+    frames holding valid price JSON, a fragmented binary message, a text frame that is not UTF-8."""
+    script: list[ScriptItem] = []
+    good: Counter = Counter()
+    for i in range(30):
+        symbol, ts = SYMBOLS[i % 3], 1700000000 + i
+        script.append(price(symbol, ts, 100.0 + i))
+        good[(symbol, ts, 100.0 + i)] += 1
+        if i % 10 == 5:
+            script.append(price(symbol, ts, 9000.0 + i).encode())  # binary: never a row
+    fragmented = price("AAPL", 1700000100, 555.5)
+    script.append([fragmented[:20], fragmented[20:]])              # fragmented text: a row
+    good[("AAPL", 1700000100, 555.5)] += 1
+    binary = price("AAPL", 1700000101, 9999.0).encode()
+    script.append([binary[:20], binary[20:]])                      # fragmented binary: never a row
+    script.append(TextBytes(price("AAPL", 1700000102, 9998.0).encode().replace(b"AAPL", b"AA\xffPL")))  # not UTF-8
+    sentinel = price("EUR/USD", 1700000200, 1.25)
+    script.append(sentinel)
+    good[("EUR/USD", 1700000200, 1.25)] += 1
+    return script, good, sentinel
+
+
+def dead_letters(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "state" / "shards" / "s1" / "deadletters.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def sentinel_stored(dsn: str) -> bool:
+    return bool(query(dsn, "SELECT 1 FROM crypto_ticks WHERE symbol = 'EUR/USD' AND price = 1.25"))
+
+
+def test_binary_and_non_utf8_frames_are_dead_letters_never_rows(tmp_path, schema_dsn, workers) -> None:
+    script, good, _ = script_with_frames_twelve_data_never_sends()
+    with ScriptedFeed(script) as feed:
+        worker = start_worker(workers, tmp_path, write_config(tmp_path, feed.url, schema_dsn,
+                                                              heartbeat_interval="1s"))
+        pid = worker.pid
+        # Rows commit in frame order, so once the last frame's row is in, every frame was processed.
+        wait_until(lambda: sentinel_stored(schema_dsn), what="the last tick's row")
+        assert stored_ticks(schema_dsn) == good, "every text tick is a row, no binary or non-UTF-8 one is"
+        letters = dead_letters(tmp_path)
+        assert worker.proc.poll() is None and worker.pid == pid, "the worker stays alive"
+        assert feed.connections == 1
+        assert worker.terminate() == 0
+    reasons = [entry["reason"] for entry in letters]
+    assert reasons[:4] == ["binary websocket frame (opcode 2), Twelve Data sends text"] * 4
+    assert letters[0]["frame"] == price("EUR/USD", 1700000005, 9005.0), "the payload as sent, without the mark"
+    assert '"price": 9999.0' in letters[3]["frame"], "a fragmented binary message is one dead letter"
+    assert len(letters) == 5 and "not valid UTF-8" in reasons[4]
+    assert "reconnecting" not in worker.log(), "a binary frame does not drop the connection"
+
+
+def test_binary_frames_replayed_from_the_journal_are_still_dead_letters(tmp_path, schema_dsn, workers) -> None:
+    script, good, sentinel = script_with_frames_twelve_data_never_sends()
+    with ScriptedFeed(script) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, heartbeat_interval="1s",
+                              batch_size=100000, flush_interval="1m")
+        first = start_worker(workers, tmp_path, config)
+        journal = tmp_path / "state" / "shards" / "s1" / "journal"
+        wait_until(lambda: any(sentinel.encode() in seg.read_bytes() for seg in journal.glob("*.seg")),
+                   what="the last frame in the journal")
+        first.proc.kill()  # nothing committed: every frame is replayed from the journal
+        assert first.proc.wait(10) == -signal.SIGKILL
+        assert row_count(schema_dsn) == 0
+        second = start_worker(workers, tmp_path, config)
+        second.wait_log(r"caught up with the journal")
+        assert second.terminate() == 0
+    assert stored_ticks(schema_dsn) == good
+    assert "replaying" in second.log()

@@ -8,6 +8,7 @@ listing every problem found, each naming the file, the key and the fix.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -90,6 +91,27 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
 
 
+_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
+
+
+def parse_host(text: object) -> str:
+    """Return a bare host name or IP address, lower-cased, IPv6 without brackets (``"[FD00::1]"`` → ``"fd00::1"``).
+
+    ValueError for anything else: a scheme, a port, a path, a wildcard, an empty string.
+    """
+    host = text.strip().lower() if isinstance(text, str) else ""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if len(host) > 253 or not _HOST_NAME.match(host):
+        raise ValueError(f"{text!r} is not a host name or IP address; give bare names like \"shardctl.internal\" "
+                         "(no scheme, port or wildcard)")
+    return host
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     """Where rows go: a literal DSN, an environment variable holding one, or (neither) the embedded server."""
@@ -166,6 +188,8 @@ class SupervisorConfig:
     metrics_port: int = 0
     #: Variable holding the status page's token for its buttons; unset: a random token in STATE_DIR/run/status-token.
     status_token_env: str | None = None
+    #: Host names the status page answers to besides metrics_host, localhost, 127.0.0.1 and ::1 (see parse_host).
+    allowed_hosts: tuple[str, ...] = ()
     start_grace: float = 5.0
     heartbeat_timeout: float = 15.0
     restart_initial: float = 1.0

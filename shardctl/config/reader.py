@@ -41,6 +41,7 @@ from shardctl.config.model import (
     TablesConfig,
     default_state_dir,
     parse_duration,
+    parse_host,
     parse_size,
     resolve_path,
 )
@@ -302,6 +303,8 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
                 reader.problem(where, "must be a TCP port (1-65535), or 0 to turn metrics off")
         elif f.name == "max_failures":
             values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
+        elif f.name == "allowed_hosts":
+            values[f.name] = _read_hosts(reader, raw.get(f.name, []), where)
         elif f.name == "status_token_env":
             values[f.name] = reader.string(raw, f.name, where, None)
             if values[f.name] and not _ENV_NAME.match(values[f.name]):
@@ -316,6 +319,19 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
                     f"path is {len(str(sock))} characters; unix sockets allow about 100: choose a shorter one "
                     "before `shardctl start`")
     return SupervisorConfig(**values)
+
+
+def _read_hosts(reader: _Reader, value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        reader.problem(where, 'must be a list of host names, e.g. ["shardctl.internal"]')
+        return ()
+    hosts: list[str] = []
+    for item in value:
+        try:
+            hosts.append(parse_host(item))
+        except ValueError as exc:
+            reader.problem(where, str(exc))
+    return tuple(hosts)
 
 
 def _read_backfill(reader: _Reader, raw: Mapping[str, Any]) -> BackfillConfig:

@@ -5,7 +5,8 @@ of thousands of frames a second that is most of a worker's time. After
 websocket-client's handshake, ``FrameReader`` reads the socket in large
 chunks and cuts frames out of its buffer, so a burst of frames costs one
 system call. Text payloads are returned as bytes, unvalidated: the JSON
-parser validates UTF-8 anyway.
+parser validates UTF-8 anyway. Fragmented messages are reassembled (control
+frames may come between their parts) and keep their first frame's opcode.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
+
+#: Put by ``StreamClient.poll`` before the payload of a binary message. Twelve Data sends text
+#: frames only, so a binary one is a dead letter, never a row. The mark is part of the frame bytes
+#: that go into the journal, so the parser reaches the same verdict live and on replay; no JSON
+#: text can start with NUL, so no valid text frame carries it.
+BINARY_FRAME_MARK = b"\x00binary\x00"
 
 _CHUNK = 262144
 #: Largest message accepted (the journal takes frames up to 16 MiB, header included).
@@ -78,6 +85,8 @@ class FrameReader:
                 continue
             if opcode not in (OP_TEXT, OP_BINARY):
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
+            if self._fragments is not None:  # RFC 6455 5.4: the first part would vanish silently
+                raise ProtocolError("a new message began inside a fragmented message")
             if fin:
                 return opcode, payload
             self._fragments, self._fragment_opcode, self._fragment_bytes = [payload], opcode, len(payload)

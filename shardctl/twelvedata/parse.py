@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from shardctl.rows import Tick
+from shardctl.twelvedata.frames import BINARY_FRAME_MARK
 
 
 class Kind(Enum):
@@ -35,6 +36,7 @@ class Parsed:
 
 
 _HEARTBEAT = Parsed(Kind.HEARTBEAT)
+_BINARY = Parsed(Kind.BAD, reason="binary websocket frame (opcode 2), Twelve Data sends text")
 _STATUS_EVENTS = frozenset(("subscribe-status", "unsubscribe-status", "reset-status"))
 
 
@@ -61,10 +63,16 @@ class FrameParser:
         return self._last_dt  # type: ignore[return-value]
 
     def parse(self, frame: bytes | str) -> Parsed:
-        """Classify one websocket text frame; malformed input yields Kind.BAD with a reason, never an exception."""
+        """Classify one frame as ``StreamClient.poll`` returned it; malformed input yields Kind.BAD, never an exception.
+
+        A binary frame (``BINARY_FRAME_MARK`` + payload) is Kind.BAD whatever it holds.
+        """
         try:
             event = orjson.loads(frame)
         except (orjson.JSONDecodeError, TypeError) as exc:
+            # Checked only here: the mark starts with NUL, which no JSON text can.
+            if isinstance(frame, bytes) and frame.startswith(BINARY_FRAME_MARK):
+                return _BINARY
             return Parsed(Kind.BAD, reason=f"not JSON: {str(exc)[:120]}")
         if type(event) is not dict:
             return Parsed(Kind.BAD, reason=f"not a JSON object: {type(event).__name__}")

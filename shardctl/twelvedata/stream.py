@@ -1,12 +1,14 @@
 """Twelve Data websocket client on websocket-client: one connection, kept alive.
 
 ``StreamClient.poll(timeout)`` is the whole interface: it returns the next
-text frame as bytes, or None after at most ``timeout`` seconds. Behind it the
-client connects, subscribes, sends a heartbeat every ``heartbeat_interval``,
-reconnects when the watchdog sees no frame for ``watchdog_timeout``, backs off
-(capped, jittered, reset after a healthy period) and resubscribes after every
-reconnect. Network trouble never raises out of ``poll``. The API key is never
-logged: only the URL without its query string is.
+message as bytes (a binary one behind ``BINARY_FRAME_MARK``, so that it is
+dead-lettered live and on journal replay alike), or None after at most
+``timeout`` seconds. Behind it the client connects, subscribes, sends a
+heartbeat every ``heartbeat_interval``, reconnects when the watchdog sees no
+frame for ``watchdog_timeout``, backs off (capped, jittered, reset after a
+healthy period) and resubscribes after every reconnect. Network trouble
+never raises out of ``poll``. The API key is never logged: only the URL
+without its query string is.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import websocket
 
 from shardctl.backoff import Backoff
 from shardctl.config.model import ShardSettings
-from shardctl.twelvedata.frames import OP_CLOSE, FrameReader, ProtocolError
+from shardctl.twelvedata.frames import BINARY_FRAME_MARK, OP_BINARY, OP_CLOSE, FrameReader, ProtocolError
 
 log = logging.getLogger("shardctl.stream")
 
@@ -97,10 +99,11 @@ class StreamClient:
     # ------------------------------------------------------------ the loop
 
     def poll(self, timeout: float) -> bytes | None:
-        """Return the next text frame, or None after at most ``timeout`` seconds.
+        """Return the next message, or None after at most ``timeout`` seconds.
 
-        Never raises on network trouble; what ``before_recv`` raises propagates
-        (the connection stays as it was).
+        A text message comes back as its payload; a binary one as
+        ``BINARY_FRAME_MARK`` + payload. Never raises on network trouble; what
+        ``before_recv`` raises propagates (the connection stays as it was).
         """
         now = self._clock()
         if self._ws is None:
@@ -139,7 +142,7 @@ class StreamClient:
             self._lost(self._clock(), f"server closed the connection (code {code}{', ' + reason if reason else ''})")
             return None
         self._last_frame_at = self._clock()
-        return data
+        return BINARY_FRAME_MARK + data if opcode == OP_BINARY else data
 
     def handle_status(self, event: dict[str, Any]) -> None:
         """Take a subscribe/unsubscribe/reset status event: log fails once per symbol, signal readiness."""

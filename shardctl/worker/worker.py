@@ -44,6 +44,7 @@ from shardctl.db.writer import ShardBusy, Writer
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.journal import Journal, JournalDiskFull, free_bytes
+from shardctl.twelvedata.frames import BINARY_FRAME_MARK
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
@@ -279,7 +280,8 @@ class Worker:
             return
         if kind is Kind.BAD:
             if offset > self._dead_to:
-                self._dead.add(frame, parsed.reason or "malformed", time.monotonic())
+                # The reason says "binary"; the file shows the payload as it came off the wire.
+                self._dead.add(frame.removeprefix(BINARY_FRAME_MARK), parsed.reason or "malformed", time.monotonic())
         elif kind is Kind.STATUS and from_socket:
             assert parsed.event is not None
             self._stream.handle_status(parsed.event)

@@ -12,6 +12,8 @@ RUNNING, else 503 with one ``shard: STATE (reason)`` line per problem.
 Every other path goes to an optional ``App`` (the supervisor mounts the
 status page, ``shardctl.supervisor.http.statuspage``, there); requests are bounded
 (MAX_HEAD, MAX_BODY, READ_TIMEOUT) and clients never see a traceback.
+``/metrics`` and ``/healthz`` answer any Host header (probes and Prometheus
+use pod IPs and service names); the status page checks Host and Origin itself.
 """
 
 from __future__ import annotations

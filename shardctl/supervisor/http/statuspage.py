@@ -20,6 +20,18 @@ is 403; an unknown shard 404; a busy shard 409; a shutting-down supervisor
 503; a restart that does not reach RUNNING in time 504. Every error body is
 ``{"error": "one line", "code": "..."}``; wrong methods get 405 with Allow.
 
+Host and Origin (against DNS rebinding and cross-site requests): every path
+here answers only a Host whose name, port aside, is ``localhost``,
+``127.0.0.1``, ``::1``, ``supervisor.metrics_host`` (unless a wildcard such
+as 0.0.0.0) or one of ``supervisor.allowed_hosts``; any other Host gets 421,
+a request without one 400. Ports are not compared: an ssh tunnel may use
+another local port, and a rebinding page can only change the name. A POST
+that carries an Origin must name such a host with http or https, else 403
+before the token is looked at; a POST without Origin (curl) needs only the
+token. ``/metrics`` and ``/healthz`` are not served here and answer any Host:
+probes and Prometheus use pod IPs and service names, and neither path holds
+a secret or changes anything.
+
 The token is the value of ``$supervisor.status_token_env`` when that key is
 set, else a random one that ``start()`` writes to ``STATE_DIR/run/
 status-token`` (mode 0600) and ``close()`` removes. Logs say where the token
@@ -49,7 +61,7 @@ from urllib.parse import parse_qs, unquote
 
 import psycopg2
 
-from shardctl.config.model import Config, parse_duration
+from shardctl.config.model import Config, SupervisorConfig, parse_duration
 from shardctl.db import candles
 from shardctl.db import connection as database
 from shardctl.errors import ControlError, ShardctlError
@@ -78,6 +90,37 @@ _PAGE_HEADERS = _COMMON_HEADERS + (
                                  "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
                                  "frame-ancestors 'none'")))
 _STATIC_DIR = Path(__file__).with_name("static")
+#: Host names always served; metrics_host and supervisor.allowed_hosts add to them.
+LOOPBACK_HOSTS = frozenset(("localhost", "127.0.0.1", "::1"))
+#: Bind addresses that are no name a browser should use.
+_WILDCARD_BINDS = frozenset(("0.0.0.0", "::", ""))
+
+
+def served_hosts(supervisor: SupervisorConfig) -> frozenset[str]:
+    """The lower-case host names (IPv6 without brackets) the status page answers to."""
+    bound = supervisor.metrics_host.strip().lower().removeprefix("[").removesuffix("]")
+    return LOOPBACK_HOSTS | set(supervisor.allowed_hosts) | ({bound} - _WILDCARD_BINDS)
+
+
+def host_name(authority: str) -> str | None:
+    """The name in ``host[:port]`` or ``[v6][:port]``, lower-case and without brackets; None if malformed."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        name, bracket, rest = authority[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        name, _, port = authority.partition(":")
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        return None
+    return name or None
+
+
+def origin_allowed(origin: str, hosts: frozenset[str]) -> bool:
+    """True if ``origin`` is ``http://`` or ``https://`` a host in ``hosts``, any port ("null" never is)."""
+    scheme, sep, authority = origin.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and host_name(authority) in hosts
 
 
 def token_path(config: Config) -> Path:
@@ -176,7 +219,18 @@ class StatusPage:
     # ------------------------------------------------------------ routing
 
     async def serve(self, request: HttpRequest) -> HttpResponse | None:
-        """Answer ``request``, or None when the path is not the page's (the server answers 404)."""
+        """Answer ``request``, or None when the path is not the page's (the server answers 404).
+
+        A request whose Host is not served (see the module docstring) gets 421 (400 without Host) on every path.
+        """
+        given = request.headers.get("host")
+        if not given:
+            return _error(400, "bad_request", "a Host header is required")
+        name = host_name(given)
+        if name not in served_hosts(self.config().supervisor):
+            shown = repr(name[:80]) if name else f"{given[:80]!r} (malformed)"
+            return _error(421, "misdirected", f"host {shown} is not served here; add it to "
+                                              "supervisor.allowed_hosts if it names this supervisor")
         path = request.path
         match = _ACTION_PATH.match(path)
         if match:
@@ -262,7 +316,13 @@ class StatusPage:
     async def _action(self, request: HttpRequest, name: str, action: str) -> HttpResponse:
         if action not in SHARD_ACTIONS:
             return _error(404, "not_found", f"unknown action {action!r}; use one of {', '.join(SHARD_ACTIONS)}")
-        shown = {"shard": name if name in self.config().shards else "?"}  # never log what a client made up
+        config = self.config()
+        shown = {"shard": name if name in config.shards else "?"}  # never log what a client made up
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, served_hosts(config.supervisor)):
+            log.warning("status page: %s refused from %s: foreign origin", action, request.peer, extra=shown)
+            return _error(403, "forbidden", f"origin {origin[:80]!r} may not change shards here; use the page "
+                                            "at an allowed host (supervisor.allowed_hosts)")
         given = request.headers.get(TOKEN_HEADER) or _form_token(request)
         if not given:
             return _error(403, "forbidden", f"this needs the status token in the X-Shardctl-Token header "
