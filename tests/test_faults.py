@@ -528,7 +528,6 @@ def test_hostile_frames_are_set_aside_and_the_good_ticks_all_stored(tmp_path, sc
 
 # ------------------------------------------------------------------ 5. a server that echoes the API key
 
-@pytest.mark.slow
 def test_an_echoed_api_key_appears_in_no_log_and_no_file_and_state_is_private(tmp_path, schema_dsn,
                                                                               supervisors) -> None:
     started = time.monotonic()
