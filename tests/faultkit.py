@@ -2,7 +2,7 @@
 
 What is here, and why:
 
-* ``TimedFeed``: the real local feed (``shardctl.feed.FeedServer``), observed,
+* ``TimedFeed``: the real local feed (``shardctl.feed.server.FeedServer``), observed,
   not replaced. It records, for every price event, the wall-clock time it was
   handed to the socket and its end position in its connection's byte stream
   (every byte the feed writes on a connection goes through the transport's
@@ -29,7 +29,7 @@ What is here, and why:
   feed's fault switches cannot send (binary, oversized, invalid UTF-8,
   nested, floods, an error that echoes the API key).
 * ``journal_ticks``: the price events in a shard's journal segment files
-  (``shardctl.journal_format``), read while the database is down.
+  (``shardctl.journal.format``), read while the database is down.
 * ``pg_kill_hard``: ``pg_ctl stop -m immediate`` on the session's embedded server.
 * ``TmpfsMount``: a small tmpfs (root only) for the disk-full scenario.
 """
@@ -54,15 +54,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import psutil
+from support import query, wait_until
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from shardctl.config import load_config
-from shardctl.control import ControlClient
 from shardctl.errors import ControlError
-from shardctl.feed import FeedServer
-from shardctl.feed_session import frame_text
-from support import query, wait_until
+from shardctl.feed.server import FeedServer
+from shardctl.feed.session import frame_text
+from shardctl.supervisor.control import ControlClient
 
 Key = tuple[str, int, float, int]
 
@@ -646,10 +646,10 @@ def free_port() -> int:
 def journal_ticks(directory: Path) -> Counter:
     """Keys of the price events in a journal directory's segment files now (a torn or growing tail is skipped).
 
-    Reads the on-disk format of ``shardctl.journal_format`` directly; run it while nothing is committed
+    Reads the on-disk format of ``shardctl.journal.format`` directly; run it while nothing is committed
     (database down), or segments may be deleted under it.
     """
-    from shardctl.journal_format import SEG_HEADER, _scan
+    from shardctl.journal.format import SEG_HEADER, _scan
 
     found: Counter = Counter()
     for path in sorted(directory.glob("*.seg")):

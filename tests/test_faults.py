@@ -41,14 +41,33 @@ from typing import Any
 import orjson
 import psycopg2.extensions
 import pytest
-
 from faultkit import (
-    CRYPTO, STOCKS, Frozen, ScriptedConn, ScriptedServer, SentTick, SupervisorRun, TimedFeed, TmpfsMount,
-    freeze_then_kill, gap_rows, grep_files, journal_ticks, ledger_rows, loose_modes, pg_kill_hard, price_event, settle, stored_keys,
-    tally, write_config,
+    CRYPTO,
+    STOCKS,
+    Frozen,
+    ScriptedConn,
+    ScriptedServer,
+    SentTick,
+    SupervisorRun,
+    TimedFeed,
+    TmpfsMount,
+    freeze_then_kill,
+    gap_rows,
+    grep_files,
+    journal_ticks,
+    ledger_rows,
+    loose_modes,
+    pg_kill_hard,
+    price_event,
+    settle,
+    stored_keys,
+    tally,
+    write_config,
 )
-from shardctl.config import ShardSettings, load_config
 from support import WorkerProcess, row_count, wait_until
+
+from shardctl.config import load_config
+from shardctl.config.model import ShardSettings
 
 
 @pytest.fixture
