@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import platformdirs
 
 from shardctl.errors import ConfigError
+from shardctl.logs import dsn_passwords
 
 DEFAULT_SOURCE_URL = "wss://ws.twelvedata.com/v1/quotes/price"
 DEFAULT_REST_URL = "https://api.twelvedata.com"
@@ -208,6 +209,18 @@ class Config:
     def shard_dir(self, name: str) -> Path:
         """The shard's private state directory (dead letters, later the journal)."""
         return self.state_dir / "shards" / name
+
+    def secrets(self) -> list[str]:
+        """The credentials this config points at, as set now: every API key, the status token, the DSN password.
+
+        Values come from the environment (and ``database.dsn``); the local
+        feed's public key is not a secret. These are what logs must mask.
+        """
+        names = {self.source.api_key_env, *(shard.api_key_env for shard in self.shards.values()),
+                 self.supervisor.status_token_env}
+        values = [os.environ.get(name) for name in names if name]
+        dsn = self.database.dsn or (os.environ.get(self.database.dsn_env) if self.database.dsn_env else None)
+        return [v for v in values if v and v != LOCAL_FEED_API_KEY] + dsn_passwords(dsn)
 
     def api_key(self, shard: ShardConfig) -> str | None:
         """The shard's API key from the environment; the local feed's key when the source is local and none is set."""

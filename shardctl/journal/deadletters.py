@@ -1,13 +1,15 @@
 """Malformed frames set aside per shard, and reading them back.
 
 A dead letter is one JSON line in ``STATE_DIR/shards/NAME/deadletters.jsonl``:
-``{"at": unix time, "reason": why it was set aside, "frame": the frame as received}``.
+``{"at": unix time, "reason": why it was set aside, "frame": the frame as received}``,
+with registered secrets (``shardctl.logs``) masked; the file is private (0600).
 Nothing is ever written to the database from here; the file is for people.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +17,8 @@ from typing import Any, Iterator
 import orjson
 
 from shardctl.config.model import Config
+from shardctl.logs import mask_secrets
+from shardctl.private import private_dir, private_open
 
 log = logging.getLogger("shardctl.worker")
 
@@ -34,12 +38,13 @@ class DeadLetters:
         self._file: Any = None
 
     def add(self, frame: bytes | str, reason: str, now: float) -> None:
-        """Record one frame and why it was set aside (the frame is kept verbatim, decoded leniently)."""
+        """Record one frame and why it was set aside (decoded leniently, registered secrets masked)."""
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)
-        text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-        self._file.write(orjson.dumps({"at": time.time(), "reason": reason, "frame": text[:65536]}) + b"\n")
+            private_dir(self.path.parent)
+            self._file = os.fdopen(private_open(self.path, os.O_WRONLY | os.O_APPEND), "ab", buffering=0)
+        text = mask_secrets(frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame)
+        self._file.write(orjson.dumps({"at": time.time(), "reason": mask_secrets(reason),
+                                       "frame": text[:65536]}) + b"\n")
         self.count += 1
         self._unlogged += 1
         self._last_reason = reason

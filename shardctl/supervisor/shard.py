@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shardctl.config.model import ShardConfig, SupervisorConfig
+from shardctl.logs import mask_secrets
 from shardctl.supervisor.states import (
     PROCESS_STATES,
     Action,
@@ -120,7 +121,7 @@ class Shard:
         return self.state
 
     def status(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: state, pid, uptime, restarts and counter totals across restarts."""
+        """A JSON-ready snapshot: state, pid, uptime, restarts and counter totals across restarts; text is masked."""
         m = self.machine
         now_mono, now = time.monotonic(), time.time()
         current = {key: self.totals[key] + (self.stats.get(key) or 0) for key in COUNTER_KEYS}
@@ -128,11 +129,13 @@ class Shard:
                   for key in STICKY_KEYS}
         if self.process is not None and self.stats:
             sticky["last_error"] = self.stats.get("last_error")  # the current worker's, not a past one's
+        if sticky["last_error"]:
+            sticky["last_error"] = mask_secrets(str(sticky["last_error"]))
         alive = self.process is not None and m.started_at is not None
         return {
             "name": self.name,
             "state": m.state.value,
-            "reason": m.reason,
+            "reason": mask_secrets(m.reason) if m.reason else m.reason,
             "wanted": m.wanted,
             "pid": self.pid,
             "since": None if m.since is None else now - (now_mono - m.since),

@@ -1,4 +1,7 @@
-"""A worker process's plumbing: the supervisor's report pipe, the per-shard lock, the liveness stamp."""
+"""A worker process's plumbing: the supervisor's report pipe, the per-shard lock, the liveness stamp.
+
+The lock and the stamp are private files (0600) in the shard's private directory (0700).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 import orjson
 
 from shardctl.errors import ShardctlError
+from shardctl.private import private_dir, private_open
 
 
 class Reporter:
@@ -33,8 +37,8 @@ class ShardLock:
     """An exclusive lock file per shard: two workers of one shard on a host would fight over its journal."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a+")
+        private_dir(path.parent)
+        self._file = os.fdopen(private_open(path, os.O_RDWR | os.O_APPEND), "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,5 +73,6 @@ class AliveStamp:
             return None
 
     def touch(self) -> None:
-        self._tmp.write_text(f"{time.time():.3f}")
+        with os.fdopen(private_open(self._tmp, os.O_WRONLY | os.O_TRUNC), "w") as handle:
+            handle.write(f"{time.time():.3f}")
         os.replace(self._tmp, self.path)

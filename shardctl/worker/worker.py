@@ -36,6 +36,7 @@ from shardctl.db.writer import ShardBusy, Writer
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.journal import Journal
+from shardctl.logs import mask_secrets
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
@@ -338,9 +339,10 @@ class Worker:
             self._reporter.send({"type": "ready"})
 
     def stats(self) -> dict[str, Any]:
-        """The counters the supervisor shows and exports (cumulative for this process)."""
+        """The counters the supervisor shows and exports (cumulative for this process); ``last_error`` is masked."""
         commit, journal = self._committer.stats, self._journal
         oldest = journal.oldest_uncommitted_received_at
+        last_error = commit.last_error or (None if self._stream.connected else self._stream.last_error)
         return {
             "type": "stats",
             "ticks_received": self.ticks_received,
@@ -364,7 +366,7 @@ class Worker:
             "last_tick_at": None if self._last_tick_at is None
             else time.time() - (time.monotonic() - self._last_tick_at),
             "last_event_ts": self._last_event_ts,
-            "last_error": commit.last_error or (None if self._stream.connected else self._stream.last_error),
+            "last_error": mask_secrets(last_error) if last_error else None,
         }
 
     def _report(self) -> None:
