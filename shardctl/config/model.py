@@ -52,6 +52,10 @@ def parse_duration(text: str | int | float) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+#: The smallest dead_letter_max_bytes: one dead letter may take about 26 KiB (see shardctl.journal.deadletters).
+MIN_DEAD_LETTER_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class ShardSettings:
     """Per-shard tunables; ``[defaults]`` fills them, ``[shards.NAME]`` may override any."""
@@ -68,6 +72,8 @@ class ShardSettings:
     bad_key_backoff: float = 300.0
     stop_timeout: float = 10.0
     dead_letter_log_interval: float = 10.0
+    #: Cap of the dead-letter file; at the cap it is rotated to deadletters.jsonl.1 (at most twice this on disk).
+    dead_letter_max_bytes: int = 8 * 1024 * 1024
     #: The shard's journal: segment size, cap, what happens at the cap, and fsync policy.
     journal_segment_bytes: int = 64 * 1024 * 1024
     journal_max_bytes: int = 2 * 1024 * 1024 * 1024

@@ -138,18 +138,24 @@ def _backlog(shard: dict[str, Any]) -> str:
     return text + " FULL" if shard.get("journal_full") else text
 
 
+def _dead_letters(shard: dict[str, Any]) -> str:
+    """Frames set aside, and how many of them the dead_letter_max_bytes cap deleted, e.g. "1,500 (1,120 dropped)"."""
+    count, dropped = int(shard.get("dead_letters") or 0), int(shard.get("dead_letters_dropped") or 0)
+    return f"{count:,} ({dropped:,} dropped)" if dropped else f"{count:,}"
+
+
 def format_status(shards: list[dict[str, Any]], now: float | None = None) -> str:
     """The aligned status table (one row per shard); errors are masked (``shardctl.logs.mask_secrets``)."""
     now = time.time() if now is None else now
     header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
-              "LAST ERROR")
+              "DEAD LETTERS", "LAST ERROR")
     rows = [header]
     for s in shards:
         note = mask_secrets(str(s.get("last_error") if s["state"] == "RUNNING" else s.get("reason") or "-"))
         rows.append((s["name"], s["state"], str(s["pid"] or "-"), _duration(s.get("uptime")), str(s["restarts"]),
                      f"{int(s.get('rows_written') or 0):,}", f"{float(s.get('ticks_per_second') or 0):.1f}",
                      _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now), _backlog(s),
-                     " ".join(note.split())[:80]))
+                     _dead_letters(s), " ".join(note.split())[:80]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 

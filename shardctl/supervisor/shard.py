@@ -36,7 +36,7 @@ log = logging.getLogger("shardctl.supervisor")
 
 #: Cumulative per-process counters from the worker's stats lines, summed across restarts.
 COUNTER_KEYS = ("ticks_received", "rows_written", "batches", "batch_seconds_sum", "reconnects",
-                "dead_letters", "journal_dropped")
+                "dead_letters", "dead_letters_dropped", "journal_dropped")
 #: The current worker's journal gauges (zero without a worker).
 JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up")
 #: Values kept from the last stats line, even after the worker exits.

@@ -82,7 +82,8 @@ class Worker:
             Writer(dsn, config.tables, shard.name),
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
             latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
-        self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval)
+        self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval,
+                                 max_bytes=s.dead_letter_max_bytes)
         api_key = config.api_key(shard)
         if api_key is None:
             raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")
@@ -352,6 +353,7 @@ class Worker:
             "batch_seconds_max": round(commit.batch_seconds_max, 6),
             "reconnects": self._stream.reconnects,
             "dead_letters": self._dead.count,
+            "dead_letters_dropped": self._dead.dropped,
             "other_events": self.other_events,
             "failed_symbols": sorted(self._stream.failed_symbols),
             "pending_rows": len(self._batcher) + self._committer.pending_rows,
