@@ -22,9 +22,13 @@ from typing import Iterator
 
 import pytest
 from support import query, row_count, wait_until
-from test_worker import start_worker, workers, write_config  # noqa: F401 (fixture)
+import test_worker
+from test_worker import start_worker, write_config
 
 from shardctl.feed.server import FeedServer
+
+#: test_worker's fixture, shared (an assignment: a parameter of that name does not shadow an unused import).
+workers = test_worker.workers
 
 #: Stocks and crypto carry a day_volume that grows with every tick, which makes each tick unique.
 SYMBOLS = ("AAPL", "MSFT", "BTC/USD", "ETH/USD")
