@@ -288,3 +288,19 @@ def test_loading_a_config_registers_its_keys_but_not_the_local_feed_key(register
     load_config(config)
     assert set(logs.registered_secrets()) == {key, token}, "s2 uses the local feed's public key: not a secret"
     assert logs.mask_secrets(f"config/demo.toml {key} {token}") == f"config/demo.toml {logs.MASK} {logs.MASK}"
+
+
+def test_status_table_masks_errors_and_shows_dead_letters(registered) -> None:
+    from shardctl.supervisor.cli import format_status
+
+    key = new_key()
+    logs.register_secrets([key])
+    table = format_status([
+        {"name": "a", "state": "RUNNING", "pid": 1, "restarts": 0, "last_error": None, "dead_letters": 1500,
+         "dead_letters_dropped": 1120},
+        {"name": "b", "state": "BACKOFF", "pid": None, "restarts": 2, "reason": f"Invalid API key {key}: no"},
+    ], now=0.0)
+    header, a, b = table.splitlines()
+    assert "DEAD LETTERS" in header
+    assert a.endswith("1,500 (1,120 dropped)  -")
+    assert b.endswith(f"Invalid API key {logs.MASK}: no") and key not in table

@@ -151,7 +151,8 @@ def format_status(shards: list[dict[str, Any]], now: float | None = None) -> str
               "DEAD LETTERS", "LAST ERROR")
     rows = [header]
     for s in shards:
-        note = mask_secrets(str(s.get("last_error") if s["state"] == "RUNNING" else s.get("reason") or "-"))
+        note = s.get("last_error") if s["state"] == "RUNNING" else s.get("reason")
+        note = mask_secrets(str(note or "-"))
         rows.append((s["name"], s["state"], str(s["pid"] or "-"), _duration(s.get("uptime")), str(s["restarts"]),
                      f"{int(s.get('rows_written') or 0):,}", f"{float(s.get('ticks_per_second') or 0):.1f}",
                      _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now), _backlog(s),
