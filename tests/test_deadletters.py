@@ -141,3 +141,14 @@ def test_a_worker_reports_the_dropped_count_and_deadletters_reads_both_files(tmp
     assert text.returncode == 0, text.stderr
     assert text.stdout.splitlines()[0].startswith(f"s1: {len(kept)} dead letter(s) in ")
 
+
+
+def test_a_file_larger_than_the_cap_is_not_kept_at_rotation(tmp_path: Path) -> None:
+    """An older version's file (or one written under a larger cap) would keep .1 above the cap: it goes."""
+    legacy = tmp_path / FILE_NAME
+    legacy.write_bytes(b"".join(json.dumps({"at": 1.0, "reason": "old", "frame": "x" * 1000}).encode() + b"\n"
+                                for _ in range(300)))
+    dead = fill(legacy, 2, max_bytes=64 * KIB)
+    assert max(on_disk(tmp_path).values()) <= 64 * KIB
+    assert dead.dropped == 300
+    assert [index(e) for e in read_all_dead_letters(legacy)] == [0, 1]

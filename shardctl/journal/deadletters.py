@@ -98,12 +98,21 @@ class DeadLetters:
         self._file = os.fdopen(fd, "ab", buffering=0)
 
     def _rotate(self) -> None:
-        """Current file → ``.1`` (the old ``.1`` and its entries go: counted in ``dropped``), then a new file."""
+        """Current file → ``.1`` (the old ``.1`` and its entries go: counted in ``dropped``), then a new file.
+
+        A current file larger than the cap (an older version's, or one written
+        under a larger cap) is deleted instead, so ``.1`` never exceeds the cap.
+        """
         self._file.close()
         rotated = rotated_path(self.path)
         self.dropped += _count_lines(rotated)
         try:
-            os.replace(self.path, rotated)
+            if self._size > self.max_bytes:
+                self.dropped += _count_lines(self.path)
+                self.path.unlink()
+                rotated.unlink(missing_ok=True)
+            else:
+                os.replace(self.path, rotated)
         except FileNotFoundError:
             pass  # removed by hand meanwhile: nothing to keep
         self._open()
