@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ShardctlError as exc:
-        print(f"shardctl: error: {exc}", file=sys.stderr)
+        print(f"shardctl: error: {logs.mask_secrets(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("shardctl: interrupted", file=sys.stderr)

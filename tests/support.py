@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -58,12 +59,39 @@ class WorkerProcess:
     """A real ``python -m shardctl.worker`` subprocess with its log captured to a file."""
 
     def __init__(self, config: Path, shard: str, log_path: Path, *, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), report: bool = False) -> None:
+        """Start the worker; with ``report`` it gets a report pipe (as under the supervisor): see ``reports``."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        env = {**os.environ, **(env or {})}
+        self._report_fd: int | None = None
+        self._report_buf = b""
+        self._reports: list[dict] = []
+        pass_fds: tuple[int, ...] = ()
+        if report:
+            self._report_fd, write_fd = os.pipe()
+            os.set_blocking(self._report_fd, False)
+            env["SHARDCTL_REPORT_FD"] = str(write_fd)
+            pass_fds = (write_fd,)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shardctl.worker", "--config", str(config), "--shard", shard, *extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds)
+        for fd in pass_fds:
+            os.close(fd)
+
+    def reports(self) -> list[dict]:
+        """Every JSON line the worker has written to its report pipe so far (ready and stats lines)."""
+        while self._report_fd is not None:
+            try:
+                chunk = os.read(self._report_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._report_buf += chunk
+        *lines, self._report_buf = self._report_buf.split(b"\n")
+        self._reports.extend(json.loads(line) for line in lines if line.strip())
+        return self._reports
 
     @property
     def pid(self) -> int:
@@ -97,3 +125,6 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+        if self._report_fd is not None:
+            os.close(self._report_fd)
+            self._report_fd = None

@@ -261,6 +261,7 @@ def test_metrics_match_the_database_and_bad_requests_do_no_harm(tmp_path, schema
         assert samples[("shardctl_rows_written_total", name, None)] == rows
         assert samples[("shardctl_ticks_received_total", name, None)] == rows
         assert samples[("shardctl_batch_seconds_count", name, None)] >= 1
+        assert samples[("shardctl_dead_letters_dropped_total", name, None)] == 0
         assert samples[("shardctl_shard_state", name, "STOPPED")] == 1
     assert http_get(port, "/healthz") == (200, "ok\n")  # stopped by the operator is not unhealthy
     assert sup.proc.poll() is None
@@ -389,9 +390,11 @@ def test_concurrent_commands_on_one_shard_are_busy_and_status_prints_a_table(tmp
     assert table.returncode == 0
     header, *rows = table.stdout.splitlines()
     assert header.split()[:4] == ["SHARD", "STATE", "PID", "UPTIME"] and "LAST ERROR" in header
+    assert "DEAD LETTERS" in header
     assert sorted(r.split()[:2] for r in rows) == [["crypto", "RUNNING"], ["stocks", "RUNNING"]]
     one = json.loads(run_cli("status", str(sup.config_path), "stocks", "--json").stdout)
     assert [s["name"] for s in one["shards"]] == ["stocks"]
+    assert one["shards"][0]["dead_letters_dropped"] == 0
 
 
 def test_startup_failures_are_one_line_and_leave_nothing_behind(tmp_path, schema_dsn) -> None:

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Union
 
 import pytest
-from support import WorkerProcess, query, row_count, sent_ticks, stored_ticks, wait_until
+from support import (
+    WorkerProcess,
+    query,
+    row_count,
+    sent_ticks,
+    stored_ticks,
+    wait_until,
+)
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 

@@ -8,7 +8,9 @@ problem. This face loads a file. It may import only ``errors`` and ``logs``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+from shardctl import logs
 from shardctl.config.model import Config
 from shardctl.config.reader import read_config
 from shardctl.errors import ConfigError, ConfigErrors
@@ -28,14 +30,21 @@ def check_config(path: str | Path, *, require_env: bool = False
     return (config if not problems else None), problems, warnings
 
 
-def load_config(path: str | Path, *, require_env: bool = False) -> Config:
+def load_config(path: str | Path, *, require_env: bool = False,
+                warn: Callable[[ConfigError], None] | None = None) -> Config:
     """Return the valid Config in ``path`` or raise ConfigErrors naming every problem.
 
     With ``require_env`` (``shardctl start``), warnings about unset API-key or
-    DSN variables become errors.
+    DSN variables become errors; ``warn`` is called with each remaining
+    warning (e.g. a password in ``database.dsn``). The config's secrets
+    (``Config.secrets``) are registered for masking in every log line.
     """
-    config, problems, _ = check_config(path, require_env=require_env)
+    config, problems, warnings = check_config(path, require_env=require_env)
     if problems:
         raise ConfigErrors(problems)
     assert config is not None
+    logs.register_secrets(config.secrets())
+    if warn is not None:
+        for warning in warnings:
+            warn(warning)
     return config

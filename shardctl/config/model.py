@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import platformdirs
 
 from shardctl.errors import ConfigError
+from shardctl.logs import dsn_passwords
 
 DEFAULT_SOURCE_URL = "wss://ws.twelvedata.com/v1/quotes/price"
 DEFAULT_REST_URL = "https://api.twelvedata.com"
@@ -52,6 +53,10 @@ def parse_duration(text: str | int | float) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+#: The smallest dead_letter_max_bytes: one dead letter may take about 26 KiB (see shardctl.journal.deadletters).
+MIN_DEAD_LETTER_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class ShardSettings:
     """Per-shard tunables; ``[defaults]`` fills them, ``[shards.NAME]`` may override any."""
@@ -68,6 +73,8 @@ class ShardSettings:
     bad_key_backoff: float = 300.0
     stop_timeout: float = 10.0
     dead_letter_log_interval: float = 10.0
+    #: Cap of the dead-letter file; at the cap it is rotated to deadletters.jsonl.1 (at most twice this on disk).
+    dead_letter_max_bytes: int = 8 * 1024 * 1024
     #: The shard's journal: segment size, cap, what happens at the cap, and fsync policy.
     journal_segment_bytes: int = 64 * 1024 * 1024
     journal_max_bytes: int = 2 * 1024 * 1024 * 1024
@@ -232,6 +239,18 @@ class Config:
     def shard_dir(self, name: str) -> Path:
         """The shard's private state directory (dead letters, later the journal)."""
         return self.state_dir / "shards" / name
+
+    def secrets(self) -> list[str]:
+        """The credentials this config points at, as set now: every API key, the status token, the DSN password.
+
+        Values come from the environment (and ``database.dsn``); the local
+        feed's public key is not a secret. These are what logs must mask.
+        """
+        names = {self.source.api_key_env, *(shard.api_key_env for shard in self.shards.values()),
+                 self.supervisor.status_token_env}
+        values = [os.environ.get(name) for name in names if name]
+        dsn = self.database.dsn or (os.environ.get(self.database.dsn_env) if self.database.dsn_env else None)
+        return [v for v in values if v and v != LOCAL_FEED_API_KEY] + dsn_passwords(dsn)
 
     def api_key(self, shard: ShardConfig) -> str | None:
         """The shard's API key from the environment; the local feed's key when the source is local and none is set."""

@@ -30,6 +30,7 @@ from shardctl.config.model import (
     DEFAULT_REST_URL,
     DEFAULT_SOURCE_URL,
     MAX_CONNECTIONS_PER_KEY,
+    MIN_DEAD_LETTER_BYTES,
     BackfillConfig,
     Config,
     DatabaseConfig,
@@ -47,7 +48,7 @@ from shardctl.config.model import (
 )
 from shardctl.errors import ConfigError
 
-_SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes"))
+_SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": ("block", "drop_oldest"),
     "journal_fsync": ("never", "flush", "always"),
@@ -172,6 +173,9 @@ class _Reader:
         if result.journal_max_bytes < 2 * result.journal_segment_bytes and (
                 "journal_max_bytes" in raw or "journal_segment_bytes" in raw):
             self.problem(f"{prefix}.journal_max_bytes", "must be at least twice journal_segment_bytes")
+        if "dead_letter_max_bytes" in values and result.dead_letter_max_bytes < MIN_DEAD_LETTER_BYTES:
+            self.problem(f"{prefix}.dead_letter_max_bytes", "must be at least 64KiB (a single dead letter may "
+                                                            f"take up to 26 KiB), got {raw['dead_letter_max_bytes']!r}")
         # Report the pair only where it is set, not again in every shard that inherits it.
         if result.reconnect_max < result.reconnect_initial and (
                 "reconnect_max" in raw or "reconnect_initial" in raw):

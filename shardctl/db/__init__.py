@@ -2,5 +2,5 @@
 
 Owns every SQL statement shardctl sends. ``cli`` and ``readouts`` hold the
 commands that act on it; nothing else here imports argparse. May import:
-``errors``, ``logs``, ``backoff``, ``crashpoints``, ``rows``, ``config``, ``journal``.
+``errors``, ``logs``, ``private``, ``backoff``, ``crashpoints``, ``rows``, ``config``, ``journal``.
 """

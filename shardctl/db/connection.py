@@ -24,6 +24,7 @@ from urllib.parse import quote
 import psycopg2
 import psycopg2.extensions
 
+from shardctl import logs
 from shardctl.config.model import Config
 from shardctl.db.embedded import EmbeddedPostgres
 from shardctl.errors import (
@@ -107,10 +108,17 @@ def dsn_to_uri(dsn: str, *, show_password: bool = False) -> str:
 def resolve_target(config: Config, *, start_embedded: bool = True) -> DsnTarget:
     """Resolve the DSN (see the module docstring for the order) and say where it came from.
 
+    Its password, if any, is registered for masking in every log line.
     Raises ConfigError (naming file and key) if ``database.dsn_env`` names an
     unset variable, and EmbeddedServerError if the embedded server is needed
     but does not run and ``start_embedded`` is False, or cannot start.
     """
+    target = _resolve_target(config, start_embedded=start_embedded)
+    logs.register_secrets(logs.dsn_passwords(target.dsn))
+    return target
+
+
+def _resolve_target(config: Config, *, start_embedded: bool) -> DsnTarget:
     env_dsn = os.environ.get(DSN_ENV)
     if env_dsn:
         return DsnTarget(env_dsn, f"${DSN_ENV}")

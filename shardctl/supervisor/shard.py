@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shardctl.config.model import ShardConfig, SupervisorConfig
+from shardctl.logs import mask_secrets
 from shardctl.supervisor.states import (
     PROCESS_STATES,
     Action,
@@ -35,7 +36,7 @@ log = logging.getLogger("shardctl.supervisor")
 
 #: Cumulative per-process counters from the worker's stats lines, summed across restarts.
 COUNTER_KEYS = ("ticks_received", "rows_written", "batches", "batch_seconds_sum", "reconnects",
-                "dead_letters", "journal_dropped")
+                "dead_letters", "dead_letters_dropped", "journal_dropped")
 #: The current worker's journal gauges (zero without a worker).
 JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up", "disk_full",
                 "disk_free_bytes")
@@ -121,7 +122,7 @@ class Shard:
         return self.state
 
     def status(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: state, pid, uptime, restarts and counter totals across restarts."""
+        """A JSON-ready snapshot: state, pid, uptime, restarts and counter totals across restarts; text is masked."""
         m = self.machine
         now_mono, now = time.monotonic(), time.time()
         current = {key: self.totals[key] + (self.stats.get(key) or 0) for key in COUNTER_KEYS}
@@ -129,11 +130,13 @@ class Shard:
                   for key in STICKY_KEYS}
         if self.process is not None and self.stats:
             sticky["last_error"] = self.stats.get("last_error")  # the current worker's, not a past one's
+        if sticky["last_error"]:
+            sticky["last_error"] = mask_secrets(str(sticky["last_error"]))
         alive = self.process is not None and m.started_at is not None
         return {
             "name": self.name,
             "state": m.state.value,
-            "reason": m.reason,
+            "reason": mask_secrets(m.reason) if m.reason else m.reason,
             "wanted": m.wanted,
             "pid": self.pid,
             "since": None if m.since is None else now - (now_mono - m.since),

@@ -33,6 +33,7 @@ from shardctl.config import load_config
 from shardctl.config.model import Config
 from shardctl.errors import ConfigError, ControlError
 from shardctl.journal.space import journal_space_warnings
+from shardctl.private import private_dir
 from shardctl.supervisor.control import ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
@@ -341,12 +342,15 @@ def serve(config_path: str | Path, *, log_format: str = "text",
           on_ready: Callable[[Supervisor], None] | None = None) -> int:
     """``shardctl start CONFIG``: run the supervisor in the foreground; return its exit code.
 
-    Raises ShardctlError (one line) for a bad config, a supervisor already
-    running, a port in use or an unreachable database.
+    Config warnings (a password in ``database.dsn``...) are logged, one line
+    each; ``STATE_DIR/run`` is made private (0700). Raises ShardctlError (one
+    line) for a bad config, a supervisor already running, a port in use or an
+    unreachable database.
     """
-    config = load_config(config_path, require_env=True)
+    config = load_config(config_path, require_env=True, warn=lambda w: log.warning("%s", w))
     for warning in journal_space_warnings(config):
         log.warning("%s", warning)
+    private_dir(config.state_dir / "run")
     pidfile = Pidfile(config.supervisor.pidfile, config_path=str(config_path))
     pidfile.create()
     try:

@@ -23,7 +23,13 @@ import websocket
 
 from shardctl.backoff import Backoff
 from shardctl.config.model import ShardSettings
-from shardctl.twelvedata.frames import BINARY_FRAME_MARK, OP_BINARY, OP_CLOSE, FrameReader, ProtocolError
+from shardctl.twelvedata.frames import (
+    BINARY_FRAME_MARK,
+    OP_BINARY,
+    OP_CLOSE,
+    FrameReader,
+    ProtocolError,
+)
 
 log = logging.getLogger("shardctl.stream")
 

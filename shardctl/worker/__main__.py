@@ -1,8 +1,9 @@
 """``python -m shardctl.worker --config FILE --shard NAME``: one shard in the foreground.
 
-Reads the config, takes the shard's host lock, makes sure the schema exists
-when run by hand (the supervisor does that otherwise), installs the stop
-signals and runs the ``Worker`` until it stops. Exits 0 after a clean stop,
+Sets a private umask (the state directory is the owner's alone), reads the
+config (registering its secrets for masking), takes the shard's host lock,
+makes sure the schema exists when run by hand (the supervisor does that
+otherwise), installs the stop signals and runs the ``Worker`` until it stops. Exits 0 after a clean stop,
 with the error's exit code (one logged line) otherwise.
 """
 
@@ -21,6 +22,7 @@ from shardctl.db.connection import connect, resolve_dsn
 from shardctl.db.schema import apply_schema
 from shardctl.errors import ShardctlError
 from shardctl.journal.space import journal_space_warnings
+from shardctl.private import PRIVATE_UMASK, private_dir
 from shardctl.worker.process import ShardLock
 from shardctl.worker.worker import Worker, log
 
@@ -40,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     args = parser.parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # the shard's files (journal, dead letters, lock, stamp) are the owner's alone
     logs.configure(args.shard, level=args.log_level, fmt=args.log_format)
     report_fd = int(os.environ["SHARDCTL_REPORT_FD"]) if os.environ.get("SHARDCTL_REPORT_FD") else None
     try:
@@ -47,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shard = config.shard(args.shard)
         for warning in journal_space_warnings(config, [shard.name]):
             log.warning("%s", warning)
+        private_dir(config.state_dir / "shards")
         lock = ShardLock(config.shard_dir(shard.name) / "worker.lock")
         try:
             return _run(config, shard, report_fd)

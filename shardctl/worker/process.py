@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from shardctl.errors import ShardctlError
+from shardctl.private import private_dir, private_open
 
 
 class Reporter:
@@ -32,8 +33,8 @@ class ShardLock:
     """An exclusive lock file per shard: two workers of one shard on a host would fight over its journal."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a+")
+        private_dir(path.parent)
+        self._file = os.fdopen(private_open(path, os.O_RDWR | os.O_APPEND), "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

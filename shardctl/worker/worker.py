@@ -44,6 +44,7 @@ from shardctl.db.writer import ShardBusy, Writer
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.journal import Journal, JournalDiskFull, free_bytes
+from shardctl.logs import mask_secrets
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
@@ -91,7 +92,8 @@ class Worker:
             Writer(dsn, config.tables, shard.name),
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
             latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
-        self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval)
+        self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval,
+                                 max_bytes=s.dead_letter_max_bytes)
         api_key = config.api_key(shard)
         if api_key is None:
             raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")
@@ -412,9 +414,11 @@ class Worker:
             self._reporter.send({"type": "ready"})
 
     def stats(self) -> dict[str, Any]:
-        """The counters the supervisor shows and exports (cumulative for this process)."""
+        """The counters the supervisor shows and exports (cumulative for this process); ``last_error`` is masked."""
         commit, journal = self._committer.stats, self._journal
         oldest = journal.oldest_uncommitted_received_at
+        last_error = (str(self._disk_full) if self._disk_full is not None else commit.last_error
+                      or (None if self._stream.connected else self._stream.last_error))
         return {
             "type": "stats",
             "ticks_received": self.ticks_received,
@@ -424,6 +428,7 @@ class Worker:
             "batch_seconds_max": round(commit.batch_seconds_max, 6),
             "reconnects": self._stream.reconnects,
             "dead_letters": self._dead.count,
+            "dead_letters_dropped": self._dead.dropped,
             "other_events": self.other_events,
             "failed_symbols": sorted(self._stream.failed_symbols),
             "pending_rows": len(self._batcher) + self._committer.pending_rows,
@@ -440,8 +445,7 @@ class Worker:
             "last_tick_at": None if self._last_tick_at is None
             else time.time() - (time.monotonic() - self._last_tick_at),
             "last_event_ts": self._last_event_ts,
-            "last_error": (str(self._disk_full) if self._disk_full is not None else commit.last_error
-                           or (None if self._stream.connected else self._stream.last_error)),
+            "last_error": mask_secrets(last_error) if last_error else None,
         }
 
     def _report(self) -> None:

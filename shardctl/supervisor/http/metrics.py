@@ -51,6 +51,7 @@ COUNTERS = {
     "batches": ("batches_written", "Batches committed to the database"),
     "reconnects": ("reconnects", "Websocket reconnects"),
     "dead_letters": ("dead_letters", "Events dead-lettered (unparsable or rejected)"),
+    "dead_letters_dropped": ("dead_letters_dropped", "Dead letters deleted at the dead_letter_max_bytes cap"),
     "restarts": ("restarts", "Worker processes started after the shard's first"),
     "journal_dropped": ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)"),
 }
