@@ -69,11 +69,12 @@ class _TickCopyManager(CopyManager):
     pgcopy's own ``writestream``.
     """
 
+    type_formatters = {"numeric": _numeric}
+    _fast = True
+
     def __init__(self, conn: Any, table: str, cols: Sequence[str], *, fast: bool = True) -> None:
         self._fast = fast
         super().__init__(conn, table, cols)
-
-    type_formatters = {"numeric": _numeric}
 
     def compile(self) -> None:
         """pgcopy's compile (formatters per column; ValueError for a missing column), then the fast encoder."""

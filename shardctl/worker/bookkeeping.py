@@ -21,6 +21,7 @@ import orjson
 from shardctl.journal.journal import Journal
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.committer import BatchWriter, Committer
+from shardctl.worker.readgate import ReadGate
 
 log = logging.getLogger("shardctl.worker")
 
@@ -59,8 +60,6 @@ class Bookkeeper:
         self.down_since: float | None = None
         #: Symbols seen in this process.
         self.symbols: set[str] = set()
-        #: Gaps the worker itself noticed (e.g. time blocked at the journal cap): (from, to, reason).
-        self.gaps: list[tuple[float, float, str]] = []
         self._new_assets: dict[str, str | None] = {}
         self._journal_gaps_taken = 0
 
@@ -70,9 +69,9 @@ class Bookkeeper:
         name = orjson.loads(frame).get("currency_base")
         self._new_assets[symbol] = name if isinstance(name, str) else None
 
-    def hand_over(self, stream: StreamClient, journal: Journal, committer: Committer) -> None:
+    def hand_over(self, stream: StreamClient, journal: Journal, gate: ReadGate, committer: Committer) -> None:
         """Queue every gap and asset name learnt since the last call as committer tasks."""
-        gaps, self.gaps = self.gaps, []
+        gaps, gate.gaps = gate.gaps, []
         if self.down_since is not None and stream.first_connected_at is not None:
             gaps.append((self.down_since, stream.first_connected_at, "worker down"))
             self.down_since = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import collections
+import functools
 import logging
 import threading
 import time
@@ -190,7 +191,7 @@ class Committer:
             if isinstance(item, _Batch):
                 if not self._commit(item):
                     return
-            elif self._retrying(lambda task=item: task(self._writer), self._abandon,
+            elif self._retrying(functools.partial(item, self._writer), self._abandon,
                                 give_up_after=TASK_ATTEMPTS) is _ABANDONED:
                 return
             with self._cond:

@@ -55,6 +55,7 @@ from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
+from shardctl.worker.readgate import ReadGate, ReadState
 from shardctl.worker.switches import Switches
 
 log = logging.getLogger("shardctl.worker")
@@ -68,8 +69,6 @@ _POLL_SLICE = 0.2
 _BLOCKED_SLICE = 0.01
 #: How long a starting worker waits for another session to release the shard's writer lock.
 SHARD_BUSY_WAIT = 10.0
-#: How often a worker whose disk is full tries to write its buffered frames out again.
-DISK_RETRY = 0.2
 
 
 class Worker:
@@ -123,12 +122,7 @@ class Worker:
         self.other_events = 0
         self._last_tick_at: float | None = None
         self._last_event_ts: int | None = None
-        self._blocked_logged = False
-        self._blocked_since = 0.0
-        #: While the disk is full: the refusal, and when the worker last read a frame (the gap's start).
-        self._disk_full: JournalDiskFull | None = None
-        self._disk_full_since = 0.0
-        self._disk_retry_at = 0.0
+        self._gate = ReadGate(self._journal)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -159,21 +153,15 @@ class Worker:
         try:
             while not self.stopping:
                 busy = self._catch_up() if not self._live else False
-                if self._disk_full is not None and not self._disk_has_room():
-                    # Commits give the journal's space back: hand over what is on disk and look again soon.
-                    self._flush()
-                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
-                elif self._journal.full:
-                    # Commits free whole segments: hand over what is batched and look again soon.
-                    self._note_blocked()
-                    self._flush()
-                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
-                else:
-                    if self._blocked_logged:
-                        self._blocked_logged = False
-                        log.info("the journal has room again; reading the socket")
-                        self._books.gaps.append((self._blocked_since, time.time(), "journal full: not reading"))
+                paused = self._gate.state is not ReadState.READING
+                if self._gate.may_read():
+                    if paused:
+                        self._stream.resume_reading()  # the silence was ours, not the server's
                     self._read_socket(busy)
+                else:
+                    # Commits give space back: hand over what is on disk and look again soon.
+                    self._flush()
+                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
                 now = time.monotonic()
                 if self._batcher.due(now):
                     self._flush()
@@ -229,7 +217,8 @@ class Worker:
         deadline = time.monotonic() + self.settings.stop_timeout
         self._flush()
         self._commit_trailing_frames()
-        self._books.hand_over(self._stream, self._journal, self._committer)  # gaps noticed since the last second
+        # Gaps noticed since the last second's hand-over:
+        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
         drained = self._committer.drain(deadline - 0.5)
@@ -370,7 +359,7 @@ class Worker:
         self._commit_trailing_frames()
         self._report()
         self._dead.flush_log(now)
-        self._books.hand_over(self._stream, self._journal, self._committer)
+        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
 
     def _commit_trailing_frames(self) -> None:
         """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
@@ -382,43 +371,13 @@ class Worker:
 
     def _enter_disk_full(self, exc: JournalDiskFull) -> None:
         """Stop reading the socket; what is batched stays in the journal and is re-read once it is on disk."""
-        if self._disk_full is None:
-            self._disk_full_since = self._journal.last_received_at or time.time()
-            log.error("%s: not reading the socket; writing the journal's backlog to the database, which gives "
-                      "the space back; reading again when there is room", exc)
-        self._disk_full = exc
-        self._disk_retry_at = time.monotonic() + DISK_RETRY
+        self._gate.disk_refused(exc)
         self._live = False
         if self._cursor.parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read later
             self._batcher.take()
             if self._arrivals is not None:
                 self._arrivals.clear()
             self._cursor.rewind()
-
-    def _disk_has_room(self) -> bool:
-        """Try the buffered frames again (at most every DISK_RETRY); True, and reading again, once they fit."""
-        now = time.monotonic()
-        if now < self._disk_retry_at:
-            return False
-        self._disk_retry_at = now + DISK_RETRY
-        try:
-            self._journal.write_buffered()
-        except JournalDiskFull as exc:
-            self._disk_full = exc
-            return False
-        assert self._disk_full is not None
-        log.info("the disk has room again (%s): reading the socket", self._disk_full.directory)
-        self._books.gaps.append((self._disk_full_since, time.time(), "disk full: not reading"))
-        self._disk_full = None
-        self._stream.resume_reading()
-        return True
-
-    def _note_blocked(self) -> None:
-        if not self._blocked_logged:
-            self._blocked_logged = True
-            self._blocked_since = time.time()
-            log.error("journal is full (%d bytes, journal_on_full = \"block\"): not reading the socket until the "
-                      "database takes the backlog", self._journal.size_bytes)
 
     def _subscribed(self) -> None:
         if not self._ready_sent:
@@ -431,7 +390,8 @@ class Worker:
         oldest = journal.oldest_uncommitted_received_at
         backfill_failure = None if self._backfill is None or self._backfill.failure is None \
             else f"backfill stopped: {self._backfill.failure}"
-        last_error = (str(self._disk_full) if self._disk_full is not None else commit.last_error
+        disk_error = self._gate.disk_error
+        last_error = (str(disk_error) if disk_error is not None else commit.last_error
                       or (None if self._stream.connected else self._stream.last_error) or backfill_failure)
         return WorkerReport(
             counters=Counters(
@@ -454,7 +414,7 @@ class Worker:
             journal_bytes=journal.size_bytes,
             journal_backlog=journal.backlog_records,
             journal_full=journal.full,
-            disk_full=self._disk_full is not None,
+            disk_full=disk_error is not None,
             disk_free_bytes=free_bytes(journal.directory),
             seconds_behind=0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
             last_tick_at=None if self._last_tick_at is None
