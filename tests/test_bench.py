@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from shardctl.bench import data as bench_data
 from shardctl.bench import report as bench_report
@@ -18,6 +19,7 @@ from shardctl.bench import runs as bench_runs
 from shardctl.bench.monitor import percentiles
 
 
+@pytest.mark.slow
 def test_bench_small_run_writes_parseable_results_with_matching_counts(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "shardctl", "bench", "--ticks", "5000", "--batch-sizes", "100,1000",
@@ -63,6 +65,7 @@ def _drop_aapl_rows(dsn: str) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_a_run_whose_rows_do_not_match_reports_failed_and_no_throughput(tmp_path: Path, pg_server) -> None:
     replay = tmp_path / "replay.jsonl"
     expected = bench_data.write_replay(replay, 620, bench_data.BENCH_SYMBOLS)

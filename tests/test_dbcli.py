@@ -117,6 +117,7 @@ def test_resolve_order(tmp_path: Path, write_config: Callable[..., Path], monkey
 
 # ------------------------------------------------------------ shardctl db (subprocesses)
 
+@pytest.mark.slow
 def test_embedded_lifecycle(tmp_path: Path, server_dir: Path, write_config: Callable[..., Path]) -> None:
     state = server_dir / "st"
     config = write_config(tmp_path, SHARDS)
@@ -172,6 +173,7 @@ def test_status_of_an_external_database(tmp_path: Path, write_config: Callable[.
     assert stop.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_status_before_init_and_unreachable(tmp_path: Path, write_config: Callable[..., Path],
                                             fresh_dsn: str) -> None:
     env = _env(tmp_path / "state")

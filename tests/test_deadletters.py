@@ -46,6 +46,7 @@ def fill(path: Path, count: int = FRAMES, start: int = 0, **kw: int) -> DeadLett
     return dead
 
 
+@pytest.mark.slow
 def test_1500_frames_of_64KiB_stay_within_the_default_cap(tmp_path: Path) -> None:
     dead = fill(tmp_path / FILE_NAME)
     sizes = on_disk(tmp_path)
@@ -57,6 +58,7 @@ def test_1500_frames_of_64KiB_stay_within_the_default_cap(tmp_path: Path) -> Non
     assert {len(e["frame"]) for e in entries} == {4096}, "the first 4,096 characters are kept"
 
 
+@pytest.mark.slow
 def test_rotation_keeps_the_newest_entries_and_counts_the_dropped(tmp_path: Path) -> None:
     cap = 256 * KIB
     dead = fill(tmp_path / FILE_NAME, max_bytes=cap)
@@ -116,6 +118,7 @@ def stats(worker: WorkerProcess) -> list[WorkerReport]:
     return [WorkerReport.from_json(r) for r in worker.reports() if r.get("type") == "stats"]
 
 
+@pytest.mark.slow
 def test_a_worker_reports_the_dropped_count_and_deadletters_reads_both_files(tmp_path, schema_dsn) -> None:
     symbols = ("AAPL", "BTC/USD")
     config = tmp_path / "shardctl.toml"

@@ -69,6 +69,10 @@ from support import WorkerProcess, row_count, wait_until
 from shardctl.config import load_config
 from shardctl.config.model import ShardSettings
 
+#: Fault injection with real processes, seconds to tens of seconds each: not in the quick loop
+#: (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def supervisors():

@@ -124,6 +124,7 @@ class EchoKeyServer:
         self._thread.join(10)
 
 
+@pytest.mark.slow
 def test_server_text_with_the_key_is_masked_in_logs_reports_and_dead_letters(tmp_path, schema_dsn) -> None:
     key = new_key()
     with EchoKeyServer(key) as server:
@@ -157,6 +158,7 @@ def test_server_text_with_the_key_is_masked_in_logs_reports_and_dead_letters(tmp
 
 # ------------------------------------------------------------------ modes
 
+@pytest.mark.slow
 def test_a_worker_under_umask_022_leaves_only_private_files(tmp_path, schema_dsn, umask_022) -> None:
     with FeedServer(rate=200, symbols=SYMBOLS, seed=21) as feed:
         worker = WorkerProcess(write_config(tmp_path, feed.url, schema_dsn), "s1", tmp_path / "worker.log")
@@ -173,6 +175,7 @@ def test_a_worker_under_umask_022_leaves_only_private_files(tmp_path, schema_dsn
     assert wider_than_private(tmp_path / "state") == []
 
 
+@pytest.mark.slow
 def test_an_existing_wide_shard_dir_is_narrowed(tmp_path, schema_dsn, umask_022) -> None:
     shard_dir = tmp_path / "state" / "shards" / "s1"
     shard_dir.mkdir(parents=True, mode=0o755)
@@ -193,6 +196,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_start_warns_about_a_dsn_password_and_the_supervisor_keeps_its_files_private(
         tmp_path, schema_dsn, umask_022) -> None:
     password = "pw-" + secrets.token_hex(8)

@@ -28,6 +28,9 @@ from shardctl.errors import ControlError
 from shardctl.feed.server import FeedServer
 from shardctl.supervisor.control import ControlClient
 
+#: real supervisors with worker processes: seconds each; `pytest -m "not slow"` leaves them out of the quick loop.
+pytestmark = pytest.mark.slow
+
 STOCKS = ("AAPL", "MSFT")
 CRYPTO = ("BTC/USD", "ETH/USD")
 
