@@ -10,7 +10,8 @@ message (never a traceback) and exits with its ``exit_code``.
     │   └── DatabaseUnavailable   the database cannot be reached (retryable)
     ├── EmbeddedServerError       the embedded PostgreSQL could not start/stop
     ├── SourceError               the Twelve Data source misbehaves
-    │   └── BadApiKey             the handshake was refused: the key is wrong
+    │   ├── BadApiKey             the handshake was refused: the key is wrong
+    │   └── ReferenceUnavailable  Twelve Data's reference lists cannot be fetched (no key, no network)
     └── ControlError              a control request was refused (has a code)
         └── SupervisorNotRunning  no supervisor answers on the control socket
 """
@@ -81,6 +82,10 @@ class SourceError(ShardctlError):
 
 class BadApiKey(SourceError):
     """Twelve Data refused the websocket handshake: the API key is wrong."""
+
+
+class ReferenceUnavailable(SourceError):
+    """Twelve Data's reference lists (``/stocks``...) could not be fetched: no key, no network, refused."""
 
 
 class ControlError(ShardctlError):
