@@ -39,6 +39,7 @@ from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
 from shardctl.supervisor.pidfile import Pidfile
 from shardctl.supervisor.shard import Deadline, Shard
+from shardctl.supervisor.assets import asset_names_loop
 from shardctl.supervisor.sidecars import DatabaseSetup, LocalFeed
 from shardctl.supervisor.states import PROCESS_STATES, ShardState
 
@@ -110,6 +111,7 @@ class Supervisor:
             self._spawn(self._ticker())
             if self.database.needs_maintenance:
                 self._spawn(self.database.maintenance_loop())
+            self._spawn(asset_names_loop(self.config.path, self.database.dsn))
             await self._done.wait()
         finally:
             for task in list(self._tasks):
