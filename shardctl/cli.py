@@ -49,7 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.config}: {len(problems)} problem(s) found", file=sys.stderr)
         return EXIT_CONFIG
     assert config is not None
-    if args.online:
+    if getattr(args, "online", False):
         code = _check_online(config, args.config)
         if code != EXIT_OK:
             return code
@@ -71,6 +71,10 @@ def _check_online(config: Config, path: str) -> int:
     logs.register_secrets(config.secrets())
     key = os.environ.get(config.source.api_key_env) or (LOCAL_FEED_API_KEY if config.source.is_local else None)
     owner = {symbol: shard.name for shard in config.shards.values() for symbol in shard.symbols}
+    if not key:
+        print(f"{path}: --online: no Twelve Data API key: ${config.source.api_key_env} is not set; export your "
+              "key in it", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = check_symbols(owner, config.source.rest_url, key)
     except SourceError as exc:

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})})
 
 
@@ -54,7 +54,7 @@ def test_init_writes_a_commented_config_that_validates_and_holds_no_key(tmp_path
     with_key = run([*SHARDCTL, "validate", str(path)], env={"TWELVEDATA_API_KEY": secret})
     assert with_key.returncode == 0 and with_key.stderr == "" and ": OK: 1 shard(s), 3 symbol(s)" in with_key.stdout
     clean = {k: v for k, v in os.environ.items() if k != "TWELVEDATA_API_KEY"}
-    without = subprocess.run([*SHARDCTL, "validate", str(path)], capture_output=True, text=True, env=clean,
+    without = subprocess.run([*SHARDCTL, "validate", str(path)], check=False, capture_output=True, text=True, env=clean,
                              timeout=60)
     assert without.returncode == 0 and "TWELVEDATA_API_KEY is not set" in without.stderr
     config = load_config(path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["write_html_chart", "PLOTLY_JS"]
+__all__ = ["PLOTLY_JS", "write_html_chart"]
 
 #: The file written beside the chart; the page loads it with a relative <script src>.
 PLOTLY_JS = "plotly.min.js"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shardctl.errors import ShardctlError, UsageError
 
-__all__ = ["DEMO_CONFIG", "STARTER_CONFIG", "example_text", "demo_config_text", "write_starter"]
+__all__ = ["DEMO_CONFIG", "STARTER_CONFIG", "demo_config_text", "example_text", "write_starter"]
 
 DEMO_CONFIG = "demo.toml"
 STARTER_CONFIG = "starter.toml"

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from shardctl.feed.catalog import CRYPTO, ETF_TYPE, FOREX, INDEX_TYPE, METAL, STOCK, Catalog, Instrument
 
-__all__ = ["REFERENCE_PATHS", "reference_list", "ReferenceError"]
+__all__ = ["REFERENCE_PATHS", "ReferenceError", "reference_list"]
 
 _MAJORS = frozenset({"EUR/USD", "USD/JPY", "GBP/USD", "USD/CHF", "AUD/USD", "USD/CAD", "NZD/USD"})
 

@@ -5,7 +5,8 @@ shipped as ``shardctl.examples``) to ``STATE_DIR/demo.toml``, with the ports
 asked for, and runs the supervisor on it in the foreground: the local feed
 (``shardctl feed``, simulated prices on 127.0.0.1), the embedded PostgreSQL
 in the state directory, one worker per shard. Once every shard runs it
-prints where the status page is. ``shardctl status``, ``stop`` and
+prints where the status page is (a daemon thread that polls the control socket:
+the one thread beside the supervisor's loop, in demo mode only). ``shardctl status``, ``stop`` and
 ``restart`` find it in the default state directory, as with ``shardctl start``.
 """
 
@@ -35,15 +36,22 @@ def write_demo_config(state_dir: Path, *, feed_port: int, metrics_port: int) -> 
     private_dir(state_dir)
     path = state_dir / DEMO_CONFIG
     text = demo_config_text(feed_port=feed_port, metrics_port=metrics_port)
-    header = (f"# Written by `shardctl demo` from the built-in demo config; replaced on every `shardctl demo`.\n"
-              f"# To change it, copy it elsewhere and run `shardctl start COPY`.\n")
+    header = ("# Written by `shardctl demo` from the built-in demo config; replaced on every `shardctl demo`.\n"
+              "# To change it, copy it elsewhere and run `shardctl start COPY`.\n")
     fd = private_open(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(header + text)
     return path
 
 
-def _announce(config_path: Path, url: str, out: "_Out") -> None:
+class _Out:
+    """Lines for the user on stdout, flushed at once (the supervisor's log goes to stderr)."""
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def _announce(config_path: Path, url: str, out: _Out) -> None:
     """Print the status page's address once every shard is RUNNING (polls the control socket)."""
     from shardctl.config import load_config
     from shardctl.supervisor.control import ControlClient
@@ -62,13 +70,6 @@ def _announce(config_path: Path, url: str, out: "_Out") -> None:
                     f"  shardctl status | shardctl restart crypto | shardctl stop (or Ctrl-C)")
             return
         time.sleep(0.2)
-
-
-class _Out:
-    """Lines for the user on stdout, flushed at once (the supervisor's log goes to stderr)."""
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

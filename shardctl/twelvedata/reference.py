@@ -36,7 +36,7 @@ from shardctl.errors import ReferenceUnavailable
 from shardctl.logs import mask_secrets
 from shardctl.twelvedata.rest import RestCallError, rest_client
 
-__all__ = ["Listing", "SymbolCheck", "UnknownSymbol", "check_symbols", "PAIR_LISTS", "OTHER_LISTS"]
+__all__ = ["OTHER_LISTS", "PAIR_LISTS", "Listing", "SymbolCheck", "UnknownSymbol", "check_symbols"]
 
 log = logging.getLogger("shardctl.reference")
 
