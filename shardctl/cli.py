@@ -20,7 +20,7 @@ from shardctl import __version__, logs
 from shardctl.config import check_config
 from shardctl.config.model import LOCAL_FEED_API_KEY, Config
 from shardctl.config.starter import STARTER_CONFIG, example_text, write_starter
-from shardctl.errors import EXIT_CONFIG, EXIT_OK, ShardctlError, SourceError
+from shardctl.errors import EXIT_CONFIG, EXIT_OK, ReferenceUnavailable, ShardctlError
 from shardctl.journal.space import journal_space_warnings
 
 #: Modules that add commands, in help order.
@@ -77,7 +77,7 @@ def _check_online(config: Config, path: str) -> int:
         return EXIT_CONFIG
     try:
         result = check_symbols(owner, config.source.rest_url, key)
-    except SourceError as exc:
+    except ReferenceUnavailable as exc:
         print(f"{path}: --online: {logs.mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     for unknown in result.unknown:

@@ -227,7 +227,8 @@ def test_a_journal_cap_larger_than_the_free_disk_is_warned_about(tmp_path: Path)
 
 
 def test_a_journal_cap_that_fits_is_not_warned_about(tmp_path: Path) -> None:
-    config = write(tmp_path, GOOD + '    [defaults]\n    journal_segment_bytes = "1MiB"\n    journal_max_bytes = "2MiB"\n')
+    config = write(tmp_path, GOOD + '    [defaults]\n    journal_segment_bytes = "1MiB"\n'
+                   '    journal_max_bytes = "2MiB"\n')
     result = subprocess.run([sys.executable, "-m", "shardctl", "validate", str(config)],
                             capture_output=True, text=True, timeout=60, env={**os.environ,
                                                                            "SHARDCTL_STATE_DIR": str(tmp_path)})

@@ -507,7 +507,7 @@ def test_unknown_shard_lists_known_ones(tmp_path):
 
 def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, LOCAL + shards_toml(1)))
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         config.state_dir = Path("/")  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.shards["x"] = config.shard("s0")  # type: ignore[index]

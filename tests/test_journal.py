@@ -16,17 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.journal.journal import (
-    MAX_FRAME,
-    REC_HEADER,
-    SEG_HEADER,
-    Journal,
-    JournalCorrupt,
-    JournalError,
-    JournalFull,
-    Record,
-    _scan,
-)
+from shardctl.journal.errors import JournalCorrupt, JournalError, JournalFull
+from shardctl.journal.format import MAX_FRAME, REC_HEADER, SEG_HEADER, Record, _scan
+from shardctl.journal.journal import Journal
 
 
 def frame(i: int, size: int | None = None) -> bytes:
@@ -61,7 +53,8 @@ def test_round_trip_across_segments(tmp_path: Path) -> None:
     assert [r.received_at for r in records[:60]] == [1000.0 + i for i in range(60)]
     assert records[60] == Record(big, b"x" * 1000, 5.0) and records[61] == Record(empty, b"", 6.0)
     assert len(segments(tmp_path)) > 10
-    assert all(p.stat().st_size <= 256 for p in segments(tmp_path) if p.stat().st_size != SEG_HEADER + REC_HEADER + 1000)
+    lone_record = SEG_HEADER + REC_HEADER + 1000
+    assert all(p.stat().st_size <= 256 for p in segments(tmp_path) if p.stat().st_size != lone_record)
     for k in (0, 1, 17, 59):  # replay from any end offset yields exactly what follows
         assert indices(list(j.replay(offsets[k]))[:60 - k - 1]) == list(range(k + 1, 60))
     assert list(j.replay(empty)) == []
@@ -447,7 +440,7 @@ def tiny_fs(tmp_path: Path) -> Path:
 
 
 def test_a_full_disk_keeps_every_record_and_resumes(tiny_fs: Path) -> None:
-    from shardctl.journal.journal import JournalDiskFull
+    from shardctl.journal.errors import JournalDiskFull
 
     j = Journal(tiny_fs / "journal", segment_bytes=64 * 1024 * 1024, fsync="never")
     offsets: list[int] = []

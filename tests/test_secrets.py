@@ -165,12 +165,11 @@ def test_a_worker_under_umask_022_leaves_only_private_files(tmp_path, schema_dsn
             feed.inject("garbage")
             shard_dir = tmp_path / "state" / "shards" / "s1"
             wait_until((shard_dir / "deadletters.jsonl").exists, what="a dead letter")
-            wait_until((shard_dir / "alive").exists, what="the alive stamp")
             assert worker.terminate() == 0
         finally:
             worker.close()
     names = {p.name for p in files_under(tmp_path / "state")}
-    assert {"worker.lock", "alive", "deadletters.jsonl"} <= names and any(n.endswith(".seg") for n in names)
+    assert {"worker.lock", "deadletters.jsonl"} <= names and any(n.endswith(".seg") for n in names)
     assert wider_than_private(tmp_path / "state") == []
 
 
@@ -291,15 +290,16 @@ def test_loading_a_config_registers_its_keys_but_not_the_local_feed_key(register
 
 
 def test_status_table_masks_errors_and_shows_dead_letters(registered) -> None:
+    from shardctl.report import ShardStatus
     from shardctl.supervisor.cli import format_status
 
     key = new_key()
     logs.register_secrets([key])
-    table = format_status([
+    table = format_status([ShardStatus.from_json(shard) for shard in [
         {"name": "a", "state": "RUNNING", "pid": 1, "restarts": 0, "last_error": None, "dead_letters": 1500,
          "dead_letters_dropped": 1120},
         {"name": "b", "state": "BACKOFF", "pid": None, "restarts": 2, "reason": f"Invalid API key {key}: no"},
-    ], now=0.0)
+    ]], now=0.0)
     header, a, b = table.splitlines()
     assert "DEAD LETTERS" in header
     assert a.endswith("1,500 (1,120 dropped)  -")

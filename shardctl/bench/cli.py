@@ -37,7 +37,7 @@ DEFAULT_TICKS = 200_000
 DEFAULT_RATE = 5000.0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``shardctl bench`` to the CLI."""
     p = subparsers.add_parser("bench", help="benchmark batch sizes against the tutorial baseline and the limits",
                               description=__doc__.split("\n\n")[1] if __doc__ else None)

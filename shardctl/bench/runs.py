@@ -208,7 +208,7 @@ def run_shardctl(ctx: BenchContext, kind: str, batch_size: int, shards: int, tic
     watcher.poll()
     span = watcher.span()
     _apply_usage(result, usage)
-    result.commits = sum(w.stats.get("batches", 0) for w in workers)
+    result.commits = sum(w.report.counters.batches for w in workers)
     result.latency_ms = _ms(percentiles(watcher.latencies()))
     result.notes = "; ".join(notes)
     if kind == "soak":
@@ -348,8 +348,14 @@ def run_socket_limit(ctx: BenchContext, *, reader: str = "framereader") -> RunRe
         try:
             ws.send(orjson.dumps({"action": "subscribe",
                                   "params": {"symbols": ",".join(bench_data.BENCH_SYMBOLS)}}).decode())
+            assert ws.sock is not None
             frames = FrameReader(ws.sock, ws.pong)
-            read: Callable[[], Any] = (lambda: frames.read()[1]) if reader == "framereader" else ws.recv
+
+            def read_frame() -> bytes:
+                message = frames.read()
+                return b"" if message is None else message[1]
+
+            read: Callable[[], Any] = read_frame if reader == "framereader" else ws.recv
             monitor = ProcMonitor([os.getpid()], None).start()
             count, first, last = 0, 0.0, 0.0
             while count < total:

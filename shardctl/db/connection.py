@@ -156,7 +156,7 @@ def _first_line(exc: BaseException) -> str:
 
 def is_retryable(exc: BaseException, conn: Any = None) -> bool:
     """True if ``exc`` means the database is (temporarily) out of reach, so the same work may be retried."""
-    if conn is not None and getattr(conn, "closed", 0):
+    if conn is not None and getattr(conn, "closed", False):
         return True
     if isinstance(exc, psycopg2.InterfaceError):
         return True

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
@@ -27,7 +26,7 @@ from psycopg2 import sql
 from psycopg2.extensions import encodings
 
 from shardctl.config.model import TablesConfig
-from shardctl.crashpoints import crash_point
+from shardctl.crashpoints import NO_CRASHES, CrashPoints
 from shardctl.db.connection import connect, map_error
 from shardctl.db.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
 from shardctl.db.gaps import record_gap
@@ -38,8 +37,6 @@ from shardctl.rows import COLUMNS
 log = logging.getLogger("shardctl.writer")
 
 #: Column order of a row tuple: (time, symbol, price, day_volume, bid, ask).
-#: Environment variable: "pgcopy" makes every CopyManager use pgcopy's own per-field formatters.
-ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
 Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)
 
 
@@ -68,11 +65,16 @@ class _TickCopyManager(CopyManager):
     ``copyformat.TickEncoder``: the same bytes as pgcopy's formatters, several
     times faster; rows it does not recognise still go through pgcopy's
     formatters (same bytes, same errors). Other column types, or
-    ``SHARDCTL_COPY_ENCODER=pgcopy`` in the environment (an escape hatch and
-    the benchmarks' "before"), keep pgcopy's own ``writestream``.
+    ``fast=False`` (an escape hatch and the benchmarks' "before"), keep
+    pgcopy's own ``writestream``.
     """
 
     type_formatters = {"numeric": _numeric}
+    _fast = True
+
+    def __init__(self, conn: Any, table: str, cols: Sequence[str], *, fast: bool = True) -> None:
+        self._fast = fast
+        super().__init__(conn, table, cols)
 
     def compile(self) -> None:
         """pgcopy's compile (formatters per column; ValueError for a missing column), then the fast encoder."""
@@ -80,7 +82,7 @@ class _TickCopyManager(CopyManager):
         atts = inspect.get_types(self.conn, self.schema, self.table)
         columns = [atts[c] for c in self.cols]
         self.encoder: TickEncoder | None = None
-        if fast_path_types_ok(columns) and os.environ.get(ENCODER_ENV, "fast") != "pgcopy":
+        if self._fast and fast_path_types_ok(columns):
             formatters = self.formatters
             self.encoder = TickEncoder(encodings[self.conn.encoding], [not a.not_null for a in columns],
                                        lambda row: pgcopy_row(formatters, row))
@@ -102,8 +104,11 @@ def _utc_day(moment: datetime) -> date:
 class Writer:
     """One shard's writer: one connection (opened lazily), one CopyManager reused across batches."""
 
-    def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None) -> None:
+    def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None,
+                 pgcopy_encoder: bool = False, crash_points: CrashPoints = NO_CRASHES) -> None:
         self.dsn = dsn
+        self._pgcopy_encoder = pgcopy_encoder
+        self._crash_points = crash_points
         self.tables = tables
         self.shard = shard
         self.application_name = application_name or f"shardctl:{shard}"
@@ -136,7 +141,7 @@ class Writer:
             if not locked:
                 raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
                                 "worker (another host, or a second supervisor); stop that one first")
-            self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS)
+            self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS, fast=not self._pgcopy_encoder)
             conn.commit()
         except (psycopg2.Error, ValueError) as exc:
             error = self._error(exc, conn, "cannot prepare the writer")
@@ -251,7 +256,7 @@ class Writer:
                 if rows:
                     assert self._copy is not None
                     self._copy.copy(rows, io.BytesIO)
-                crash_point("after_copy")
+                self._crash_points.reach("after_copy")
                 cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "
                                     "journal_offset = %s, updated_at = now() WHERE shard = %s").format(ledger),
                             (seq, len(rows), journal_offset, self.shard))

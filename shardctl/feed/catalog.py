@@ -17,9 +17,10 @@ Asset classes and the shapes of their price events (see
 
 Stocks, ETFs (``type`` "ETF") and indices (``type`` "Index") share the stock
 event shape and carry the ``name`` Twelve Data's reference lists give them;
-``shardctl.feed.reference`` serves those lists. Extra symbols are classified by shape: ``X/Y`` with a crypto base is crypto,
-with a metal base (XAU, XAG, XPT, XPD) a metal, any other ``X/Y`` forex, and
-anything else a stock (``SYMBOL:EXCHANGE`` names its exchange).
+``shardctl.feed.reference`` serves those lists. Extra symbols are classified by
+shape: ``X/Y`` with a crypto base is crypto, with a metal base (XAU, XAG, XPT,
+XPD) a metal, any other ``X/Y`` forex, and anything else a stock
+(``SYMBOL:EXCHANGE`` names its exchange).
 """
 
 from __future__ import annotations

@@ -444,7 +444,7 @@ class FeedServer:
 
 # -------------------------------------------------------------------- CLI
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``shardctl feed`` to the CLI."""
     p = subparsers.add_parser("feed", help="serve a local Twelve Data-compatible websocket feed",
                               description="Serve simulated or replayed Twelve Data prices "

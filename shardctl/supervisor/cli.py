@@ -28,13 +28,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from shardctl.config import load_config
 from shardctl.config.model import SupervisorConfig, default_state_dir
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, UsageError
 from shardctl.logs import mask_secrets
 from shardctl.private import PRIVATE_UMASK
+from shardctl.report import ShardStatus
 from shardctl.supervisor.control import ControlClient
 from shardctl.supervisor.pidfile import Pidfile, pid_alive
 from shardctl.supervisor.shard import worker_command
@@ -131,33 +131,33 @@ def _ago(stamp: float | None, now: float) -> str:
     return "-" if stamp is None else _duration(now - float(stamp))
 
 
-def _backlog(shard: dict[str, Any]) -> str:
+def _backlog(shard: ShardStatus) -> str:
     """Journal records not yet in the database and how far behind, e.g. "12,000 (31s)"; "FULL" at the cap."""
-    records = int(shard.get("journal_backlog") or 0)
-    text = f"{records:,} ({_duration(shard.get('seconds_behind'))})" if records else "0"
-    if shard.get("disk_full"):
+    worker = shard.worker
+    records = worker.journal_backlog
+    text = f"{records:,} ({_duration(worker.seconds_behind)})" if records else "0"
+    if worker.disk_full:
         return text + " DISK FULL"
-    return text + " FULL" if shard.get("journal_full") else text
+    return text + " FULL" if worker.journal_full else text
 
 
-def _dead_letters(shard: dict[str, Any]) -> str:
+def _dead_letters(shard: ShardStatus) -> str:
     """Frames set aside, and how many of them the dead_letter_max_bytes cap deleted, e.g. "1,500 (1,120 dropped)"."""
-    count, dropped = int(shard.get("dead_letters") or 0), int(shard.get("dead_letters_dropped") or 0)
+    count, dropped = shard.counters.dead_letters, shard.counters.dead_letters_dropped
     return f"{count:,} ({dropped:,} dropped)" if dropped else f"{count:,}"
 
 
-def format_status(shards: list[dict[str, Any]], now: float | None = None) -> str:
+def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
     """The aligned status table (one row per shard); errors are masked (``shardctl.logs.mask_secrets``)."""
     now = time.time() if now is None else now
     header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
               "DEAD LETTERS", "LAST ERROR")
     rows = [header]
     for s in shards:
-        note = s.get("last_error") if s["state"] == "RUNNING" else s.get("reason")
-        note = mask_secrets(str(note or "-"))
-        rows.append((s["name"], s["state"], str(s["pid"] or "-"), _duration(s.get("uptime")), str(s["restarts"]),
-                     f"{int(s.get('rows_written') or 0):,}", f"{float(s.get('ticks_per_second') or 0):.1f}",
-                     _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now), _backlog(s),
+        note = mask_secrets(str((s.worker.last_error if s.state == "RUNNING" else s.reason) or "-"))
+        rows.append((s.name, s.state, str(s.pid or "-"), _duration(s.uptime), str(s.restarts),
+                     f"{s.counters.rows_written:,}", f"{s.ticks_per_second:.1f}",
+                     _ago(s.worker.last_tick_at, now), _ago(s.worker.last_event_ts, now), _backlog(s),
                      _dead_letters(s), " ".join(note.split())[:80]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
@@ -170,15 +170,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(mask_secrets(json.dumps(response, indent=2, sort_keys=True)))
     else:
-        print(format_status(response["shards"]))
+        print(format_status([ShardStatus.from_json(s) for s in response["shards"]]))
     return EXIT_OK
 
 
 # ------------------------------------------------------------------ stop / restart / start one shard
 
-def _describe(shard: dict[str, Any]) -> str:
-    pid = f" (pid {shard['pid']})" if shard.get("pid") else ""
-    return f"{shard['name']}: {shard['state']}{pid}"
+def _describe(shard: ShardStatus) -> str:
+    pid = f" (pid {shard.pid})" if shard.pid else ""
+    return f"{shard.name}: {shard.state}{pid}"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -188,7 +188,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.shard:
         response = client.request("stop", args.shard, timeout=target.supervisor.stop_timeout + SLACK)
         killed = " (killed: it did not stop in time)" if response.get("killed") else ""
-        print(_describe(response["shard"]) + killed)
+        print(_describe(ShardStatus.from_json(response["shard"])) + killed)
         return EXIT_RUNTIME if response.get("killed") else EXIT_OK
     pid = Pidfile(target.pidfile).read()
     response = client.request("stop_all", timeout=target.supervisor.stop_timeout + SLACK)
@@ -213,9 +213,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     client = target.client
     before = None
     if args.action == "restart":
-        before = client.request("status", args.shard, timeout=10.0)["shards"][0].get("pid")
-    shard = client.request(args.action, args.shard, timeout=target.wait_budget)["shard"]
-    print(f"{shard['name']}: {shard['state']} (pid {shard['pid']}" + (f"; was {before})" if before else ")"))
+        before = ShardStatus.from_json(client.request("status", args.shard, timeout=10.0)["shards"][0]).pid
+    shard = ShardStatus.from_json(client.request(args.action, args.shard, timeout=target.wait_budget)["shard"])
+    print(f"{shard.name}: {shard.state} (pid {shard.pid}" + (f"; was {before})" if before else ")"))
     return EXIT_OK
 
 
@@ -242,7 +242,7 @@ def _control_args(parser: argparse.ArgumentParser, metavar: str, shard_help: str
     parser.add_argument("-c", "--config", help="path of the TOML config (locates the control socket)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add start, status, stop, restart, reload and shard to the CLI."""
     p = subparsers.add_parser("start", help="run the supervisor in the foreground (or one shard with --shard)",
                               description="Run the supervisor for CONFIG in the foreground: every shard's worker, "

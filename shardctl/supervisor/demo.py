@@ -95,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return serve(path, log_format=args.log_format, on_ready=lambda _sup: announcer.start())
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``shardctl demo`` to the CLI."""
     p = subparsers.add_parser(
         "demo", help="run the demo: local feed, embedded PostgreSQL, two shards, status page",

@@ -29,9 +29,7 @@ from typing import Callable
 
 from shardctl.backoff import Backoff
 from shardctl.config.model import SupervisorConfig
-
-#: Worker exit code meaning "your configuration is wrong": retrying cannot help.
-EXIT_CONFIG = 2
+from shardctl.errors import EXIT_CONFIG
 
 
 class ShardState(enum.Enum):
@@ -192,7 +190,7 @@ class ShardMachine:
         if self.state not in PROCESS_STATES:
             raise IllegalTransition(f"shard {self.name}: worker exit reported in state {self.state.value}")
         cause = "heartbeats stopped" if self._stop_is_failure else how
-        if returncode == EXIT_CONFIG:
+        if returncode == EXIT_CONFIG:  # the worker says its configuration is wrong: retrying cannot help
             self.transition(ShardState.FATAL, now, f"configuration error ({how}); fix the config, then start")
             return
         self.failure_times.append(now)

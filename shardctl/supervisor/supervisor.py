@@ -31,15 +31,16 @@ from typing import Any, Callable
 
 from shardctl.config import load_config
 from shardctl.config.model import Config
-from shardctl.errors import ConfigError, ControlError
+from shardctl.errors import ConfigError, ControlCode, ControlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
-from shardctl.supervisor.control import ControlServer, Request
+from shardctl.report import ShardStatus
+from shardctl.supervisor.assets import asset_names_loop
+from shardctl.supervisor.control import Command, ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
 from shardctl.supervisor.pidfile import Pidfile
 from shardctl.supervisor.shard import Deadline, Shard
-from shardctl.supervisor.assets import asset_names_loop
 from shardctl.supervisor.sidecars import DatabaseSetup, LocalFeed
 from shardctl.supervisor.states import PROCESS_STATES, ShardState
 
@@ -135,11 +136,12 @@ class Supervisor:
 
     def _new_shard(self, name: str) -> Shard:
         return Shard(self.config.shards[name], config_path=self.config.path, dsn=self.database.dsn,
-                     policy=self.config.supervisor, stop_timeout=self.config.supervisor.stop_timeout, log_format=self.log_format)
+                     policy=self.config.supervisor, stop_timeout=self.config.supervisor.stop_timeout,
+                     log_format=self.log_format)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        request = Request("reload") if signum == signal.SIGHUP else Request("stop_all")
+        request = Request(Command.RELOAD) if signum == signal.SIGHUP else Request(Command.STOP_ALL)
         assert self._queue is not None
         self._queue.put_nowait((request, None, f"signal {name}"))
 
@@ -156,11 +158,11 @@ class Supervisor:
         assert self._queue is not None
         while True:
             request, reply, source = await self._queue.get()
-            if request.cmd == "stop_all":
+            if request.cmd is Command.STOP_ALL:
                 self._request_shutdown(reply, source)
             elif self.shutting_down:
-                _fail(reply, ControlError("shutting_down", "the supervisor is shutting down"))
-            elif request.cmd == "reload":
+                _fail(reply, ControlError(ControlCode.SHUTTING_DOWN, "the supervisor is shutting down"))
+            elif request.cmd is Command.RELOAD:
                 self._spawn(_answer(reply, self._reload(source)))
             else:
                 self._spawn(_answer(reply, self._shard_command(request)))
@@ -169,64 +171,66 @@ class Supervisor:
 
     async def handle(self, request: Request) -> dict[str, Any]:
         """The control server's handler: status is answered at once, the rest goes through the queue."""
-        if request.cmd == "status":
+        if request.cmd is Command.STATUS:
             return self.status(request.shard)
         assert self._queue is not None
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((request, reply, "control socket"))
         return await reply
 
-    def statuses(self) -> list[dict[str, Any]]:
+    def statuses(self) -> list[ShardStatus]:
         return [shard.status() for shard in self.shards.values()]
 
     def status(self, name: str | None = None) -> dict[str, Any]:
         """``{"shards": [...], "supervisor": {...}}``; ``name`` limits it to one shard (no_such_shard if unknown)."""
         shards = [self._shard(name).status()] if name else self.statuses()
-        return {"shards": shards, "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
-                                                 "shutting_down": self.shutting_down,
-                                                 "metrics_port": self.metrics_port,
-                                                 "feed_pid": self.feed.process.pid if self.feed.process else None}}
+        return {"shards": [s.to_json() for s in shards],
+                "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
+                               "shutting_down": self.shutting_down,
+                               "metrics_port": self.metrics_port,
+                               "feed_pid": self.feed.process.pid if self.feed.process else None}}
 
     def _shard(self, name: str | None) -> Shard:
         shard = self.shards.get(name or "")
         if shard is None:
             known = ", ".join(self.shards) or "none"
-            raise ControlError("no_such_shard", f"no shard named {name!r} (known: {known})")
+            raise ControlError(ControlCode.NO_SUCH_SHARD, f"no shard named {name!r} (known: {known})")
         return shard
 
     async def _shard_command(self, request: Request) -> dict[str, Any]:
         shard = self._shard(request.shard)
         if shard.lock.locked():
-            raise ControlError("busy", f"shard {shard.name} is busy with another command; try again")
+            raise ControlError(ControlCode.BUSY, f"shard {shard.name} is busy with another command; try again")
         wait = request.timeout or (self.config.supervisor.start_grace + COMMAND_WAIT_EXTRA)
         async with shard.lock:
             state = shard.state
-            if request.cmd == "start":
+            if request.cmd is Command.START:
                 if state in PROCESS_STATES:
-                    raise ControlError("already_running", f"shard {shard.name} is {state.value} (pid {shard.pid})")
+                    raise ControlError(ControlCode.ALREADY_RUNNING,
+                                       f"shard {shard.name} is {state.value} (pid {shard.pid})")
                 await shard.launch(manual=True)
                 return await self._await_running(shard, wait)
-            if request.cmd == "stop":
+            if request.cmd is Command.STOP:
                 if state in (ShardState.STOPPED, ShardState.FATAL):
-                    raise ControlError("not_running", f"shard {shard.name} is {state.value}, not running")
+                    raise ControlError(ControlCode.NOT_RUNNING, f"shard {shard.name} is {state.value}, not running")
                 killed = await shard.stop()
-                return {"shard": shard.status(), "killed": killed}
+                return {"shard": shard.status().to_json(), "killed": killed}
             # restart: one lock held across stop and start, so it is atomic for other commands
             if state in PROCESS_STATES or state is ShardState.BACKOFF:
                 await shard.stop(reason="restarting by operator")
             if self.shutting_down:
-                raise ControlError("shutting_down", "the supervisor is shutting down")
+                raise ControlError(ControlCode.SHUTTING_DOWN, "the supervisor is shutting down")
             await shard.launch(manual=True, reason="restarted by operator")
             return await self._await_running(shard, wait)
 
     async def _await_running(self, shard: Shard, wait: float) -> dict[str, Any]:
         state = await shard.wait_for(_DONE_STATES, wait)
         if state is ShardState.RUNNING:
-            return {"shard": shard.status()}
+            return {"shard": shard.status().to_json()}
         if state in (ShardState.FATAL, ShardState.STOPPED):
-            raise ControlError("not_running", f"shard {shard.name} did not start: {state.value}: "
+            raise ControlError(ControlCode.NOT_RUNNING, f"shard {shard.name} did not start: {state.value}: "
                                               f"{shard.machine.reason}")
-        raise ControlError("timeout", f"shard {shard.name} is not RUNNING after {wait:g}s: {state.value}: "
+        raise ControlError(ControlCode.TIMEOUT, f"shard {shard.name} is not RUNNING after {wait:g}s: {state.value}: "
                                       f"{shard.machine.reason}")
 
     # ------------------------------------------------------------ shutdown
@@ -236,7 +240,7 @@ class Supervisor:
             if reply is None and self._deadline is not None:
                 log.warning("%s again: stopping stragglers now", source)
                 self._deadline.hurry()
-            _fail(reply, ControlError("shutting_down", "the supervisor is already shutting down"))
+            _fail(reply, ControlError(ControlCode.SHUTTING_DOWN, "the supervisor is already shutting down"))
             return
         if reply is not None:
             self._stop_waiters.append(reply)
@@ -250,9 +254,9 @@ class Supervisor:
         killed = await self._stop_everything(self._deadline)
         self.exit_code = 1 if killed else 0
         shards = self.statuses()
-        ticks = sum(int(s["ticks_received"]) for s in shards)
-        rows = sum(int(s["rows_written"]) for s in shards)
-        result = {"stopped": sorted(self.shards), "killed": killed, "shards": shards,
+        ticks = sum(s.counters.ticks_received for s in shards)
+        rows = sum(s.counters.rows_written for s in shards)
+        result = {"stopped": sorted(self.shards), "killed": killed, "shards": [s.to_json() for s in shards],
                   "ticks_received": ticks, "rows_written": rows}
         for waiter in self._stop_waiters:
             if not waiter.done():
@@ -287,7 +291,7 @@ class Supervisor:
                 new = load_config(old.path, require_env=True)
             except ConfigError as exc:
                 log.error("reload (%s) failed; keeping the running config: %s", source, exc)
-                raise ControlError("bad_request", f"reload failed, config unchanged: {exc}") from None
+                raise ControlError(ControlCode.BAD_REQUEST, f"reload failed, config unchanged: {exc}") from None
             for section in ("database", "feed", "supervisor"):
                 if getattr(new, section) != getattr(old, section):
                     log.warning("reload: [%s] changed; that takes effect after a supervisor restart", section)
@@ -329,7 +333,7 @@ async def _answer(reply: Any, work: Any) -> None:
         _fail(reply, exc)
     except Exception as exc:
         log.exception("command failed")
-        _fail(reply, ControlError("internal", f"internal error: {exc}"))
+        _fail(reply, ControlError(ControlCode.INTERNAL, f"internal error: {exc}"))
     else:
         if reply is not None and not reply.done():
             reply.set_result(result)

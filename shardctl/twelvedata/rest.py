@@ -23,7 +23,7 @@ __all__ = ["HeaderKeyClient", "RestCallError", "rest_client"]
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class RestCallError(TwelveDataError):  # type: ignore[misc]
+class RestCallError(TwelveDataError):
     """A Twelve Data error answer with its ``code`` (from the body, else the HTTP status)."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -31,7 +31,7 @@ class RestCallError(TwelveDataError):  # type: ignore[misc]
         self.code = code
 
 
-class HeaderKeyClient(DefaultHttpClient):  # type: ignore[misc]
+class HeaderKeyClient(DefaultHttpClient):
     """The package's HTTP client, with the key in a header instead of the URL and typed errors."""
 
     def __init__(self, base_url: str, api_key: str) -> None:

@@ -130,7 +130,7 @@ class StreamClient:
             return None
         wait = min(timeout, self._next_heartbeat - now, self.settings.watchdog_timeout - silent_for)
         wait = max(0.001, wait)
-        if wait != self._timeout:
+        if wait != self._timeout and ws.sock is not None:
             ws.sock.settimeout(wait)
             self._timeout = wait
         assert self._reader is not None
@@ -199,6 +199,7 @@ class StreamClient:
         except (websocket.WebSocketException, OSError) as exc:
             self._retry_later(now, f"cannot connect to {self.url}: {exc or type(exc).__name__}")
             return
+        assert ws.sock is not None, "create_connection returns a connected websocket"
         self._ws, self._timeout = ws, None
         self._reader = FrameReader(ws.sock, ws.pong, before_recv=self._before_recv)
         wall = time.time()

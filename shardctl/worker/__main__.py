@@ -24,6 +24,7 @@ from shardctl.errors import ShardctlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import PRIVATE_UMASK, private_dir
 from shardctl.worker.process import ShardLock
+from shardctl.worker.switches import Switches
 from shardctl.worker.worker import Worker, log
 
 
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.shard, level=args.log_level, fmt=args.log_format)
     report_fd = int(os.environ["SHARDCTL_REPORT_FD"]) if os.environ.get("SHARDCTL_REPORT_FD") else None
     try:
+        switches = Switches.from_environ(os.environ)
         config = load_config(args.config, require_env=True)
         shard = config.shard(args.shard)
         for warning in journal_space_warnings(config, [shard.name]):
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         private_dir(config.state_dir / "shards")
         lock = ShardLock(config.shard_dir(shard.name) / "worker.lock")
         try:
-            return _run(config, shard, report_fd)
+            return _run(config, shard, report_fd, switches)
         finally:
             lock.release()
     except ShardctlError as exc:
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
-def _run(config: Config, shard: ShardConfig, report_fd: int | None) -> int:
+def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Switches) -> int:
     dsn = resolve_dsn(config)
     if report_fd is None:
         # Run by hand: make sure the tables exist (the supervisor does this otherwise).
@@ -70,7 +72,7 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None) -> int:
             apply_schema(conn, config.tables)
         finally:
             conn.close()
-    worker = Worker(config, shard, dsn, report_fd=report_fd)
+    worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches)
     _install_signals(worker)
     return worker.run()
 

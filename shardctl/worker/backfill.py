@@ -133,6 +133,8 @@ class Backfiller:
         self._thread: threading.Thread | None = None
         self.requests = 0  #: HTTP requests made (retries included)
         self.results: list[BackfillResult] = []  #: every finished gap, oldest first
+        #: Why the thread ended unexpectedly (a bug): set once, the worker reports it; None while it runs.
+        self.failure: str | None = None
 
     def submit(self, gap: gaps.Gap) -> None:
         """Queue a recorded gap for backfill; returns at once."""
@@ -205,8 +207,11 @@ class Backfiller:
                     log.warning("backfill: cannot look for unfinished gaps: %s", self._mask(str(exc)))
             try:
                 self.run_pending()
-            except Exception:
-                log.exception("backfill: unexpected failure")
+            except Exception as exc:  # a bug: reported to the worker, which goes on streaming
+                self.failure = self._mask(f"{type(exc).__name__}: {exc}")
+                log.critical("the backfill thread failed: %s; gaps stay recorded for the next worker",
+                             self.failure, exc_info=True)
+                return
             with self._lock:
                 dues = [item.due - self._wall().timestamp() for item in self._queue]
             self._wake.wait(max(0.05, min([_IDLE_WAIT, next_scan - time.monotonic(), *dues])))

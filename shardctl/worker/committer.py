@@ -14,24 +14,30 @@ from __future__ import annotations
 
 import array
 import collections
+import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol, Sequence
+from typing import BinaryIO, Callable, Mapping, Protocol, Sequence
 
 from shardctl.backoff import Backoff
-from shardctl.crashpoints import crash_point
+from shardctl.crashpoints import NO_CRASHES, CrashPoints
 from shardctl.errors import DatabaseError, DatabaseUnavailable
 
 log = logging.getLogger("shardctl.committer")
 
 
 class BatchWriter(Protocol):
+    """What the committer needs of the database (``shardctl.db.writer.Writer``)."""
+
     def last_committed(self) -> int: ...
     def last_journal_offset(self) -> int | None: ...
     def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None) -> bool: ...
+    def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None: ...
+    def upsert_assets(self, names: Mapping[str, str | None]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -88,8 +94,10 @@ class Committer:
 
     def __init__(self, writer: BatchWriter, *, max_pending_rows: int,
                  on_committed: Callable[[int], None] | None = None, retry_initial: float = 0.25,
-                 retry_max: float = RETRY_MAX, latency_log: LatencyLog | None = None) -> None:
+                 retry_max: float = RETRY_MAX, latency_log: LatencyLog | None = None,
+                 crash_points: CrashPoints = NO_CRASHES) -> None:
         self._writer = writer
+        self._crash_points = crash_points
         self._on_committed = on_committed
         self._latency_log = latency_log
         self.max_pending_rows = max(1, max_pending_rows)
@@ -183,7 +191,7 @@ class Committer:
             if isinstance(item, _Batch):
                 if not self._commit(item):
                     return
-            elif self._retrying(lambda: item(self._writer), self._abandon,
+            elif self._retrying(functools.partial(item, self._writer), self._abandon,
                                 give_up_after=TASK_ATTEMPTS) is _ABANDONED:
                 return
             with self._cond:
@@ -199,7 +207,7 @@ class Committer:
         if written is _ABANDONED:
             return False
         committed_at = time.monotonic()
-        crash_point("after_commit")
+        self._crash_points.reach("after_commit")
         stats = self.stats
         if written:
             elapsed = committed_at - started

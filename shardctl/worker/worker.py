@@ -27,8 +27,8 @@ means the writer thread failed unexpectedly (the supervisor restarts the
 worker, which replays its journal); exit 2 means the configuration is unusable.
 
 When ``SHARDCTL_REPORT_FD`` names an inherited pipe, the worker writes JSON
-lines to it for the supervisor: ``{"type": "ready"}`` once subscribed, and
-``{"type": "stats", ...}`` every second (which doubles as its heartbeat).
+report lines to it for the supervisor (``shardctl.report``): a ``ReadyReport``
+once subscribed, and a ``WorkerReport`` every second (which doubles as its heartbeat).
 """
 
 from __future__ import annotations
@@ -36,15 +36,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
-from typing import Any
 
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.writer import ShardBusy, Writer
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
-from shardctl.journal.journal import Journal, JournalDiskFull, free_bytes
-from shardctl.logs import mask_secrets
+from shardctl.journal.errors import JournalDiskFull
+from shardctl.journal.journal import Journal
+from shardctl.journal.space import free_bytes
+from shardctl.logs import MASK, mask_secrets, registered_secrets
+from shardctl.report import Counters, ReadyReport, WorkerReport
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
@@ -52,9 +53,14 @@ from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
+from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
+from shardctl.worker.readgate import ReadGate, ReadState
+from shardctl.worker.switches import Switches
 
 log = logging.getLogger("shardctl.worker")
+
+MASK_BYTES = MASK.encode()
 
 REPORT_INTERVAL = 1.0
 #: Journal records re-read per step while catching up.
@@ -63,14 +69,13 @@ _POLL_SLICE = 0.2
 _BLOCKED_SLICE = 0.01
 #: How long a starting worker waits for another session to release the shard's writer lock.
 SHARD_BUSY_WAIT = 10.0
-#: How often a worker whose disk is full tries to write its buffered frames out again.
-DISK_RETRY = 0.2
 
 
 class Worker:
     """Runs one shard until asked to stop; ``run`` returns the process exit code."""
 
-    def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None) -> None:
+    def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None,
+                 switches: Switches | None = None) -> None:
         self.shard = shard
         self._backfill_rescan = config.backfill.rescan_interval
         self.settings = s = shard.settings
@@ -85,13 +90,15 @@ class Worker:
         self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
                                 max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
                                 fsync=s.journal_fsync)  # type: ignore[arg-type]
-        latency_path = os.environ.get("SHARDCTL_LATENCY_LOG")
+        switches = switches or Switches()
+        latency_path = switches.latency_log
         #: Per-tick monotonic arrival times of the rows in the batcher, recorded only for benchmarks.
         self._arrivals: list[float] | None = [] if latency_path else None
         self._committer = Committer(
-            Writer(dsn, config.tables, shard.name),
+            Writer(dsn, config.tables, shard.name, pgcopy_encoder=switches.pgcopy_encoder,
+                   crash_points=switches.crash_points),
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
-            latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
+            latency_log=LatencyLog(latency_path) if latency_path else None, crash_points=switches.crash_points)
         self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval,
                                  max_bytes=s.dead_letter_max_bytes)
         api_key = config.api_key(shard)
@@ -100,9 +107,9 @@ class Worker:
         self._stream = StreamClient(config.source.url, api_key, shard.symbols, s,
                                     api_key_env=shard.api_key_env, on_subscribed=self._subscribed,
                                     before_recv=self._journal.write_buffered)
-        #: Journal offsets: frames up to ``_parsed_to`` are rows (batched or submitted); up to
-        #: ``_submitted_to`` they are with the committer; dead letters were written up to ``_dead_to``.
-        self._parsed_to = self._submitted_to = self._dead_to = 0
+        self._cursor = JournalCursor()
+        #: The configured secrets (registered by load_config), as they would appear in a frame.
+        self._secrets = tuple(secret.encode() for secret in registered_secrets())
         #: False while the journal holds frames not yet parsed (start-up replay, database outage).
         self._live = True
         self._ready_sent = False
@@ -115,12 +122,7 @@ class Worker:
         self.other_events = 0
         self._last_tick_at: float | None = None
         self._last_event_ts: int | None = None
-        self._blocked_logged = False
-        self._blocked_since = 0.0
-        #: While the disk is full: the refusal, and when the worker last read a frame (the gap's start).
-        self._disk_full: JournalDiskFull | None = None
-        self._disk_full_since = 0.0
-        self._disk_retry_at = 0.0
+        self._gate = ReadGate(self._journal)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,21 +153,15 @@ class Worker:
         try:
             while not self.stopping:
                 busy = self._catch_up() if not self._live else False
-                if self._disk_full is not None and not self._disk_has_room():
-                    # Commits give the journal's space back: hand over what is on disk and look again soon.
-                    self._flush()
-                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
-                elif self._journal.full:
-                    # Commits free whole segments: hand over what is batched and look again soon.
-                    self._note_blocked()
-                    self._flush()
-                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
-                else:
-                    if self._blocked_logged:
-                        self._blocked_logged = False
-                        log.info("the journal has room again; reading the socket")
-                        self._books.gaps.append((self._blocked_since, time.time(), "journal full: not reading"))
+                paused = self._gate.state is not ReadState.READING
+                if self._gate.may_read():
+                    if paused:
+                        self._stream.resume_reading()  # the silence was ours, not the server's
                     self._read_socket(busy)
+                else:
+                    # Commits give space back: hand over what is on disk and look again soon.
+                    self._flush()
+                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
                 now = time.monotonic()
                 if self._batcher.due(now):
                     self._flush()
@@ -212,7 +208,7 @@ class Worker:
                       journal.first_offset, base)
         else:
             journal.commit(base)
-        self._parsed_to = self._submitted_to = self._dead_to = max(base, journal.first_offset)
+        self._cursor.restart_at(max(base, journal.first_offset))
         if journal.backlog_records:
             self._live = False
             log.info("replaying %d journal record(s) not yet in the database", journal.backlog_records)
@@ -221,6 +217,8 @@ class Worker:
         deadline = time.monotonic() + self.settings.stop_timeout
         self._flush()
         self._commit_trailing_frames()
+        # Gaps noticed since the last second's hand-over:
+        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
         drained = self._committer.drain(deadline - 0.5)
@@ -255,6 +253,9 @@ class Worker:
             return
         if frame is None:
             return
+        for secret in self._secrets:  # a server that echoes the key must not put it on the disk
+            if secret in frame:
+                frame = frame.replace(secret, MASK_BYTES)
         offset = self._journal.append(frame, time.time())
         if self._live:
             self._process(frame, offset, time.monotonic(), from_socket=True)
@@ -276,12 +277,13 @@ class Worker:
                 self._books.learn_symbol(frame, row.symbol)
             if self._arrivals is not None:
                 self._arrivals.append(arrived)
-            self._parsed_to = offset
+            self._cursor.parsed(offset)
             if self._batcher.add(row, time.monotonic()):
                 self._flush()
             return
+        new = self._cursor.dealt_with(offset)
         if kind is Kind.BAD:
-            if offset > self._dead_to:
+            if new:
                 # The reason says "binary"; the file shows the payload as it came off the wire.
                 self._dead.add(frame.removeprefix(BINARY_FRAME_MARK), parsed.reason or "malformed", time.monotonic())
         elif kind is Kind.STATUS and from_socket:
@@ -289,8 +291,6 @@ class Worker:
             self._stream.handle_status(parsed.event)
         elif kind is Kind.OTHER:
             self.other_events += 1
-        self._dead_to = max(self._dead_to, offset)
-        self._parsed_to = offset
 
     def _flush(self) -> None:
         """Hand the batch to the committer, or, when it has no room, leave its frames to the journal."""
@@ -306,18 +306,18 @@ class Worker:
                             "the backlog is re-read from it when the database catches up",
                             self._committer.pending_rows)
             self._live = False
-            self._parsed_to = self._submitted_to
+            self._cursor.rewind()
             return
         try:
             self._journal.flush()
         except JournalDiskFull as exc:
-            on_disk = self._parsed_to <= self._journal.flushed_offset  # a batch re-read from the journal
+            on_disk = self._cursor.parsed_to <= self._journal.flushed_offset  # a batch re-read from the journal
             self._enter_disk_full(exc)
             if not on_disk:
                 return
         self._last_event_ts = int(rows[-1][0].timestamp())
-        self._committer.submit(rows, self._parsed_to, arrivals=arrivals)
-        self._submitted_to = self._parsed_to
+        self._committer.submit(rows, self._cursor.parsed_to, arrivals=arrivals)
+        self._cursor.submitted()
 
     def _catch_up(self) -> bool:
         """Turn the next journal records into rows when the committer has room; True if it did work."""
@@ -328,7 +328,7 @@ class Worker:
             self._journal.flush()
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
-        records = self._journal.read(self._parsed_to, min(CATCH_UP_CHUNK, room))
+        records = self._journal.read(self._cursor.parsed_to, min(CATCH_UP_CHUNK, room))
         if not records:
             if self._journal.flushed_offset < self._journal.end_offset:
                 return False  # the rest is still buffered, waiting for room on the disk
@@ -337,10 +337,10 @@ class Worker:
             return False
         wall, mono = time.time(), time.monotonic()
         for record in records:
-            if record.end_offset <= self._parsed_to:
+            if record.end_offset <= self._cursor.parsed_to:
                 continue
             self._process(record.frame, record.end_offset, mono - (wall - record.received_at), from_socket=False)
-            if self._parsed_to != record.end_offset:  # the committer filled up: start over from _submitted_to
+            if self._cursor.parsed_to != record.end_offset:  # the committer filled up: rewound to submitted_to
                 break
         return True
 
@@ -359,94 +359,69 @@ class Worker:
         self._commit_trailing_frames()
         self._report()
         self._dead.flush_log(now)
-        self._books.hand_over(self._stream, self._journal, self._committer)
+        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
 
     def _commit_trailing_frames(self) -> None:
         """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
-        if (self._live and not len(self._batcher) and self._parsed_to > self._submitted_to
-                and self._parsed_to <= self._journal.flushed_offset and not self._committer.pending_rows):
-            self._committer.submit([], self._parsed_to)
-            self._submitted_to = self._parsed_to
+        cursor = self._cursor
+        if (self._live and not len(self._batcher) and cursor.unsubmitted
+                and cursor.parsed_to <= self._journal.flushed_offset and not self._committer.pending_rows):
+            self._committer.submit([], cursor.parsed_to)
+            cursor.submitted()
 
     def _enter_disk_full(self, exc: JournalDiskFull) -> None:
         """Stop reading the socket; what is batched stays in the journal and is re-read once it is on disk."""
-        if self._disk_full is None:
-            self._disk_full_since = self._journal.last_received_at or time.time()
-            log.error("%s: not reading the socket; writing the journal's backlog to the database, which gives "
-                      "the space back; reading again when there is room", exc)
-        self._disk_full = exc
-        self._disk_retry_at = time.monotonic() + DISK_RETRY
+        self._gate.disk_refused(exc)
         self._live = False
-        if self._parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read them later
+        if self._cursor.parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read later
             self._batcher.take()
             if self._arrivals is not None:
                 self._arrivals.clear()
-            self._parsed_to = self._submitted_to
-
-    def _disk_has_room(self) -> bool:
-        """Try the buffered frames again (at most every DISK_RETRY); True, and reading again, once they fit."""
-        now = time.monotonic()
-        if now < self._disk_retry_at:
-            return False
-        self._disk_retry_at = now + DISK_RETRY
-        try:
-            self._journal.write_buffered()
-        except JournalDiskFull as exc:
-            self._disk_full = exc
-            return False
-        assert self._disk_full is not None
-        log.info("the disk has room again (%s): reading the socket", self._disk_full.directory)
-        self._books.gaps.append((self._disk_full_since, time.time(), "disk full: not reading"))
-        self._disk_full = None
-        self._stream.resume_reading()
-        return True
-
-    def _note_blocked(self) -> None:
-        if not self._blocked_logged:
-            self._blocked_logged = True
-            self._blocked_since = time.time()
-            log.error("journal is full (%d bytes, journal_on_full = \"block\"): not reading the socket until the "
-                      "database takes the backlog", self._journal.size_bytes)
+            self._cursor.rewind()
 
     def _subscribed(self) -> None:
         if not self._ready_sent:
             self._ready_sent = True
-            self._reporter.send({"type": "ready"})
+            self._reporter.send(ReadyReport())
 
-    def stats(self) -> dict[str, Any]:
-        """The counters the supervisor shows and exports (cumulative for this process); ``last_error`` is masked."""
+    def stats(self) -> WorkerReport:
+        """This process's report: cumulative counters and the gauges now; ``last_error`` is masked."""
         commit, journal = self._committer.stats, self._journal
         oldest = journal.oldest_uncommitted_received_at
-        last_error = (str(self._disk_full) if self._disk_full is not None else commit.last_error
-                      or (None if self._stream.connected else self._stream.last_error))
-        return {
-            "type": "stats",
-            "ticks_received": self.ticks_received,
-            "rows_written": commit.rows_written,
-            "batches": commit.batches,
-            "batch_seconds_sum": round(commit.batch_seconds_sum, 6),
-            "batch_seconds_max": round(commit.batch_seconds_max, 6),
-            "reconnects": self._stream.reconnects,
-            "dead_letters": self._dead.count,
-            "dead_letters_dropped": self._dead.dropped,
-            "other_events": self.other_events,
-            "failed_symbols": sorted(self._stream.failed_symbols),
-            "pending_rows": len(self._batcher) + self._committer.pending_rows,
-            "connected": self._stream.connected,
-            "subscribed": self._stream.subscribed,
-            "catching_up": not self._live,
-            "journal_bytes": journal.size_bytes,
-            "journal_backlog": journal.backlog_records,
-            "journal_full": journal.full,
-            "disk_full": self._disk_full is not None,
-            "disk_free_bytes": free_bytes(journal.directory),
-            "journal_dropped": journal.dropped_records,
-            "seconds_behind": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
-            "last_tick_at": None if self._last_tick_at is None
+        backfill_failure = None if self._backfill is None or self._backfill.failure is None \
+            else f"backfill stopped: {self._backfill.failure}"
+        disk_error = self._gate.disk_error
+        last_error = (str(disk_error) if disk_error is not None else commit.last_error
+                      or (None if self._stream.connected else self._stream.last_error) or backfill_failure)
+        return WorkerReport(
+            counters=Counters(
+                ticks_received=self.ticks_received,
+                rows_written=commit.rows_written,
+                batches=commit.batches,
+                batch_seconds_sum=round(commit.batch_seconds_sum, 6),
+                reconnects=self._stream.reconnects,
+                dead_letters=self._dead.count,
+                dead_letters_dropped=self._dead.dropped,
+                journal_dropped=journal.dropped_records,
+                other_events=self.other_events,
+            ),
+            batch_seconds_max=round(commit.batch_seconds_max, 6),
+            pending_rows=len(self._batcher) + self._committer.pending_rows,
+            connected=self._stream.connected,
+            subscribed=self._stream.subscribed,
+            catching_up=not self._live,
+            failed_symbols=tuple(sorted(self._stream.failed_symbols)),
+            journal_bytes=journal.size_bytes,
+            journal_backlog=journal.backlog_records,
+            journal_full=journal.full,
+            disk_full=disk_error is not None,
+            disk_free_bytes=free_bytes(journal.directory),
+            seconds_behind=0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
+            last_tick_at=None if self._last_tick_at is None
             else time.time() - (time.monotonic() - self._last_tick_at),
-            "last_event_ts": self._last_event_ts,
-            "last_error": mask_secrets(last_error) if last_error else None,
-        }
+            last_event_ts=self._last_event_ts,
+            last_error=mask_secrets(last_error) if last_error else None,
+        )
 
     def _report(self) -> None:
         self._reporter.send(self.stats())

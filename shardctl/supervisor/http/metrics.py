@@ -1,7 +1,7 @@
 """``/metrics`` (Prometheus text) and ``/healthz`` on a tiny asyncio HTTP server.
 
-The data comes from one callable returning the supervisor's per-shard status
-dicts (the same ones ``shardctl status --json`` prints); a custom prometheus
+The data comes from one callable returning the supervisor's ``ShardStatus``
+list (what ``shardctl status --json`` prints); a custom prometheus
 Collector turns them into families at scrape time, so nothing is copied
 between scrapes. Counters are per-shard totals across worker restarts, so
 they never go down while the supervisor lives.
@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Awaitable, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -37,37 +37,47 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from shardctl.errors import ShardctlError
+from shardctl.report import ShardStatus
 from shardctl.supervisor.states import ShardState
 
 log = logging.getLogger("shardctl.metrics")
 
-Snapshot = Callable[[], Iterable[Mapping[str, Any]]]
+Snapshot = Callable[[], Iterable[ShardStatus]]
 Health = Callable[[], tuple[bool, list[str]]]
+Reading = Callable[[ShardStatus], float]
 
-#: status key → (metric name without the shardctl_ prefix and _total suffix, help)
-COUNTERS = {
-    "ticks_received": ("ticks_received", "Price events received from the source"),
-    "rows_written": ("rows_written", "Tick rows committed to the database"),
-    "batches": ("batches_written", "Batches committed to the database"),
-    "reconnects": ("reconnects", "Websocket reconnects"),
-    "dead_letters": ("dead_letters", "Events dead-lettered (unparsable or rejected)"),
-    "dead_letters_dropped": ("dead_letters_dropped", "Dead letters deleted at the dead_letter_max_bytes cap"),
-    "restarts": ("restarts", "Worker processes started after the shard's first"),
-    "journal_dropped": ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)"),
-}
-#: status key → (gauge name without the shardctl_ prefix, help)
-JOURNAL_GAUGES = {
-    "journal_backlog": ("journal_backlog_records", "Journal records not yet committed to the database"),
-    "journal_bytes": ("journal_bytes", "Bytes in the shard's journal segments"),
-    "seconds_behind": ("seconds_behind", "Age of the oldest journal record not yet committed"),
-    "journal_full": ("journal_full", "1 while the journal is at its cap and reading has stopped"),
-    "disk_full": ("disk_full", "1 while the journal's disk refuses writes and reading has stopped"),
-    "disk_free_bytes": ("disk_free_bytes", "Bytes free on the filesystem of the shard's journal"),
-}
+#: (metric name without the shardctl_ prefix and _total suffix, help, reading)
+COUNTERS: tuple[tuple[str, str, Reading], ...] = (
+    ("ticks_received", "Price events received from the source", lambda s: s.counters.ticks_received),
+    ("rows_written", "Tick rows committed to the database", lambda s: s.counters.rows_written),
+    ("batches_written", "Batches committed to the database", lambda s: s.counters.batches),
+    ("reconnects", "Websocket reconnects", lambda s: s.counters.reconnects),
+    ("dead_letters", "Events dead-lettered (unparsable or rejected)", lambda s: s.counters.dead_letters),
+    ("dead_letters_dropped", "Dead letters deleted at the dead_letter_max_bytes cap",
+     lambda s: s.counters.dead_letters_dropped),
+    ("restarts", "Worker processes started after the shard's first", lambda s: s.restarts),
+    ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)",
+     lambda s: s.counters.journal_dropped),
+)
+#: (gauge name without the shardctl_ prefix, help, reading) of the current worker
+GAUGES: tuple[tuple[str, str, Reading], ...] = (
+    ("journal_backlog_records", "Journal records not yet committed to the database",
+     lambda s: s.worker.journal_backlog),
+    ("journal_bytes", "Bytes in the shard's journal segments", lambda s: s.worker.journal_bytes),
+    ("seconds_behind", "Age of the oldest journal record not yet committed", lambda s: s.worker.seconds_behind),
+    ("journal_full", "1 while the journal is at its cap and reading has stopped", lambda s: s.worker.journal_full),
+    ("disk_full", "1 while the journal's disk refuses writes and reading has stopped", lambda s: s.worker.disk_full),
+    ("disk_free_bytes", "Bytes free on the filesystem of the shard's journal",
+     lambda s: s.worker.disk_free_bytes or 0),
+    ("batch_seconds_max", "Slowest batch of the current worker process", lambda s: s.worker.batch_seconds_max),
+    ("pending_rows", "Rows received but not yet committed", lambda s: s.worker.pending_rows),
+    ("connected", "1 while the worker's websocket is connected", lambda s: s.worker.connected),
+    ("shard_up", "1 when the shard is RUNNING", lambda s: s.state == ShardState.RUNNING.value),
+)
 
 
 class ShardCollector(Collector):
-    """Renders the supervisor's shard status dicts as Prometheus families."""
+    """Renders the supervisor's shard statuses as Prometheus families."""
 
     def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time) -> None:
         self.snapshot = snapshot
@@ -76,45 +86,34 @@ class ShardCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         shards = list(self.snapshot())
         now = self.clock()
-        counters = {key: CounterMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
-                    for key, (name, doc) in COUNTERS.items()}
+        counters = [(CounterMetricFamily(f"shardctl_{name}", doc, labels=["shard"]), reading)
+                    for name, doc, reading in COUNTERS]
+        gauges = [(GaugeMetricFamily(f"shardctl_{name}", doc, labels=["shard"]), reading)
+                  for name, doc, reading in GAUGES]
         latency = SummaryMetricFamily("shardctl_batch_seconds", "Time to write one batch (COPY + commit)",
                                       labels=["shard"])
-        batch_max = GaugeMetricFamily("shardctl_batch_seconds_max",
-                                      "Slowest batch of the current worker process", labels=["shard"])
         state = GaugeMetricFamily("shardctl_shard_state", "1 for the shard's current state", labels=["shard", "state"])
-        up = GaugeMetricFamily("shardctl_shard_up", "1 when the shard is RUNNING", labels=["shard"])
-        pending = GaugeMetricFamily("shardctl_pending_rows", "Rows received but not yet committed",
-                                    labels=["shard"])
-        connected = GaugeMetricFamily("shardctl_connected", "1 while the worker's websocket is connected",
-                                      labels=["shard"])
         tick_age = GaugeMetricFamily("shardctl_last_tick_age_seconds", "Seconds since the last tick was received",
                                      labels=["shard"])
         lag = GaugeMetricFamily("shardctl_event_lag_seconds",
                                 "Now minus the last tick's own timestamp", labels=["shard"])
-        gauges = {key: GaugeMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
-                  for key, (name, doc) in JOURNAL_GAUGES.items()}
         for shard in shards:
-            name = str(shard["name"])
-            for key, family in counters.items():
-                family.add_metric([name], float(shard.get(key) or 0))
-            for key, gauge in gauges.items():
-                gauge.add_metric([name], float(shard.get(key) or 0))
-            latency.add_metric([name], count_value=int(shard.get("batches") or 0),
-                               sum_value=float(shard.get("batch_seconds_sum") or 0.0))
-            batch_max.add_metric([name], float(shard.get("batch_seconds_max") or 0.0))
+            name = shard.name
+            for counter, reading in counters:
+                counter.add_metric([name], float(reading(shard)))
+            for gauge, reading in gauges:
+                gauge.add_metric([name], float(reading(shard)))
+            latency.add_metric([name], count_value=shard.counters.batches,
+                               sum_value=shard.counters.batch_seconds_sum)
             for candidate in ShardState:
-                state.add_metric([name, candidate.value], 1.0 if shard.get("state") == candidate.value else 0.0)
-            up.add_metric([name], 1.0 if shard.get("state") == ShardState.RUNNING.value else 0.0)
-            pending.add_metric([name], float(shard.get("pending_rows") or 0))
-            connected.add_metric([name], 1.0 if shard.get("connected") else 0.0)
-            if shard.get("last_tick_at") is not None:
-                tick_age.add_metric([name], max(0.0, now - float(shard["last_tick_at"])))
-            if shard.get("last_event_ts") is not None:
-                lag.add_metric([name], max(0.0, now - float(shard["last_event_ts"])))
-        yield from counters.values()
-        yield from gauges.values()
-        yield from (latency, batch_max, state, up, pending, connected, tick_age, lag)
+                state.add_metric([name, candidate.value], 1.0 if shard.state == candidate.value else 0.0)
+            if shard.worker.last_tick_at is not None:
+                tick_age.add_metric([name], max(0.0, now - shard.worker.last_tick_at))
+            if shard.worker.last_event_ts is not None:
+                lag.add_metric([name], max(0.0, now - shard.worker.last_event_ts))
+        yield from (family for family, _ in counters)
+        yield from (family for family, _ in gauges)
+        yield from (latency, state, tick_age, lag)
 
 
 def render(snapshot: Snapshot) -> bytes:
@@ -124,14 +123,14 @@ def render(snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-def health(shards: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
+def health(shards: Iterable[ShardStatus]) -> tuple[bool, list[str]]:
     """(healthy, problems): a shard that should run but is not RUNNING, or whose disk is full, is a problem."""
     problems = []
     for s in shards:
-        if s.get("wanted") and s.get("state") != ShardState.RUNNING.value:
-            problems.append(f"{s['name']}: {s['state']} ({s.get('reason') or 'no reason'})")
-        elif s.get("disk_full"):
-            problems.append(f"{s['name']}: {s.get('last_error') or 'disk full'}")
+        if s.wanted and s.state != ShardState.RUNNING.value:
+            problems.append(f"{s.name}: {s.state} ({s.reason or 'no reason'})")
+        elif s.worker.disk_full:
+            problems.append(f"{s.name}: {s.worker.last_error or 'disk full'}")
     return (not problems, problems)
 
 
