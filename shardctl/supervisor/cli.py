@@ -229,7 +229,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     target = _target(args)
     response = target.client.request("reload", timeout=target.wait_budget)
     print(f"reloaded: added {response['added'] or 'none'}, removed {response['removed'] or 'none'}, "
-          f"restarted {response['restarted'] or 'none'}")
+          f"restarted {response['restarted'] or 'none'}, re-subscribed {response.get('resubscribed') or 'none'}")
     return EXIT_OK
 
 

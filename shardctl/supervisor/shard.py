@@ -264,6 +264,13 @@ class Shard:
         elif action is Action.TERMINATE:
             self._spawn_task(self._terminate(Deadline(self.stop_timeout)))
 
+    def change_symbols(self, config: ShardConfig) -> None:
+        """Take ``config`` (only its symbols differ) and have the running worker re-subscribe (SIGHUP)."""
+        self.config = config
+        log.info("symbols changed: the worker re-subscribes on its open connection (SIGHUP)",
+                 extra={"shard": self.name})
+        self._signal(signal.SIGHUP)
+
     def _signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):

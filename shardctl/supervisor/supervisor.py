@@ -21,6 +21,7 @@ signal handler only queues a request, the dispatcher acts on it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -299,11 +300,18 @@ class Supervisor:
             removed = [n for n in old.shards if n not in new.shards]
             added = [n for n in new.shards if n not in old.shards]
             changed = [n for n in new.shards if n in old.shards and (everything or new.shards[n] != old.shards[n])]
+            # Only the symbols differ and the worker streams: it re-subscribes on its open connection.
+            live = [n for n in changed if not everything and self.shards[n].state is ShardState.RUNNING
+                    and dataclasses.replace(old.shards[n], symbols=new.shards[n].symbols) == new.shards[n]]
+            restarted = [n for n in changed if n not in live]
             self.config = new
-            log.info("reload (%s): %d added, %d removed, %d changed", source, len(added), len(removed), len(changed))
+            log.info("reload (%s): %d added, %d removed, %d restarted, %d re-subscribed", source, len(added),
+                     len(removed), len(restarted), len(live))
+            for name in live:
+                self.shards[name].change_symbols(new.shards[name])
             await asyncio.gather(*(self._reload_shard(n, added=n in added, removed=n in removed)
-                                   for n in added + removed + changed))
-            return {"added": added, "removed": removed, "restarted": changed}
+                                   for n in added + removed + restarted))
+            return {"added": added, "removed": removed, "restarted": restarted, "resubscribed": live}
 
     async def _reload_shard(self, name: str, *, added: bool, removed: bool) -> None:
         if self.shutting_down:

@@ -34,6 +34,7 @@ def _install_signals(worker: Worker) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.request_symbols_reload())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,10 @@ the database could not take stays in the journal for the next start. Exit 1
 means the writer thread failed unexpectedly (the supervisor restarts the
 worker, which replays its journal); exit 2 means the configuration is unusable.
 
+On SIGHUP the worker re-reads its shard's symbols from the config file and
+subscribes and unsubscribes on the open connection: no reconnect, no gap.
+Any other change to the shard is refused there (the supervisor restarts it).
+
 When ``SHARDCTL_REPORT_FD`` names an inherited pipe, the worker writes JSON
 report lines to it for the supervisor (``shardctl.report``): a ``ReadyReport``
 once subscribed, and a ``WorkerReport`` every second (which doubles as its heartbeat).
@@ -33,10 +37,12 @@ once subscribed, and a ``WorkerReport`` every second (which doubles as its heart
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 
+from shardctl.config import load_config
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.writer import ShardBusy, Writer
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
@@ -123,8 +129,14 @@ class Worker:
         self._last_tick_at: float | None = None
         self._last_event_ts: int | None = None
         self._gate = ReadGate(self._journal)
+        self._config_path = config.path
+        self._reload_symbols = False
 
     # ------------------------------------------------------------ lifecycle
+
+    def request_symbols_reload(self) -> None:
+        """Ask the main loop to re-read the shard's symbols from the config (safe from a signal handler)."""
+        self._reload_symbols = True
 
     def request_stop(self, reason: str) -> None:
         """Ask the main loop to stop (safe from a signal handler: it only sets attributes)."""
@@ -346,6 +358,26 @@ class Worker:
 
     # ------------------------------------------------------------ bookkeeping
 
+    def _change_symbols(self) -> None:
+        """Stream the symbols the config file lists now, on the open connection; other changes need a restart."""
+        self._reload_symbols = False
+        try:
+            new = load_config(self._config_path, require_env=True).shards.get(self.shard.name)
+        except ShardctlError as exc:
+            log.error("symbols not reloaded: %s", exc)
+            return
+        if new is None:
+            log.warning("symbols not reloaded: the shard is no longer in %s", self._config_path)
+            return
+        if dataclasses.replace(self.shard, symbols=new.symbols) != new:
+            log.warning("symbols not reloaded: other settings of the shard changed too; restart it to apply them")
+            return
+        added, removed = self._stream.change_symbols(new.symbols)
+        self.shard = new
+        if self._backfill is not None:
+            self._backfill.symbols = new.symbols
+        log.info("symbols reloaded: added %s, removed %s", ", ".join(added) or "none", ", ".join(removed) or "none")
+
     def _housekeeping(self, now: float) -> None:
         if self._committer.failure is not None:
             log.error("stopping: the writer thread failed (%s); the journal is replayed at the next start",
@@ -357,6 +389,8 @@ class Worker:
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
         self._commit_trailing_frames()
+        if self._reload_symbols:
+            self._change_symbols()
         self._report()
         self._dead.flush_log(now)
         self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
