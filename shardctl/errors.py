@@ -9,6 +9,7 @@ message (never a traceback) and exits with its ``exit_code``.
     ├── DatabaseError             the database refused or failed a statement
     │   └── DatabaseUnavailable   the database cannot be reached (retryable)
     ├── EmbeddedServerError       the embedded PostgreSQL could not start/stop
+    ├── ReferenceUnavailable      Twelve Data's reference lists cannot be fetched (no key, no network)
     └── ControlError              a control request was refused (has a ControlCode)
         └── SupervisorNotRunning  no supervisor answers on the control socket
 """
@@ -73,6 +74,10 @@ class DatabaseUnavailable(DatabaseError):
 
 class EmbeddedServerError(ShardctlError):
     """The embedded PostgreSQL server could not be started, found or stopped."""
+
+
+class ReferenceUnavailable(ShardctlError):
+    """Twelve Data's reference lists (``/stocks``...) could not be fetched: no key, no network, refused."""
 
 
 class ControlCode(enum.StrEnum):

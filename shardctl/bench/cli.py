@@ -12,7 +12,8 @@ The database: ``--dsn``, else the config's ``database.dsn``/``dsn_env``, else
 a private embedded PostgreSQL in a scratch directory, stopped at the end if
 this command started it. Each run uses a fresh database on that server.
 Results: a table on stdout (progress on stderr), and ``results.json``,
-``results.csv`` and ``chart.png`` in ``--out``; see ``benchmarks/README.md``.
+``results.csv``, ``chart.html`` (plotly, offline) and, with matplotlib, ``chart.png`` in ``--out``;
+see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

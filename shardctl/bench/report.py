@@ -1,4 +1,4 @@
-"""Presenting benchmark results: progress on stderr, the table, results.json/.csv and the PNG chart.
+"""Presenting benchmark results: progress on stderr, the table, results.json/.csv and the charts.
 
 Every shardctl figure is also shown as a ratio to the tutorial baseline and
 to the limit (the lower of the COPY limit at that batch size and the
@@ -166,7 +166,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_files(out: Path, rows: Sequence[dict[str, Any]], results: Sequence[RunResult], meta: dict[str, Any],
                 *, chart: bool = True) -> list[str]:
-    """Write results.json, results.csv and (matplotlib permitting) chart.png; return notes for the user."""
+    """Write results.json, results.csv, chart.html (plotly, offline) and, with matplotlib, chart.png.
+
+    Returns notes for the user saying where each chart is (or why the PNG is missing).
+    """
     out.mkdir(parents=True, exist_ok=True)
     soak = [{"batch_size": r.batch_size, "rss_series": r.rss_series} for r in results if r.rss_series]
     (out / "results.json").write_text(json.dumps({**meta, "runs": rows, "soak": soak}, indent=2, default=str)
@@ -178,6 +181,9 @@ def write_files(out: Path, rows: Sequence[dict[str, Any]], results: Sequence[Run
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
     notes = []
     if chart:
+        from shardctl.bench.chart import write_html_chart
+
+        notes.append(write_html_chart(out / "chart.html", rows, title=f"shardctl bench {meta.get('date', '')}"))
         notes.append(write_chart(out / "chart.png", rows))
     return notes
 
@@ -193,7 +199,7 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]]) -> str:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         import matplotlib.pyplot as plt
     except ImportError:
-        return "chart.png skipped: matplotlib is not installed (pip install 'shardctl[bench]')"
+        return "chart.png skipped: matplotlib is not installed (pip install 'shardctl[bench]'); chart.html has it all"
     thr = [r for r in rows if r["system"] == "shardctl" and r["kind"] == "throughput"]
     lat = [r for r in rows if r["system"] == "shardctl" and r["kind"] == "latency"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -330,13 +330,16 @@ def ensure_partitions(conn: Any, tables: TablesConfig, days_ahead: int = 7, days
     return created
 
 
-def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | None]) -> int:
+def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | None], *,
+                  replace: bool = True) -> int:
     """Record ``{symbol: name}`` in the assets table in one committed transaction; return rows added or changed.
 
     Every symbol gets a row. A name replaces the stored one only when it is
     non-empty (after stripping) and different, so an event without
-    ``currency_base`` never blanks a name learnt earlier. Empty or None names
-    are stored as NULL for a new symbol. Raises DatabaseError (one line).
+    ``currency_base`` never blanks a name learnt earlier; with ``replace``
+    False it only fills a missing name (the stream's ``currency_base`` never
+    overwrites an instrument name from Twelve Data's reference lists). Empty
+    or None names are stored as NULL for a new symbol. Raises DatabaseError (one line).
     """
     clean = {s.strip(): (n.strip() if isinstance(n, str) and n.strip() else None)
              for s, n in names.items() if isinstance(s, str) and s.strip()}
@@ -349,6 +352,7 @@ def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | Non
                 'INSERT INTO {a} AS a (symbol, "name") SELECT * FROM unnest(%s::text[], %s::text[]) '
                 'ON CONFLICT (symbol) DO UPDATE SET "name" = EXCLUDED."name" '
                 'WHERE EXCLUDED."name" IS NOT NULL AND a."name" IS DISTINCT FROM EXCLUDED."name"'
+                + ('' if replace else ' AND a."name" IS NULL')
             ).format(a=assets), (list(clean), list(clean.values())))
             return cur.rowcount
     except psycopg2.Error as exc:

@@ -284,9 +284,9 @@ class Writer:
             raise
 
     def upsert_assets(self, names: Mapping[str, str | None]) -> None:
-        """Record symbols and their names as the stream told them (never blanking a known name)."""
+        """Record symbols and their names as the stream told them, where no name is known yet."""
         try:
-            upsert_assets(self._connection(), self.tables, names)
+            upsert_assets(self._connection(), self.tables, names, replace=False)
         except DatabaseUnavailable:
             self._drop()
             raise

@@ -11,6 +11,7 @@ Endpoints:
     GET /time_series?symbol=S&interval=1min[&start_date=..][&end_date=..][&timezone=UTC]
                     [&outputsize=N][&dp=D][&order=asc|desc]&apikey=K
     GET /api_usage            {"timestamp", "current_usage", "plan_limit", "plan_category"}
+    GET /stocks /etfs /indices /cryptocurrencies /forex_pairs   reference lists (``shardctl.feed.reference``)
     GET /technical_indicators {"data": {}, "status": "ok"}   (TDClient() fetches it once per process)
 
 ``/time_series`` follows Twelve Data: ``{"meta": {...}, "values": [...], "status": "ok"}``,
@@ -54,11 +55,14 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from shardctl.feed.catalog import CRYPTO, FOREX, METAL, STOCK, Catalog, Instrument
+from shardctl.feed.reference import REFERENCE_PATHS, ReferenceError, reference_list
 
 __all__ = ["RestApi", "RestError", "Bar", "synthetic_bar", "format_value", "REST_PATHS", "REST_FAULTS",
            "MAX_OUTPUTSIZE"]
 
-REST_PATHS = frozenset({"/time_series", "/api_usage", "/technical_indicators"})
+#: Paths that cost one API credit per request (``/api_usage`` counts them).
+CREDIT_PATHS = frozenset({"/time_series", *REFERENCE_PATHS})
+REST_PATHS = frozenset({"/api_usage", "/technical_indicators", *CREDIT_PATHS})
 REST_FAULTS = frozenset({"rate_limit"})
 MAX_OUTPUTSIZE = 5000
 DEFAULT_OUTPUTSIZE = 30
@@ -305,13 +309,15 @@ class RestApi:
             return _json_response({"data": {}, "status": "ok"})
         if path == "/api_usage":
             with self._lock:
-                used = self._counts["/time_series"]
+                used = sum(self._counts[p] for p in CREDIT_PATHS)
             stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             return _json_response({"timestamp": stamp, "current_usage": used, "plan_limit": PLAN_LIMIT,
                                    "plan_category": "local"})
         try:
+            if path in REFERENCE_PATHS:
+                return _json_response(reference_list(self.catalog, path, params))
             return _json_response(time_series(self.catalog, params, now))
-        except RestError as exc:
+        except (RestError, ReferenceError) as exc:
             return _error(exc.code, exc.message)
 
 

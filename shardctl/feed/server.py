@@ -469,8 +469,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_feed(args: argparse.Namespace) -> int:
-    """Run the feed in the foreground until SIGTERM/SIGINT; exit 0 on a clean stop."""
+    """Run the feed in the foreground until SIGTERM/SIGINT; exit 0 on a clean stop. Its log lines say ``[feed]``."""
+    from shardctl import logs
     from shardctl.config.model import parse_duration
+
+    logs.configure("feed", level=getattr(args, "log_level", "INFO"), fmt=getattr(args, "log_format", "text"))
 
     if args.host not in LOOPBACK_HOSTS:
         raise UsageError(f"--host must be one of {', '.join(LOOPBACK_HOSTS)} (the feed is local only), "

@@ -36,6 +36,7 @@ from shardctl.errors import ConfigError, ControlCode, ControlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
 from shardctl.report import ShardStatus
+from shardctl.supervisor.assets import asset_names_loop
 from shardctl.supervisor.control import Command, ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
@@ -112,6 +113,7 @@ class Supervisor:
             self._spawn(self._ticker())
             if self.database.needs_maintenance:
                 self._spawn(self.database.maintenance_loop())
+            self._spawn(asset_names_loop(self.config.path, self.database.dsn))
             await self._done.wait()
         finally:
             for task in list(self._tasks):
