@@ -27,7 +27,7 @@ from shardctl.journal.space import journal_space_warnings
 COMMAND_MODULES = (
     "shardctl.supervisor.cli",
     "shardctl.supervisor.demo",
-    "shardctl.feed.server",
+    "shardctl.feed.cli",
     "shardctl.db.cli",
     "shardctl.db.readouts",
     "shardctl.bench.cli",

@@ -31,6 +31,7 @@ from shardctl.bench import data as bench_data
 from shardctl.bench import report as bench_report
 from shardctl.bench import runs as bench_runs
 from shardctl.bench.runs import BenchContext, RunResult
+from shardctl.db.connection import scalar
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, UsageError
 
 DEFAULT_TICKS = 200_000
@@ -107,8 +108,7 @@ def _postmaster_pid(dsn: str) -> int | None:
     try:
         conn = psycopg2.connect(dsn, connect_timeout=5)
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            backend = cur.fetchone()[0]
+            backend = scalar(cur, "SELECT pg_backend_pid()")
         parent = psutil.Process(backend).parent()
         conn.close()
         return parent.pid if parent is not None and "postgres" in parent.name() else None

@@ -21,6 +21,7 @@ import psutil
 
 from shardctl import __version__
 from shardctl.bench.runs import RunResult
+from shardctl.db.connection import scalar
 
 CSV_FIELDS = ("system", "kind", "batch_size", "shards", "rate", "sent", "stored", "ok", "check", "rows_per_s",
               "seconds", "commits", "p50_ms", "p95_ms", "p99_ms", "max_ms", "process_cpu", "postgres_cpu",
@@ -77,18 +78,15 @@ def machine_info(dsn: str | None) -> dict[str, Any]:
         try:
             conn = psycopg2.connect(dsn)
             with conn.cursor() as cur:
-                cur.execute("SHOW server_version")
-                info["postgresql"] = cur.fetchone()[0]
+                info["postgresql"] = scalar(cur, "SHOW server_version")
                 cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
                 row = cur.fetchone()
-                cur.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
-                available = cur.fetchone()[0]
+                available = scalar(cur, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
                 info["flavour"] = f"timescaledb {row[0]}" if row else (
                     "postgresql (timescaledb available)" if available else "postgresql")
                 settings = {}
                 for name in ("shared_buffers", "fsync", "synchronous_commit", "wal_level", "max_wal_size"):
-                    cur.execute(f"SHOW {name}")
-                    settings[name] = cur.fetchone()[0]
+                    settings[name] = scalar(cur, f"SHOW {name}")
                 info["postgresql_settings"] = settings
             conn.close()
         except psycopg2.Error as exc:

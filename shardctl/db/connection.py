@@ -231,3 +231,12 @@ def transaction(conn: Any, action: str | None = None) -> Iterator[Any]:
     finally:
         if was_autocommit and not conn.closed:
             conn.autocommit = True
+
+
+def scalar(cur: psycopg2.extensions.cursor, query: str, params: Any = None) -> Any:
+    """The first column of the first row ``query`` returns; DatabaseError when it returns no row."""
+    cur.execute(query, params)
+    row = cur.fetchone()
+    if row is None:
+        raise DatabaseError(f"no row from: {query[:80]}")
+    return row[0]
