@@ -300,7 +300,7 @@ class Worker:
             assert row is not None
             self.ticks_received += 1
             self._last_tick_at = arrived
-            self._fresh.observe(row.symbol, row.time.timestamp(), self._wall_offset + arrived)
+            self._fresh.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
             if row.symbol not in self._books.symbols:
                 self._books.learn_symbol(frame, row.symbol)
             if self._arrivals is not None:
