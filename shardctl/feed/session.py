@@ -312,6 +312,8 @@ class Session:
         muted = self.hub.muted
         frames = [tick(order[(start + i) % count], ts) for i in range(n)
                   if not muted or order[(start + i) % count].instrument.symbol not in muted]
+        if not frames:  # every slot due was a muted symbol's: look again at the next slot, never wait for a wake-up
+            return [], [], (self.pace_sent + 1) / rate - (now - self.pace_t0) if rate else 0.0
         return frames, frames, None
 
     def _due_replay(self, now: float, n: int) -> tuple[list[bytes], list[bytes], float | None]:
