@@ -272,7 +272,7 @@ def test_healthz_names_stale_symbols_and_fails_only_when_configured(fail_on_stal
     import asyncio
 
     async def scenario() -> tuple[int, str]:
-        server = MetricsServer("127.0.0.1", 0, statuses, fail_on_stale=fail_on_stale)
+        server = MetricsServer("127.0.0.1", 0, statuses, fail_on_stale=lambda: fail_on_stale)
         await server.start()
         try:
             return await asyncio.to_thread(_get, server.port, "/healthz")

@@ -95,7 +95,7 @@ class Supervisor:
         control = ControlServer(sup.control_socket, self.handle)
         page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
         metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
-                                fail_on_stale=sup.healthz_fails_on_stale) \
+                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale) \
             if sup.metrics_port else None
         try:
             await control.start()

@@ -222,7 +222,8 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None, *,
-                 fail_on_stale: bool = False) -> None:
+                 fail_on_stale: Callable[[], bool] = lambda: False) -> None:
+        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale).
         self.fail_on_stale = fail_on_stale
         self.host = host
         self.port = port
@@ -289,7 +290,7 @@ class MetricsServer:
         shards = list(self.snapshot())
         ok, problems = health(shards)
         notes = stale_notes(shards, time.time())
-        if self.fail_on_stale and notes:
+        if notes and self.fail_on_stale():
             ok, problems = False, problems + notes
         if ok:
             return 200, "text/plain", ("\n".join(["ok", *notes]) + "\n").encode()
