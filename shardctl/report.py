@@ -61,6 +61,54 @@ class Counters:
         return Counters(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
+#: Market of a symbol as the worker judges it: trading, closed (never stale), always trading, or not known (open).
+MARKET_OPEN, MARKET_CLOSED, MARKET_ALWAYS, MARKET_UNKNOWN = "open", "closed", "24/7", "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolFreshness:
+    """One symbol's freshness: when it last ticked, how late its ticks arrive, its market, and whether it is stale.
+
+    ``last_tick_at`` is Unix seconds (None: no tick since the worker started);
+    ``delay_p50``/``delay_p99`` are seconds from the event's own timestamp
+    (whole seconds, so ±1 s) to receipt, over the symbol's last ticks (None
+    without ticks). ``market`` is one of the MARKET_* values; ``stale`` is
+    True when the market is not closed and no tick came for ``stale_after``.
+    """
+
+    symbol: str
+    last_tick_at: float | None = None
+    delay_p50: float | None = None
+    delay_p99: float | None = None
+    market: str = MARKET_UNKNOWN
+    stale: bool = False
+
+
+_FRESHNESS_COLUMNS = tuple(f.name for f in fields(SymbolFreshness))
+
+
+def freshness_to_json(records: tuple[SymbolFreshness, ...]) -> dict[str, list[Any]]:
+    """Columnar JSON (one list per field): compact for 1,500 symbols."""
+    return {name: [getattr(r, name) for r in records] for name in _FRESHNESS_COLUMNS}
+
+
+def freshness_from_json(data: Any) -> tuple[SymbolFreshness, ...] | None:
+    """Read ``freshness_to_json``'s shape; None when absent or malformed (the reader keeps what it had)."""
+    if not isinstance(data, dict) or not isinstance(data.get("symbol"), list):
+        return None
+    n = len(data["symbol"])
+    columns: dict[str, list[Any]] = {}
+    for name in _FRESHNESS_COLUMNS:
+        column = data.get(name)
+        columns[name] = column if isinstance(column, list) and len(column) == n else [None] * n
+    records = []
+    for i in range(n):
+        row = {name: columns[name][i] for name in _FRESHNESS_COLUMNS if columns[name][i] is not None}
+        if isinstance(row.get("symbol"), str):
+            records.append(_from_mapping(SymbolFreshness, row))
+    return tuple(records)
+
+
 @dataclass(frozen=True, slots=True)
 class ReadyReport:
     """The worker is connected and subscribed: its shard may count as RUNNING."""
@@ -89,20 +137,31 @@ class WorkerReport:
     last_tick_at: float | None = None
     last_event_ts: float | None = None
     last_error: str | None = None
+    #: Per-symbol freshness, sent every few reports (None in the others: the reader keeps the last one).
+    freshness: tuple[SymbolFreshness, ...] | None = None
+    #: The shard's stale_after (seconds) that ``freshness`` was judged by.
+    stale_after: float = 0.0
+
+    @property
+    def stale_symbols(self) -> tuple[str, ...]:
+        """The symbols judged stale in the last freshness record."""
+        return tuple(r.symbol for r in self.freshness or () if r.stale)
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "counters"}
         data["counters"] = dataclasses.asdict(self.counters)
         data["failed_symbols"] = list(self.failed_symbols)
+        data["freshness"] = None if self.freshness is None else freshness_to_json(self.freshness)
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WorkerReport:
         counters = data.get("counters")
         symbols = data.get("failed_symbols")
-        base = _from_mapping(cls, {k: v for k, v in data.items() if k not in ("counters", "failed_symbols")})
+        base = _from_mapping(cls, {k: v for k, v in data.items()
+                                   if k not in ("counters", "failed_symbols", "freshness")})
         return dataclasses.replace(
-            base,
+            base, freshness=freshness_from_json(data.get("freshness")),
             counters=_from_mapping(Counters, counters) if isinstance(counters, dict) else Counters(),
             failed_symbols=tuple(s for s in symbols if isinstance(s, str)) if isinstance(symbols, list) else ())
 

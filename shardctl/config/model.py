@@ -80,6 +80,12 @@ class ShardSettings:
     journal_max_bytes: int = 2 * 1024 * 1024 * 1024
     journal_on_full: str = "block"
     journal_fsync: str = "never"
+    #: A symbol whose market is not closed and that has not ticked for this long is stale (status, /healthz).
+    stale_after: float = 120.0
+    #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades.
+    market_hours: str = "auto"
+    #: How often "auto" fetches /market_state (one API credit a fetch, per shard).
+    market_state_refresh: float = 300.0
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -205,6 +211,8 @@ class SupervisorConfig:
     max_failures: int = 5
     failure_window: float = 300.0
     stop_timeout: float = 15.0
+    #: /healthz answers 503 (not 200) while some symbol is stale.
+    healthz_fails_on_stale: bool = False
 
 
 @dataclass(frozen=True)

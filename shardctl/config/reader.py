@@ -52,6 +52,7 @@ _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": ("block", "drop_oldest"),
     "journal_fsync": ("never", "flush", "always"),
+    "market_hours": ("auto", "24/7"),
 }
 
 
@@ -309,6 +310,11 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
             values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
         elif f.name == "allowed_hosts":
             values[f.name] = _read_hosts(reader, raw.get(f.name, []), where)
+        elif f.name == "healthz_fails_on_stale":
+            values[f.name] = raw.get(f.name, f.default)
+            if not isinstance(values[f.name], bool):
+                reader.problem(where, f"must be true or false, got {values[f.name]!r}")
+                values[f.name] = f.default
         elif f.name == "status_token_env":
             values[f.name] = reader.string(raw, f.name, where, None)
             if values[f.name] and not _ENV_NAME.match(values[f.name]):

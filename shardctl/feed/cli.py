@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="standing fault, e.g. close:after=500, abort:after=1000, garbage:every=1000, "
                         "silence:after=200,seconds=5, malformed_price:after=10, bad_key (repeatable)")
+    p.add_argument("--closed-market", action="append", default=[], metavar="MIC",
+                   help="REST /market_state calls this exchange (MIC code or name) closed; repeatable "
+                        "(default: every exchange open)")
     p.add_argument("--seed", type=int, default=None, help="seed the random walk for reproducible prices")
     p.add_argument("--stats-interval", default="10s", help="how often to log a stats line (default 10s)")
     p.set_defaults(func=cmd_feed)
@@ -69,6 +72,8 @@ def cmd_feed(args: argparse.Namespace) -> int:
     server = FeedServer(args.host, args.port, symbols=symbols, rate=args.rate, count=args.count,
                         duration=duration, api_key=api_key, sent_log=args.sent_log, replay=args.replay,
                         replay_fast=args.fast, seed=args.seed, faults=faults, keep_sent=0)
+    for market in args.closed_market:
+        server.set_market(market, open=False)
     stop = threading.Event()
     received: list[int] = []
 

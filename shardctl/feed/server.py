@@ -100,7 +100,8 @@ class FeedServer:
         self._cond = threading.Condition()
         self._standing: list[Fault] = list(faults)
         self._bad_key = any(f.name == "bad_key" for f in self._standing)
-        self._standing = [f for f in self._standing if f.name != "bad_key"]
+        self.muted: frozenset[str] = frozenset(str(f.params["symbol"]) for f in self._standing if f.name == "mute")
+        self._standing = [f for f in self._standing if f.name not in ("bad_key", "mute")]
         self._conns: dict[int, Session] = {}
         self._per_conn: dict[int, int] = {}
         self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep_sent or None)
@@ -332,6 +333,11 @@ class FeedServer:
             self.rest.inject(fault, **params)
             return
         f = make_fault(fault, **params)
+        if f.name == "mute":
+            with self._cond:
+                self.muted = self.muted | {str(f.params["symbol"])}
+            log.info("fault mute on: not sending %s", f.params["symbol"])
+            return
         if f.name == "bad_key":
             with self._cond:
                 self._bad_key = True
@@ -357,12 +363,18 @@ class FeedServer:
             self._standing = [f for f in self._standing if fault not in (None, f.name)]
             if fault in (None, "bad_key"):
                 self._bad_key = False
+            if fault in (None, "mute"):
+                self.muted = frozenset()
 
         def disarm() -> None:
             now = asyncio.get_running_loop().time()
             for conn in list(self._conns.values()):
                 conn.disarm(fault, now)
         self._in_loop(disarm)
+
+    def set_market(self, exchange: str, *, open: bool) -> None:
+        """Make REST ``/market_state`` call ``exchange`` (MIC or name) open or closed (``shardctl.feed.markets``)."""
+        self.rest.set_market(exchange, open=open)
 
     def _in_loop(self, fn: Callable[[], None]) -> None:
         loop = self._loop

@@ -4,6 +4,7 @@
     shardctl start CONFIG --shard NAME         run ONE shard's worker in the foreground, no supervisor
                                                (systemd/Kubernetes: the process becomes the worker)
     shardctl status [CONFIG] [SHARD] [--json]  table of shards (or JSON)
+    shardctl status [CONFIG] [SHARD] --symbols per-symbol freshness: a table per shard, stale symbols first
     shardctl stop [CONFIG]                     stop every shard and the supervisor
     shardctl stop [CONFIG] SHARD               stop one shard; the supervisor keeps running
     shardctl restart [CONFIG] SHARD            restart one shard; waits until it is RUNNING again
@@ -163,12 +164,36 @@ def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s" if abs(value) < 100 else f"{value:.0f}s"
+
+
+def format_symbols(shards: list[ShardStatus], now: float | None = None) -> str:
+    """One table per shard: each symbol's last tick age, delay p50/p99, market and STALE; stale symbols first."""
+    now = time.time() if now is None else now
+    blocks = []
+    for s in shards:
+        records = sorted(s.worker.freshness or (), key=lambda r: not r.stale)
+        stale = sum(r.stale for r in records)
+        title = f"{s.name}: {len(records)} symbol(s), {stale} stale (stale_after {_duration(s.worker.stale_after)})" \
+            if s.worker.freshness is not None else f"{s.name}: no freshness report yet ({s.state})"
+        rows = [("SYMBOL", "LAST TICK", "DELAY P50", "DELAY P99", "MARKET", "")]
+        rows += [(r.symbol, _ago(r.last_tick_at, now), _seconds(r.delay_p50), _seconds(r.delay_p99), r.market,
+                  "STALE" if r.stale else "") for r in records]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        blocks.append("\n".join([title, *table]) if records else title)
+    return "\n\n".join(blocks)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the shards' table (or --json); exit 1 when the supervisor is not running."""
+    """Print the shards' table (or --json, or --symbols); exit 1 when the supervisor is not running."""
     target = _target(args)
     response = target.client.request("status", args.shard, timeout=10.0)
     if args.json:
         print(mask_secrets(json.dumps(response, indent=2, sort_keys=True)))
+    elif args.symbols:
+        print(format_symbols([ShardStatus.from_json(s) for s in response["shards"]]))
     else:
         print(format_status([ShardStatus.from_json(s) for s in response["shards"]]))
     return EXIT_OK
@@ -257,6 +282,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("status", help="show the shards of a running supervisor")
     _control_args(p, "[CONFIG] [SHARD]", "only this shard")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--symbols", action="store_true",
+                   help="per-symbol freshness: last tick, delay p50/p99, market, stale (a table per shard)")
     p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser("stop", help="stop one shard, or everything (the supervisor) without SHARD")

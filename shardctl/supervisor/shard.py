@@ -229,6 +229,8 @@ class Shard:
         if isinstance(report, ReadyReport):
             self.machine.ready(now)
             return
+        if report.freshness is None and self.report is not None:  # freshness rides on every few reports only
+            report = dataclasses.replace(report, freshness=self.report.freshness)
         self.report = report
         self.machine.heartbeat(now)
         self._rate.append((now, self.past.ticks_received + report.counters.ticks_received))

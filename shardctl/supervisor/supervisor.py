@@ -94,7 +94,8 @@ class Supervisor:
         sup = self.config.supervisor
         control = ControlServer(sup.control_socket, self.handle)
         page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
-        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve) \
+        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
+                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale) \
             if sup.metrics_port else None
         try:
             await control.start()

@@ -33,6 +33,8 @@ class Parsed:
     row: Tick | None = None
     event: dict[str, Any] | None = None
     reason: str | None = None
+    #: A price event's own Unix timestamp (whole seconds), as ``row.time`` holds it; 0 for other kinds.
+    ts: int = 0
 
 
 _HEARTBEAT = Parsed(Kind.HEARTBEAT)
@@ -115,4 +117,4 @@ class FrameParser:
             None if volume is None else _number(volume),
             None if bid is None else _number(bid),
             None if ask is None else _number(ask),
-        ))
+        ), ts=ts)

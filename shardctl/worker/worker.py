@@ -41,6 +41,7 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Any
 
 from shardctl.config import load_config
 from shardctl.config.model import Config, ShardConfig
@@ -53,12 +54,15 @@ from shardctl.journal.space import free_bytes
 from shardctl.logs import MASK, mask_secrets, registered_secrets
 from shardctl.report import Counters, ReadyReport, WorkerReport
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
+from shardctl.twelvedata.markets import fetch_market_state
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
+from shardctl.worker.freshness import FreshnessTracker
+from shardctl.worker.markets import MarketWatch
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
 from shardctl.worker.readgate import ReadGate, ReadState
@@ -69,6 +73,8 @@ log = logging.getLogger("shardctl.worker")
 MASK_BYTES = MASK.encode()
 
 REPORT_INTERVAL = 1.0
+#: Per-symbol freshness rides on every FRESHNESS_EVERY-th report (the first one included).
+FRESHNESS_EVERY = 3
 #: Journal records re-read per step while catching up.
 CATCH_UP_CHUNK = 2000
 _POLL_SLICE = 0.2
@@ -131,6 +137,13 @@ class Worker:
         self._gate = ReadGate(self._journal)
         self._config_path = config.path
         self._reload_symbols = False
+        self._fresh = FreshnessTracker(shard.symbols, s.stale_after, time.time())
+        #: Wall clock minus monotonic clock, refreshed every report: turns an arrival into Unix seconds.
+        self._wall_offset = time.time() - time.monotonic()
+        rest_url = config.source.rest_url
+        self._markets = MarketWatch(s.market_hours, lambda: fetch_market_state(rest_url, api_key),
+                                    s.market_state_refresh)
+        self._reports = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -158,6 +171,7 @@ class Worker:
         self._committer.start()
         if self._backfill is not None:
             self._backfill.start(resume=True, rescan=self._backfill_rescan)
+        self._markets.start()
         log.info("worker started: %d symbol(s), batch_size %d, flush_interval %gs, source %s",
                  len(self.shard.symbols), self.settings.batch_size, self.settings.flush_interval,
                  self._stream.url)
@@ -233,6 +247,7 @@ class Worker:
         self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
+        self._markets.stop()
         drained = self._committer.drain(deadline - 0.5)
         self._stream.close()
         self._committer.close()
@@ -242,7 +257,7 @@ class Worker:
             log.error("%s: %d byte(s) of frames read since could not be written; they are lost, inside the gap "
                       "the next start records", exc, self._journal.end_offset - self._journal.flushed_offset)
         self._dead.close()
-        self._report()
+        self._report(final=True)
         stats = self._committer.stats
         log.info("stopped: %d tick(s) received, %d row(s) written in %d batch(es) (%s)", self.ticks_received,
                  stats.rows_written, stats.batches, self._stop_reason or "error")
@@ -275,7 +290,7 @@ class Worker:
             # While catching up, rows come from the journal, but statuses still matter now.
             parsed = self._parser.parse(frame)
             if parsed.kind is Kind.STATUS and parsed.event is not None:
-                self._stream.handle_status(parsed.event)
+                self._on_status(parsed.event)
 
     def _process(self, frame: bytes, offset: int, arrived: float, *, from_socket: bool) -> None:
         parsed = self._parser.parse(frame)
@@ -285,6 +300,7 @@ class Worker:
             assert row is not None
             self.ticks_received += 1
             self._last_tick_at = arrived
+            self._fresh.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
             if row.symbol not in self._books.symbols:
                 self._books.learn_symbol(frame, row.symbol)
             if self._arrivals is not None:
@@ -300,7 +316,7 @@ class Worker:
                 self._dead.add(frame.removeprefix(BINARY_FRAME_MARK), parsed.reason or "malformed", time.monotonic())
         elif kind is Kind.STATUS and from_socket:
             assert parsed.event is not None
-            self._stream.handle_status(parsed.event)
+            self._on_status(parsed.event)
         elif kind is Kind.OTHER:
             self.other_events += 1
 
@@ -374,6 +390,7 @@ class Worker:
             return
         added, removed = self._stream.change_symbols(new.symbols)
         self.shard = new
+        self._fresh.set_symbols(new.symbols, time.time())
         if self._backfill is not None:
             self._backfill.symbols = new.symbols
         log.info("symbols reloaded: added %s, removed %s", ", ".join(added) or "none", ", ".join(removed) or "none")
@@ -413,13 +430,20 @@ class Worker:
                 self._arrivals.clear()
             self._cursor.rewind()
 
+    def _on_status(self, event: dict[str, Any]) -> None:
+        self._stream.handle_status(event)
+        self._markets.learn(event)
+
     def _subscribed(self) -> None:
         if not self._ready_sent:
             self._ready_sent = True
             self._reporter.send(ReadyReport())
 
-    def stats(self) -> WorkerReport:
-        """This process's report: cumulative counters and the gauges now; ``last_error`` is masked."""
+    def stats(self, *, freshness: bool = False) -> WorkerReport:
+        """This process's report: cumulative counters and the gauges now; ``last_error`` is masked.
+
+        With ``freshness``, it carries every symbol's freshness record too (``shardctl.worker.freshness``).
+        """
         commit, journal = self._committer.stats, self._journal
         oldest = journal.oldest_uncommitted_received_at
         backfill_failure = None if self._backfill is None or self._backfill.failure is None \
@@ -455,7 +479,11 @@ class Worker:
             else time.time() - (time.monotonic() - self._last_tick_at),
             last_event_ts=self._last_event_ts,
             last_error=mask_secrets(last_error) if last_error else None,
+            freshness=self._fresh.snapshot(time.time(), self._markets.market) if freshness else None,
+            stale_after=self._fresh.stale_after,
         )
 
-    def _report(self) -> None:
-        self._reporter.send(self.stats())
+    def _report(self, *, final: bool = False) -> None:
+        self._wall_offset = time.time() - time.monotonic()
+        self._reports += 1
+        self._reporter.send(self.stats(freshness=final or self._reports % FRESHNESS_EVERY == 1))

@@ -8,6 +8,14 @@ they never go down while the supervisor lives.
 
 ``/healthz`` answers 200 ``ok`` when every shard that should run is
 RUNNING, else 503 with one ``shard: STATE (reason)`` line per problem.
+Stale symbols (``shardctl.worker.freshness``) are named after ``ok`` with
+a ``stale:`` line per shard and the answer stays 200, unless the server is
+built with ``fail_on_stale`` (``supervisor.healthz_fails_on_stale``): then
+they are problems and the answer is 503.
+
+Per symbol, three series and no histogram (1,500 symbols → 4,500 series):
+``shardctl_symbol_last_tick_age_seconds`` and ``shardctl_symbol_delay_seconds``
+with ``quantile`` 0.5 and 0.99; per shard, ``shardctl_stale_symbols``.
 
 Every other path goes to an optional ``App`` (the supervisor mounts the
 status page, ``shardctl.supervisor.http.statuspage``, there); requests are bounded
@@ -114,6 +122,48 @@ class ShardCollector(Collector):
         yield from (family for family, _ in counters)
         yield from (family for family, _ in gauges)
         yield from (latency, state, tick_age, lag)
+        yield from symbol_families(shards, now)
+
+
+#: Stale symbols named per shard in /healthz; more are counted.
+HEALTHZ_MAX_NAMES = 20
+
+
+def symbol_families(shards: list[ShardStatus], now: float) -> tuple[Metric, ...]:
+    """Per-symbol freshness gauges (last tick age, delay p50/p99) and the per-shard stale count."""
+    age = GaugeMetricFamily("shardctl_symbol_last_tick_age_seconds", "Seconds since the symbol's last tick",
+                            labels=["shard", "symbol"])
+    delay = GaugeMetricFamily("shardctl_symbol_delay_seconds", "Event timestamp to receipt, over the symbol's "
+                              "last ticks (whole-second timestamps: ±1 s)", labels=["shard", "symbol", "quantile"])
+    stale = GaugeMetricFamily("shardctl_stale_symbols", "Symbols whose market is not closed and that have not "
+                              "ticked for stale_after", labels=["shard"])
+    for shard in shards:
+        records = shard.worker.freshness or ()
+        for r in records:
+            if r.last_tick_at is not None:
+                age.add_metric([shard.name, r.symbol], max(0.0, now - r.last_tick_at))
+            if r.delay_p50 is not None and r.delay_p99 is not None:
+                delay.add_metric([shard.name, r.symbol, "0.5"], r.delay_p50)
+                delay.add_metric([shard.name, r.symbol, "0.99"], r.delay_p99)
+        stale.add_metric([shard.name], float(sum(r.stale for r in records)))
+    return age, delay, stale
+
+
+def _quiet(last_tick_at: float | None, now: float) -> str:
+    return "no tick yet" if last_tick_at is None else f"last tick {max(0.0, now - last_tick_at):.0f}s ago"
+
+
+def stale_notes(shards: Iterable[ShardStatus], now: float) -> list[str]:
+    """One ``stale: shard: SYM (last tick 95s ago), ...`` line per shard with stale symbols (at most 20 named)."""
+    notes = []
+    for s in shards:
+        stale = [r for r in s.worker.freshness or () if r.stale]
+        if not stale:
+            continue
+        named = ", ".join(f"{r.symbol} ({_quiet(r.last_tick_at, now)})" for r in stale[:HEALTHZ_MAX_NAMES])
+        more = f" and {len(stale) - HEALTHZ_MAX_NAMES} more" if len(stale) > HEALTHZ_MAX_NAMES else ""
+        notes.append(f"stale: {s.name}: {named}{more} (stale_after {s.worker.stale_after:g}s)")
+    return notes
 
 
 def render(snapshot: Snapshot) -> bytes:
@@ -171,7 +221,10 @@ class MetricsServer:
     and a closed connection.
     """
 
-    def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None) -> None:
+    def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None, *,
+                 fail_on_stale: Callable[[], bool] = lambda: False) -> None:
+        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale).
+        self.fail_on_stale = fail_on_stale
         self.host = host
         self.port = port
         self.snapshot = snapshot
@@ -234,9 +287,13 @@ class MetricsServer:
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
-        ok, problems = health(self.snapshot())
+        shards = list(self.snapshot())
+        ok, problems = health(shards)
+        notes = stale_notes(shards, time.time())
+        if notes and self.fail_on_stale():
+            ok, problems = False, problems + notes
         if ok:
-            return 200, "text/plain", b"ok\n"
+            return 200, "text/plain", ("\n".join(["ok", *notes]) + "\n").encode()
         return 503, "text/plain", ("\n".join(problems) + "\n").encode()
 
 

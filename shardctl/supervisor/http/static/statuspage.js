@@ -147,6 +147,47 @@
     $("summary").className = "muted";
   }
 
+  // ---------------------------------------------------------------- symbol freshness
+
+  const seconds = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(Math.abs(v) < 100 ? 1 : 0)}s`);
+
+  // Each shard's freshness is columnar ({symbol: [...], last_tick_at: [...], ...}); stale symbols first.
+  function renderSymbols(data) {
+    const records = [];
+    for (const s of data.shards) {
+      const f = s.freshness;
+      if (!f || !Array.isArray(f.symbol)) continue;
+      f.symbol.forEach((symbol, i) => records.push({
+        shard: s.name, symbol, last: f.last_tick_at[i], p50: f.delay_p50[i], p99: f.delay_p99[i],
+        market: f.market[i], stale: f.stale[i], staleAfter: s.stale_after}));
+    }
+    records.sort((a, b) => Number(b.stale) - Number(a.stale));
+    const fragment = document.createDocumentFragment();
+    for (const r of records) {
+      const tr = document.createElement("tr");
+      tr.dataset.symbol = r.symbol;
+      if (r.stale) {
+        tr.className = "stale";
+        tr.title = `no tick for longer than stale_after (${r.staleAfter}s) while its market is ${r.market}`;
+      }
+      const cells = [["shard", r.shard], ["symbol", r.symbol],
+                     ["age", r.last === null ? "never" : duration(data.now - r.last), true],
+                     ["p50", seconds(r.p50), true], ["p99", seconds(r.p99), true],
+                     ["market", r.market], ["stale", r.stale ? "STALE" : ""]];
+      for (const [key, text, num] of cells) {
+        const td = document.createElement("td");
+        td.className = `col-${key}${num ? " num" : ""}${key === "market" ? ` ${r.market}` : ""}`;
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      fragment.appendChild(tr);
+    }
+    document.querySelector("#symbols tbody").replaceChildren(fragment);
+    const stale = records.filter((r) => r.stale).length;
+    $("symbols-note").textContent = `${records.length} symbol(s) · ${stale} stale`;
+    $("symbols-note").className = stale ? "error-text" : "muted";
+  }
+
   // ---------------------------------------------------------------- chart selects
 
   function fillSelect(select, groups, wanted) {
@@ -261,6 +302,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const data = await response.json();
       renderShards(data);
+      renderSymbols(data);
       renderSelects(data);
     } catch (error) {
       $("summary").textContent = `cannot reach the supervisor (${error.message}); retrying`;
