@@ -151,8 +151,8 @@ def _dead_letters(shard: ShardStatus) -> str:
 def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
     """The aligned status table (one row per shard); errors are masked (``shardctl.logs.mask_secrets``)."""
     now = time.time() if now is None else now
-    header: tuple[str, ...] = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
-              "DEAD LETTERS", "LAST ERROR")
+    header: tuple[str, ...] = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK",
+                               "LAG", "BACKLOG", "DEAD LETTERS", "LAST ERROR")
     cluster = any(s.host_id for s in shards)
     if cluster:
         header = header[:2] + ("STREAMED BY", "STANDING BY") + header[2:]

@@ -92,7 +92,11 @@ class Cluster:
         for name, shard in shards.items():
             if name in self._busy:
                 continue  # a worker of this shard is being stopped; decide again once it is gone
-            decision = self.tracker(name).observe(now, view.leases.get(name))
+            tracker = self.tracker(name)
+            decision = tracker.observe(now, view.leases.get(name))
+            if decision.act is Act.NONE and tracker.role is Role.OWNER and shard.state is ShardState.FATAL:
+                # Failing here for good: give the shard to whichever standby comes first.
+                decision = Decision(Act.HAND_OVER, "the shard is FATAL here", epoch=tracker.epoch, to=None)
             await self._act(shard, decision)
         self._changed.set()
         self._changed = asyncio.Event()
