@@ -8,6 +8,7 @@ message (never a traceback) and exits with its ``exit_code``.
     ├── UsageError                exit 2: bad command-line arguments
     ├── DatabaseError             the database refused or failed a statement
     │   └── DatabaseUnavailable   the database cannot be reached (retryable)
+    ├── ShardFenced               exit 3: another host holds the shard's lease (cluster mode)
     ├── EmbeddedServerError       the embedded PostgreSQL could not start/stop
     ├── ReferenceUnavailable      Twelve Data's reference lists cannot be fetched (no key, no network)
     └── ControlError              a control request was refused (has a ControlCode)
@@ -21,6 +22,9 @@ import enum
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+#: A worker stopped because another host holds its shard's lease (cluster mode): it committed nothing
+#: after it learnt so and closed its websocket. Not a failure: its supervisor stands by for the shard.
+EXIT_FENCED = 3
 
 
 class ShardctlError(Exception):
@@ -70,6 +74,12 @@ class DatabaseError(ShardctlError):
 
 class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached now; retrying later may succeed."""
+
+
+class ShardFenced(ShardctlError):
+    """This worker's lease epoch is no longer the shard's: another host owns it. Commit nothing more."""
+
+    exit_code = EXIT_FENCED
 
 
 class EmbeddedServerError(ShardctlError):

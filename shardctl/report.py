@@ -208,11 +208,22 @@ class ShardStatus:
     symbols: int = 0
     ticks_per_second: float = 0.0
     last_exit: str | None = None
+    #: Cluster mode (all None/empty without ``[cluster]``): this host, its lease role for the shard
+    #: (``shardctl.supervisor.lease.Role``), the host that holds the lease and its epoch, the other
+    #: hosts renewing their heartbeats (standing by), and whether this host's last lease round
+    #: reached the database (the view is as of that round).
+    host_id: str | None = None
+    lease_role: str | None = None
+    lease_owner: str | None = None
+    lease_epoch: int | None = None
+    standby_hosts: tuple[str, ...] = ()
+    lease_database_ok: bool | None = None
     counters: Counters = field(default_factory=Counters)
     worker: WorkerReport = field(default_factory=WorkerReport)
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("counters", "worker")}
+        data["standby_hosts"] = list(self.standby_hosts)
         worker = self.worker.to_json()
         del worker["counters"]
         return {**data, **worker, **dataclasses.asdict(self.counters)}
@@ -221,6 +232,9 @@ class ShardStatus:
     def from_json(cls, data: Mapping[str, Any]) -> ShardStatus:
         if not isinstance(data.get("name"), str) or not isinstance(data.get("state"), str):
             raise ValueError("a shard status needs a name and a state")
-        own = _from_mapping(cls, {k: v for k, v in data.items() if k not in ("counters", "worker")})
+        own = _from_mapping(cls, {k: v for k, v in data.items() if k not in ("counters", "worker", "standby_hosts")})
+        hosts = data.get("standby_hosts")
         return dataclasses.replace(own, counters=_from_mapping(Counters, data),
+                                   standby_hosts=tuple(h for h in hosts if isinstance(h, str))
+                                   if isinstance(hosts, list) else (),
                                    worker=WorkerReport.from_json({**data, "counters": None}))

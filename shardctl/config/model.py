@@ -216,6 +216,21 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several hosts run the same config; a lease in the database says who streams each shard.
+
+    ``host_id`` names this host in ``shardctl_hosts``/``shardctl_leases`` (unique per host).
+    A standby takes a shard over after watching its owner's heartbeat stand still for
+    ``lease_ttl`` while the database answers it; every host renews its heartbeat each
+    ``renew_interval``. Absent section: single-host mode, no leases.
+    """
+
+    host_id: str
+    lease_ttl: float = 8.0
+    renew_interval: float = 1.0
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     name: str
     symbols: tuple[str, ...]
@@ -235,6 +250,7 @@ class Config:
     shards: Mapping[str, ShardConfig] = field(default_factory=dict)
     feed: FeedConfig | None = None
     backfill: BackfillConfig = BackfillConfig()
+    cluster: ClusterConfig | None = None
 
     def shard(self, name: str) -> ShardConfig:
         """Return the named shard or raise a ConfigError that lists the known ones."""

@@ -24,6 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from shardctl.config.cluster import CLUSTER_KEYS, check_cluster_keys, read_cluster
 from shardctl.config.model import (
     CANDLE_INTERVALS,
     DEFAULT_API_KEY_ENV,
@@ -56,7 +57,8 @@ _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "backfill", "shards")
+_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "backfill", "cluster",
+             "shards")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("dsn", "dsn_env", "embedded_dir"),
     "source": ("url", "api_key_env", "rest_url"),
@@ -65,6 +67,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "defaults": tuple(f.name for f in fields(ShardSettings)),
     "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
     "backfill": tuple(f.name for f in fields(BackfillConfig)),
+    "cluster": CLUSTER_KEYS,
 }
 _SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -260,8 +263,10 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
     backfill = _read_backfill(reader, reader.table(raw, "backfill"))
     config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
                     defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed,
-                    backfill=backfill)
+                    backfill=backfill,
+                    cluster=read_cluster(reader, reader.table(raw, "cluster")) if "cluster" in raw else None)
     _check_api_keys(reader, config)
+    check_cluster_keys(reader, config)
     return config, reader
 
 

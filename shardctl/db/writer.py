@@ -30,8 +30,9 @@ from shardctl.crashpoints import NO_CRASHES, CrashPoints
 from shardctl.db.connection import connect, map_error
 from shardctl.db.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
 from shardctl.db.gaps import record_gap
+from shardctl.db.leases import Fence, LeaseStart, fence, lease_start
 from shardctl.db.schema import ensure_partition, upsert_assets
-from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError
+from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError, ShardFenced
 from shardctl.rows import COLUMNS
 
 log = logging.getLogger("shardctl.writer")
@@ -105,8 +106,11 @@ class Writer:
     """One shard's writer: one connection (opened lazily), one CopyManager reused across batches."""
 
     def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None,
-                 pgcopy_encoder: bool = False, crash_points: CrashPoints = NO_CRASHES) -> None:
+                 pgcopy_encoder: bool = False, crash_points: CrashPoints = NO_CRASHES,
+                 fence: Fence | None = None) -> None:
         self.dsn = dsn
+        #: Cluster mode: every batch commits only while this is still the shard's lease (``shardctl.db.leases``).
+        self.fence = fence
         self._pgcopy_encoder = pgcopy_encoder
         self._crash_points = crash_points
         self.tables = tables
@@ -123,7 +127,7 @@ class Writer:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         self._drop()
-        conn = connect(self.dsn, application_name=self.application_name)
+        conn = connect(self.dsn, application_name=self.application_name, cluster=self.fence is not None)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
@@ -134,10 +138,14 @@ class Writer:
             self._partitioned = row[0] == "p"
             # One writer per shard and database, across hosts: two would interleave journal offsets
             # in one ledger row and skip each other's batches. The lock lives as long as the session.
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                            (f"shardctl {self.tables.ledger} {self.shard}",))
-                locked = cur.fetchone()[0]
+            # In cluster mode the lease epoch, checked in every batch's transaction, is that guarantee
+            # instead: a session lock of a host cut off mid-way would hold up its successor.
+            locked = True
+            if self.fence is None:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                (f"shardctl {self.tables.ledger} {self.shard}",))
+                    locked = cur.fetchone()[0]
             if not locked:
                 raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
                                 "worker (another host, or a second supervisor); stop that one first")
@@ -210,6 +218,18 @@ class Writer:
             raise self._fail(exc, "cannot read the ledger") from None
         return row[0] if row else None
 
+    def lease_start(self) -> LeaseStart:
+        """Cluster mode, at a worker's start: ShardFenced unless our lease holds; who committed last, and when.
+
+        Connects if needed; raises DatabaseUnavailable / DatabaseError like the other reads.
+        """
+        assert self.fence is not None
+        conn = self._connection()
+        try:
+            return lease_start(conn, self.shard, self.fence)
+        except psycopg2.Error as exc:
+            raise self._fail(exc, "cannot read the shard's lease") from None
+
     def _ensure_days(self, rows: Sequence[Row]) -> None:
         days: set[date] = set()
         last: Any = None
@@ -224,12 +244,17 @@ class Writer:
             ensure_partition(self._conn, self.tables, day)  # raises DatabaseError; commits its own transaction
             self._days.add(day)
 
-    def write(self, seq: int, rows: Sequence[Row], *, journal_offset: int | None = None) -> bool:
+    def write(self, seq: int, rows: Sequence[Row], *, journal_offset: int | None = None,
+              received_at: datetime | None = None) -> bool:
         """Write ``rows`` as batch ``seq`` in one transaction with the ledger update; False if already committed.
 
         Returns True once the rows and the ledger row (last_seq=seq,
         rows_total += len(rows), journal_offset, updated_at) are committed
         together; False (writing nothing) if ``seq`` <= the committed last_seq.
+        With a ``fence`` (cluster mode) the same transaction first claims the
+        lease row (``shardctl.db.leases.fence``, recording ``received_at``, the
+        batch's last frame's receive time); ShardFenced, with nothing written,
+        when the lease is no longer ours.
         Raises DatabaseUnavailable (retry the same call later) or DatabaseError.
         """
         conn = self._connection()
@@ -238,6 +263,8 @@ class Writer:
             if self._partitioned:
                 self._ensure_days(rows)
             with conn.cursor() as cur:
+                if self.fence is not None:
+                    fence(cur, self.shard, self.fence, received_at)
                 cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s FOR UPDATE").format(ledger),
                             (self.shard,))
                 row = cur.fetchone()
@@ -264,6 +291,9 @@ class Writer:
             return True
         except DatabaseUnavailable:
             self._drop()
+            raise
+        except ShardFenced:
+            self._drop()  # rolls back: nothing of this batch is committed
             raise
         except DatabaseError:
             if self._conn is not None and not self._conn.closed:

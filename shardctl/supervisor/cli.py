@@ -9,6 +9,7 @@
     shardctl stop [CONFIG] SHARD               stop one shard; the supervisor keeps running
     shardctl restart [CONFIG] SHARD            restart one shard; waits until it is RUNNING again
     shardctl reload [CONFIG]                   re-read the config (like SIGHUP)
+    shardctl move [CONFIG] SHARD --to HOST     cluster mode: the owner drains SHARD, then HOST streams it
     shardctl shard start|stop|restart [CONFIG] SHARD
                                                one shard on a running supervisor (``shard start``
                                                brings back a STOPPED or FATAL shard)
@@ -151,12 +152,16 @@ def _dead_letters(shard: ShardStatus) -> str:
 def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
     """The aligned status table (one row per shard); errors are masked (``shardctl.logs.mask_secrets``)."""
     now = time.time() if now is None else now
-    header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
-              "DEAD LETTERS", "LAST ERROR")
+    header: tuple[str, ...] = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK",
+                               "LAG", "BACKLOG", "DEAD LETTERS", "LAST ERROR")
+    cluster = any(s.host_id for s in shards)
+    if cluster:
+        header = header[:2] + ("STREAMED BY", "STANDING BY") + header[2:]
     rows = [header]
     for s in shards:
         note = mask_secrets(str((s.worker.last_error if s.state == "RUNNING" else s.reason) or "-"))
-        rows.append((s.name, s.state, str(s.pid or "-"), _duration(s.uptime), str(s.restarts),
+        hosts = (_owner(s), ",".join(s.standby_hosts) or "-") if cluster else ()
+        rows.append((s.name, s.state, *hosts, str(s.pid or "-"), _duration(s.uptime), str(s.restarts),
                      f"{s.counters.rows_written:,}", f"{s.ticks_per_second:.1f}",
                      _ago(s.worker.last_tick_at, now), _ago(s.worker.last_event_ts, now), _backlog(s),
                      _dead_letters(s), " ".join(note.split())[:80]))
@@ -184,6 +189,12 @@ def format_symbols(shards: list[ShardStatus], now: float | None = None) -> str:
         table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         blocks.append("\n".join([title, *table]) if records else title)
     return "\n\n".join(blocks)
+def _owner(shard: ShardStatus) -> str:
+    """``host@epoch`` of the lease holder, with ``(db?)`` when this host's last lease round got no answer."""
+    if not shard.lease_owner:
+        return "-"
+    stale = "" if shard.lease_database_ok else " (db?)"
+    return f"{shard.lease_owner}@{shard.lease_epoch}{stale}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -249,6 +260,15 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return cmd_shard(args)
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    """Cluster mode: move a shard to host ``--to``; wait until that host holds its lease."""
+    target = _target(args, shard_required=True)
+    wait = 2 * target.supervisor.stop_timeout + 10.0
+    response = target.client.request("move", args.shard, to=args.to, wait=wait, timeout=wait + SLACK)
+    print(f"{response['shard']}: moved from {response['from']} to {response['to']} (epoch {response['epoch']})")
+    return EXIT_OK
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Ask the supervisor to re-read its config and apply the shard changes."""
     target = _target(args)
@@ -293,6 +313,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("restart", help="restart one shard and wait until it runs again")
     _control_args(p, "[CONFIG] SHARD", "the shard to restart")
     p.set_defaults(func=cmd_restart)
+
+    p = subparsers.add_parser("move", help="cluster mode: move a shard to another host, gracefully",
+                              description="The shard's owner drains and commits, hands the lease to HOST, "
+                                          "and HOST starts streaming it. Any host's supervisor takes the request.")
+    _control_args(p, "[CONFIG] SHARD", "the shard to move")
+    p.add_argument("--to", required=True, metavar="HOST", help="host id of a host standing by")
+    p.set_defaults(func=cmd_move)
 
     p = subparsers.add_parser("reload", help="make a running supervisor re-read its config (like SIGHUP)")
     _control_args(p, "[CONFIG]", None)

@@ -49,9 +49,10 @@ class Command(enum.StrEnum):
     RESTART = "restart"
     STOP_ALL = "stop_all"
     RELOAD = "reload"
+    MOVE = "move"  #: cluster mode: the owner drains the shard and hands its lease to host ``to``
 
 
-SHARD_COMMANDS = frozenset({Command.START, Command.STOP, Command.RESTART})
+SHARD_COMMANDS = frozenset({Command.START, Command.STOP, Command.RESTART, Command.MOVE})
 COMMANDS = frozenset(Command)
 #: Longest request line accepted; anything longer is a bad_request and the connection is closed.
 MAX_LINE = 64 * 1024
@@ -62,6 +63,7 @@ class Request:
     cmd: Command
     shard: str | None = None
     timeout: float | None = None
+    to: str | None = None
 
 
 def parse_request(line: bytes | str) -> Request:
@@ -86,7 +88,11 @@ def parse_request(line: bytes | str) -> Request:
     timeout = data.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ControlError(ControlCode.BAD_REQUEST, "\"timeout\" must be a positive number of seconds")
-    return Request(cmd=Command(cmd), shard=shard, timeout=float(timeout) if timeout is not None else None)
+    to = data.get("to")
+    if cmd == Command.MOVE and not (isinstance(to, str) and to):
+        raise ControlError(ControlCode.BAD_REQUEST, "move needs a \"to\" host id")
+    return Request(cmd=Command(cmd), shard=shard, timeout=float(timeout) if timeout is not None else None,
+                   to=to if isinstance(to, str) else None)
 
 
 def refusal(code: ControlCode, message: str) -> dict[str, Any]:
@@ -249,7 +255,7 @@ class ControlClient:
             f"start one with `shardctl start {self.config_path}`")
 
     def request(self, cmd: str, shard: str | None = None, *, timeout: float = 30.0,
-                wait: float | None = None) -> dict[str, Any]:
+                wait: float | None = None, to: str | None = None) -> dict[str, Any]:
         """Send one request and return the response's fields.
 
         ``wait`` is passed to the server as the request's own timeout (how
@@ -259,6 +265,8 @@ class ControlClient:
         ControlError(ControlCode.TIMEOUT) when no answer comes in time.
         """
         message: dict[str, Any] = {"cmd": cmd, "shard": shard}
+        if to is not None:
+            message["to"] = to
         if wait is not None:
             message["timeout"] = wait
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

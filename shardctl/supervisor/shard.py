@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shardctl.config.model import ShardConfig, SupervisorConfig
+from shardctl.db.leases import LEASE_EPOCH_ENV
 from shardctl.logs import mask_secrets
 from shardctl.report import Counters, ReadyReport, ShardStatus, WorkerReport, decode_report
 from shardctl.supervisor.states import (
@@ -83,6 +84,8 @@ class Shard:
         #: The last report of the last worker that exited: its times and error stay visible.
         self.last_report: WorkerReport = WorkerReport()
         self.last_exit: str | None = None
+        #: Cluster mode: the epoch of the lease this host holds for the shard, handed to its workers.
+        self.lease_epoch: int | None = None
         self._changed = asyncio.Event()
         self._exited: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -166,6 +169,8 @@ class Shard:
         self.machine.spawned(now, manual=manual, reason=reason)
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "SHARDCTL_DSN": self.dsn, "SHARDCTL_REPORT_FD": str(write_fd)}
+        if self.lease_epoch is not None:
+            env[LEASE_EPOCH_ENV] = str(self.lease_epoch)
         try:
             process = await asyncio.create_subprocess_exec(
                 *worker_command(self.config_path, self.name, self.log_format), env=env, pass_fds=(write_fd,),
@@ -306,6 +311,16 @@ class Shard:
         had_process = self.machine.stop_requested(time.monotonic(), reason)
         if had_process or self.state is ShardState.STOPPING:
             return await self._terminate(deadline)
+        return False
+
+    async def stand_by(self, reason: str) -> bool:
+        """Cluster mode: stop the worker, if any (SIGTERM, drain, SIGKILL after ``stop_timeout``); then STANDBY.
+
+        Returns True if the worker had to be killed.
+        """
+        had_process = self.machine.stand_by(time.monotonic(), reason)
+        if had_process or self.state is ShardState.STOPPING:
+            return await self._terminate(Deadline(self.stop_timeout))
         return False
 
     async def close(self) -> None:

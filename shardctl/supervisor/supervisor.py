@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +38,7 @@ from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
 from shardctl.report import ShardStatus
 from shardctl.supervisor.assets import asset_names_loop
+from shardctl.supervisor.cluster import Cluster
 from shardctl.supervisor.control import Command, ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
@@ -74,6 +76,8 @@ class Supervisor:
         self.shutting_down = False
         self.metrics_port: int | None = None
         self.feed = LocalFeed(config.feed, log_format)
+        #: Cluster mode (``[cluster]``): the lease loop that decides which shards stream on this host.
+        self.cluster: Cluster | None = None
         self._queue: asyncio.Queue[tuple[Request, Any, str]] | None = None
         self._done: asyncio.Event | None = None
         self._deadline: Deadline | None = None
@@ -107,8 +111,16 @@ class Supervisor:
             await self.feed.start()
             for shard_config in self.config.shards.values():
                 self.shards[shard_config.name] = self._new_shard(shard_config.name)
-            for shard in self.shards.values():
-                await shard.launch(reason="supervisor started")
+            if self.config.cluster is not None:
+                self.cluster = Cluster(self.config.cluster, self.database.dsn, lambda: self.shards)
+                for shard in self.shards.values():
+                    shard.machine.stand_by(time.monotonic(), "waiting for the lease")
+                self._spawn(self.cluster.run())
+                log.info("cluster mode: host %s (lease ttl %gs, renewed every %gs)", self.cluster.host_id,
+                         self.config.cluster.lease_ttl, self.config.cluster.renew_interval)
+            else:
+                for shard in self.shards.values():
+                    await shard.launch(reason="supervisor started")
             log.info("supervising %d shard(s); control socket %s", len(self.shards), sup.control_socket)
             self._spawn(self._dispatch())
             self._spawn(self._ticker())
@@ -122,6 +134,8 @@ class Supervisor:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if not self._done.is_set():  # failed while starting: leave nothing behind
                 await self._stop_everything(Deadline(sup.stop_timeout))
+            if self.cluster is not None:
+                await self.cluster.close()
             await control.close()
             if metrics is not None:
                 await metrics.close()
@@ -181,16 +195,21 @@ class Supervisor:
         return await reply
 
     def statuses(self) -> list[ShardStatus]:
-        return [shard.status() for shard in self.shards.values()]
+        return [self._status(shard) for shard in self.shards.values()]
+
+    def _status(self, shard: Shard) -> ShardStatus:
+        status = shard.status()
+        return self.cluster.annotate(status) if self.cluster is not None else status
 
     def status(self, name: str | None = None) -> dict[str, Any]:
         """``{"shards": [...], "supervisor": {...}}``; ``name`` limits it to one shard (no_such_shard if unknown)."""
-        shards = [self._shard(name).status()] if name else self.statuses()
+        shards = [self._status(self._shard(name))] if name else self.statuses()
         return {"shards": [s.to_json() for s in shards],
                 "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
                                "shutting_down": self.shutting_down,
                                "metrics_port": self.metrics_port,
-                               "feed_pid": self.feed.process.pid if self.feed.process else None}}
+                               "feed_pid": self.feed.process.pid if self.feed.process else None,
+                               "host_id": self.cluster.host_id if self.cluster is not None else None}}
 
     def _shard(self, name: str | None) -> Shard:
         shard = self.shards.get(name or "")
@@ -204,6 +223,14 @@ class Supervisor:
         if shard.lock.locked():
             raise ControlError(ControlCode.BUSY, f"shard {shard.name} is busy with another command; try again")
         wait = request.timeout or (self.config.supervisor.start_grace + COMMAND_WAIT_EXTRA)
+        if request.cmd is Command.MOVE:
+            if self.cluster is None:
+                raise ControlError(ControlCode.BAD_REQUEST, "move needs cluster mode: add a [cluster] section")
+            assert request.to is not None
+            return await self.cluster.move(shard, request.to, request.timeout or 2 * self.config.supervisor.stop_timeout
+                                           + COMMAND_WAIT_EXTRA)
+        if self.cluster is not None and request.cmd in (Command.START, Command.RESTART):
+            self.cluster.check_start(shard)
         async with shard.lock:
             state = shard.state
             if request.cmd is Command.START:
@@ -250,10 +277,14 @@ class Supervisor:
 
     async def _shutdown(self, source: str) -> None:
         self.shutting_down = True
+        if self.cluster is not None:
+            self.cluster.stopping = True  # keeps renewing while the workers drain; acquires nothing
         self._deadline = Deadline(self.config.supervisor.stop_timeout)
         log.info("%s: stopping %d shard(s) (deadline %gs)", source, len(self.shards),
                  self.config.supervisor.stop_timeout)
         killed = await self._stop_everything(self._deadline)
+        if self.cluster is not None:
+            await self.cluster.release_all()
         self.exit_code = 1 if killed else 0
         shards = self.statuses()
         ticks = sum(s.counters.ticks_received for s in shards)
@@ -319,7 +350,10 @@ class Supervisor:
             return
         if added:
             self.shards[name] = shard = self._new_shard(name)
-            await shard.launch(reason="added by reload")
+            if self.cluster is not None:
+                shard.machine.stand_by(time.monotonic(), "added by reload; waiting for the lease")
+            else:
+                await shard.launch(reason="added by reload")
             return
         shard = self.shards[name]
         async with shard.lock:
@@ -329,7 +363,7 @@ class Supervisor:
                 del self.shards[name]
                 return
             shard.config = self.config.shards[name]
-            if shard.machine.wanted:
+            if shard.machine.wanted and (self.cluster is None or shard.state in PROCESS_STATES):
                 await shard.stop(reason="config changed; restarting")
                 if not self.shutting_down:
                     await shard.launch(manual=True, reason="config changed")

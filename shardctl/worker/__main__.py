@@ -19,6 +19,7 @@ from shardctl import logs
 from shardctl.config import load_config
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.connection import connect, resolve_dsn
+from shardctl.db.leases import LEASE_EPOCH_ENV, Fence
 from shardctl.db.schema import apply_schema
 from shardctl.errors import ShardctlError
 from shardctl.journal.space import journal_space_warnings
@@ -64,7 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
+def _fence(config: Config) -> Fence | None:
+    """Cluster mode: the lease the supervisor acquired for this worker (``$SHARDCTL_LEASE_EPOCH``)."""
+    if config.cluster is None:
+        return None
+    epoch = os.environ.get(LEASE_EPOCH_ENV, "")
+    if not epoch.isdigit():
+        raise ShardctlError(f"{config.path}: [cluster] is set, so a worker streams only under a lease its "
+                            f"supervisor acquired (${LEASE_EPOCH_ENV}); run `shardctl start` instead")
+    return Fence(config.cluster.host_id, int(epoch))
+
+
 def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Switches) -> int:
+    fence = _fence(config)
     dsn = resolve_dsn(config)
     if report_fd is None:
         # Run by hand: make sure the tables exist (the supervisor does this otherwise).
@@ -73,7 +86,7 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Sw
             apply_schema(conn, config.tables)
         finally:
             conn.close()
-    worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches)
+    worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches, fence=fence)
     _install_signals(worker)
     return worker.run()
 

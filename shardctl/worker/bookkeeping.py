@@ -58,6 +58,8 @@ class Bookkeeper:
     def __init__(self) -> None:
         #: Wall-clock time the previous worker of this shard was last alive (None: unknown).
         self.down_since: float | None = None
+        #: The reason the "down" gap is recorded with (a takeover names the host it took the shard from).
+        self.down_reason = "worker down"
         #: Symbols seen in this process.
         self.symbols: set[str] = set()
         self._new_assets: dict[str, str | None] = {}
@@ -73,7 +75,7 @@ class Bookkeeper:
         """Queue every gap and asset name learnt since the last call as committer tasks."""
         gaps, gate.gaps = gate.gaps, []
         if self.down_since is not None and stream.first_connected_at is not None:
-            gaps.append((self.down_since, stream.first_connected_at, "worker down"))
+            gaps.append((self.down_since, stream.first_connected_at, self.down_reason))
             self.down_since = None
         gaps.extend(stream.gaps)
         stream.gaps.clear()

@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable, Mapping, Protocol, Sequence
 
 from shardctl.backoff import Backoff
 from shardctl.crashpoints import NO_CRASHES, CrashPoints
-from shardctl.errors import DatabaseError, DatabaseUnavailable
+from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardFenced
 
 log = logging.getLogger("shardctl.committer")
 
@@ -35,7 +35,8 @@ class BatchWriter(Protocol):
 
     def last_committed(self) -> int: ...
     def last_journal_offset(self) -> int | None: ...
-    def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None) -> bool: ...
+    def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None,
+              received_at: datetime | None = None) -> bool: ...
     def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None: ...
     def upsert_assets(self, names: Mapping[str, str | None]) -> None: ...
     def close(self) -> None: ...
@@ -59,6 +60,8 @@ class _Batch:
     rows: list[tuple]
     seq: int
     arrivals: list[float] | None = None
+    #: Wall-clock receive time of the batch's last tick (cluster mode: a successor's gap starts there).
+    received_at: datetime | None = None
 
 
 Task = Callable[["BatchWriter"], object]
@@ -111,6 +114,8 @@ class Committer:
         self.stats = CommitStats()
         #: Set when the thread died of an unexpected error; the worker must then exit (and replay).
         self.failure: str | None = None
+        #: Set when the database said the shard's lease is another host's: nothing more is committed.
+        self.fenced: str | None = None
 
     @property
     def pending_rows(self) -> int:
@@ -135,10 +140,11 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, rows: list[tuple], seq: int, *, arrivals: list[float] | None = None) -> None:
+    def submit(self, rows: list[tuple], seq: int, *, arrivals: list[float] | None = None,
+               received_at: datetime | None = None) -> None:
         """Queue a batch whose rows come from journal records up to offset ``seq``; never blocks."""
         with self._cond:
-            self._queue.append(_Batch(rows, seq, arrivals))
+            self._queue.append(_Batch(rows, seq, arrivals, received_at))
             self._pending_rows += len(rows)
             self._cond.notify_all()
 
@@ -151,7 +157,7 @@ class Committer:
     def drain(self, deadline: float) -> bool:
         """Wait until everything queued is done or ``deadline`` (monotonic) passes; True if all is."""
         with self._cond:
-            while self._queue and self.failure is None and time.monotonic() < deadline:
+            while self._queue and self.failure is None and self.fenced is None and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             return not self._queue
 
@@ -174,6 +180,11 @@ class Committer:
     def _run(self) -> None:
         try:
             self._loop()
+        except ShardFenced as exc:  # the lease moved on: this thread commits nothing more, ever
+            self.fenced = str(exc)
+            log.error("%s", exc)
+            with self._cond:
+                self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - reported to the worker, which exits and replays
             self.failure = f"{type(exc).__name__}: {exc}"
             log.critical("the writer thread failed: %s", self.failure, exc_info=True)
@@ -202,8 +213,8 @@ class Committer:
 
     def _commit(self, batch: _Batch) -> bool:
         started = time.monotonic()
-        written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq),
-                                 self._abandon)
+        written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq,
+                                                            received_at=batch.received_at), self._abandon)
         if written is _ABANDONED:
             return False
         committed_at = time.monotonic()

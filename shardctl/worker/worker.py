@@ -41,12 +41,14 @@ import dataclasses
 import logging
 import os
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from shardctl.config import load_config
 from shardctl.config.model import Config, ShardConfig
+from shardctl.db.leases import Fence, LeaseStart
 from shardctl.db.writer import ShardBusy, Writer
-from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
+from shardctl.errors import EXIT_FENCED, EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError, ShardFenced
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.errors import JournalDiskFull
 from shardctl.journal.journal import Journal
@@ -87,7 +89,7 @@ class Worker:
     """Runs one shard until asked to stop; ``run`` returns the process exit code."""
 
     def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None,
-                 switches: Switches | None = None) -> None:
+                 switches: Switches | None = None, fence: Fence | None = None) -> None:
         self.shard = shard
         self._backfill_rescan = config.backfill.rescan_interval
         self.settings = s = shard.settings
@@ -106,9 +108,16 @@ class Worker:
         latency_path = switches.latency_log
         #: Per-tick monotonic arrival times of the rows in the batcher, recorded only for benchmarks.
         self._arrivals: list[float] | None = [] if latency_path else None
+        #: Cluster mode: the lease this worker was started under; every batch commits only while it holds.
+        self._fence = fence
+        self._lease: LeaseStart | None = None
+        self._writer = Writer(dsn, config.tables, shard.name, pgcopy_encoder=switches.pgcopy_encoder,
+                              crash_points=switches.crash_points, fence=fence)
+        #: Wall-clock receive time of the frame being processed, and of the last tick parsed.
+        self._frame_received_at = 0.0
+        self._parsed_received_at: float | None = None
         self._committer = Committer(
-            Writer(dsn, config.tables, shard.name, pgcopy_encoder=switches.pgcopy_encoder,
-                   crash_points=switches.crash_points),
+            self._writer,
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
             latency_log=LatencyLog(latency_path) if latency_path else None, crash_points=switches.crash_points)
         self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval,
@@ -162,7 +171,12 @@ class Worker:
         parent = os.getppid()
         # The last frame the journal durably holds: whatever came after it was never read.
         self._books.down_since = self._journal.last_received_at
-        base = self._wait_for_ledger()
+        try:
+            base = self._wait_for_ledger()
+        except ShardFenced as exc:
+            self._journal.close()
+            log.error("%s", exc)
+            return EXIT_FENCED
         if base is None:
             self._journal.close()
             log.info("stopped (%s) before the database answered", self._stop_reason)
@@ -206,7 +220,10 @@ class Worker:
         busy_until = time.monotonic() + SHARD_BUSY_WAIT
         while not self.stopping:
             try:
-                return self._committer.committed_base()
+                base = self._committer.committed_base()
+                if self._fence is not None:
+                    self._lease = self._writer.lease_start()  # ShardFenced: another host's by now
+                return base
             except ShardBusy:
                 # A predecessor killed a moment ago may still hold the lock until its session ends.
                 if time.monotonic() >= busy_until:
@@ -225,7 +242,20 @@ class Worker:
 
     def _open_journal_at(self, base: int) -> None:
         journal = self._journal
-        if base > journal.end_offset:
+        lease, me = self._lease, self._fence.host_id if self._fence is not None else None
+        if lease is not None and lease.committed_host not in (None, me):
+            # A takeover: the ledger's offset is the previous owner's journal position, and what this
+            # host's journal holds is from an earlier tenure (another host has committed since). Drop it
+            # all; the ticks the previous owner read but never committed are lost, inside the gap from
+            # its last committed frame to our first connection.
+            dropped = journal.backlog_records
+            journal.advance_to(max(base, journal.end_offset + 1))
+            received = lease.committed_received_at
+            self._books.down_since = received.timestamp() if received is not None else None
+            self._books.down_reason = f"takeover from {lease.committed_host}"
+            log.info("taking the shard over from %s at ledger offset %d%s", lease.committed_host, base,
+                     f"; dropped {dropped} journal record(s) of an earlier tenure" if dropped else "")
+        elif base > journal.end_offset:
             log.warning("the journal ends at offset %d but the ledger is at %d (journal replaced?): "
                         "starting a new journal there", journal.end_offset, base)
             journal.advance_to(base)
@@ -241,10 +271,12 @@ class Worker:
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.stop_timeout
-        self._flush()
-        self._commit_trailing_frames()
-        # Gaps noticed since the last second's hand-over:
-        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
+        fenced = self._exit_code == EXIT_FENCED
+        if not fenced:  # a fenced worker hands nothing more to the database
+            self._flush()
+            self._commit_trailing_frames()
+            # Gaps noticed since the last second's hand-over:
+            self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
         self._markets.stop()
@@ -262,7 +294,10 @@ class Worker:
         log.info("stopped: %d tick(s) received, %d row(s) written in %d batch(es) (%s)", self.ticks_received,
                  stats.rows_written, stats.batches, self._stop_reason or "error")
         waiting = self._journal.backlog_records
-        if waiting:
+        if waiting and fenced:
+            log.warning("%d journal record(s) were not committed before another host took the shard over; they "
+                        "are lost, inside the gap its new owner records", waiting)
+        elif waiting:
             log.warning("%d journal record(s) are not in the database yet (%s); they are written at the next start",
                         waiting, stats.last_error or ("stop deadline" if not drained else "not handed over"))
         return self._exit_code
@@ -283,7 +318,8 @@ class Worker:
         for secret in self._secrets:  # a server that echoes the key must not put it on the disk
             if secret in frame:
                 frame = frame.replace(secret, MASK_BYTES)
-        offset = self._journal.append(frame, time.time())
+        self._frame_received_at = received = time.time()
+        offset = self._journal.append(frame, received)
         if self._live:
             self._process(frame, offset, time.monotonic(), from_socket=True)
         elif b'"price"' not in frame:
@@ -301,6 +337,7 @@ class Worker:
             self.ticks_received += 1
             self._last_tick_at = arrived
             self._fresh.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
+            self._parsed_received_at = self._frame_received_at
             if row.symbol not in self._books.symbols:
                 self._books.learn_symbol(frame, row.symbol)
             if self._arrivals is not None:
@@ -344,7 +381,9 @@ class Worker:
             if not on_disk:
                 return
         self._last_event_ts = int(rows[-1][0].timestamp())
-        self._committer.submit(rows, self._cursor.parsed_to, arrivals=arrivals)
+        received = self._parsed_received_at
+        self._committer.submit(rows, self._cursor.parsed_to, arrivals=arrivals,
+                               received_at=None if received is None else datetime.fromtimestamp(received, timezone.utc))
         self._cursor.submitted()
 
     def _catch_up(self) -> bool:
@@ -367,6 +406,7 @@ class Worker:
         for record in records:
             if record.end_offset <= self._cursor.parsed_to:
                 continue
+            self._frame_received_at = record.received_at
             self._process(record.frame, record.end_offset, mono - (wall - record.received_at), from_socket=False)
             if self._cursor.parsed_to != record.end_offset:  # the committer filled up: rewound to submitted_to
                 break
@@ -396,6 +436,10 @@ class Worker:
         log.info("symbols reloaded: added %s, removed %s", ", ".join(added) or "none", ", ".join(removed) or "none")
 
     def _housekeeping(self, now: float) -> None:
+        if self._committer.fenced is not None and self._exit_code != EXIT_FENCED:
+            log.error("stopping: another host holds the shard's lease; closing the websocket")
+            self._exit_code = EXIT_FENCED
+            self.request_stop("fenced")
         if self._committer.failure is not None:
             log.error("stopping: the writer thread failed (%s); the journal is replayed at the next start",
                       self._committer.failure)
@@ -449,7 +493,7 @@ class Worker:
         backfill_failure = None if self._backfill is None or self._backfill.failure is None \
             else f"backfill stopped: {self._backfill.failure}"
         disk_error = self._gate.disk_error
-        last_error = (str(disk_error) if disk_error is not None else commit.last_error
+        last_error = (str(disk_error) if disk_error is not None else self._committer.fenced or commit.last_error
                       or (None if self._stream.connected else self._stream.last_error) or backfill_failure)
         return WorkerReport(
             counters=Counters(

@@ -105,6 +105,11 @@ class ShardCollector(Collector):
                                      labels=["shard"])
         lag = GaugeMetricFamily("shardctl_event_lag_seconds",
                                 "Now minus the last tick's own timestamp", labels=["shard"])
+        hosts = GaugeMetricFamily("shardctl_shard_host", "Cluster mode: 1 per host that streams the shard "
+                                  "(role=streaming) or stands by for it (role=standby), as this host last read it",
+                                  labels=["shard", "host", "role"])
+        epoch = GaugeMetricFamily("shardctl_lease_epoch", "Cluster mode: the epoch of the shard's lease",
+                                  labels=["shard"])
         for shard in shards:
             name = shard.name
             for counter, reading in counters:
@@ -119,9 +124,17 @@ class ShardCollector(Collector):
                 tick_age.add_metric([name], max(0.0, now - shard.worker.last_tick_at))
             if shard.worker.last_event_ts is not None:
                 lag.add_metric([name], max(0.0, now - shard.worker.last_event_ts))
+            if shard.lease_owner:
+                hosts.add_metric([name, shard.lease_owner, "streaming"], 1.0)
+            for standby in shard.standby_hosts:
+                hosts.add_metric([name, standby, "standby"], 1.0)
+            if shard.lease_epoch is not None:
+                epoch.add_metric([name], float(shard.lease_epoch))
         yield from (family for family, _ in counters)
         yield from (family for family, _ in gauges)
         yield from (latency, state, tick_age, lag)
+        if any(s.host_id for s in shards):
+            yield from (hosts, epoch)
         yield from symbol_families(shards, now)
 
 
@@ -174,10 +187,13 @@ def render(snapshot: Snapshot) -> bytes:
 
 
 def health(shards: Iterable[ShardStatus]) -> tuple[bool, list[str]]:
-    """(healthy, problems): a shard that should run but is not RUNNING, or whose disk is full, is a problem."""
+    """(healthy, problems): a shard that should run but is not RUNNING, or whose disk is full, is a problem.
+
+    Cluster mode: STANDBY is healthy (another host streams the shard; this one is ready to take it).
+    """
     problems = []
     for s in shards:
-        if s.wanted and s.state != ShardState.RUNNING.value:
+        if s.wanted and s.state not in (ShardState.RUNNING.value, ShardState.STANDBY.value):
             problems.append(f"{s.name}: {s.state} ({s.reason or 'no reason'})")
         elif s.worker.disk_full:
             problems.append(f"{s.name}: {s.worker.last_error or 'disk full'}")

@@ -92,7 +92,9 @@
     }
     cells.name.textContent = name;
     const badge = document.createElement("span");
-    cells.state.appendChild(badge);
+    const hosts = document.createElement("div");  // cluster mode: who streams the shard, who stands by
+    hosts.className = "hosts muted";
+    cells.state.append(badge, hosts);
     const restart = document.createElement("button");
     restart.className = "restart";
     restart.textContent = "Restart";
@@ -101,7 +103,7 @@
     toggle.className = "toggle";
     toggle.addEventListener("click", () => command(name, toggle.dataset.action, toggle));
     cells.actions.append(restart, toggle);
-    return {tr, cells, badge, restart, toggle};
+    return {tr, cells, badge, hosts, restart, toggle};
   }
 
   function renderShards(data) {
@@ -119,6 +121,9 @@
       row.badge.textContent = s.state;
       row.badge.className = `state ${s.state}`;
       row.badge.title = s.reason || "";
+      row.hosts.textContent = s.host_id ? `streamed by ${s.lease_owner || "nobody"}` +
+        `${s.lease_epoch === null ? "" : ` (epoch ${s.lease_epoch})`} · standing by: ` +
+        `${(s.standby_hosts || []).join(", ") || "none"}` : "";
       c.pid.textContent = s.pid === null ? "—" : String(s.pid);
       c.uptime.textContent = duration(s.uptime);
       c.rate.textContent = Number(s.ticks_per_second || 0).toFixed(1);
