@@ -83,7 +83,7 @@ def start_pair(hosts, feed: TimedFeed, dsn: str) -> tuple[Host, Host]:
     return a, b
 
 
-@pytest.mark.parametrize("reps", [2, pytest.param(10, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("reps", [2, pytest.param(10, marks=[pytest.mark.slow, pytest.mark.timeout(420)])])
 def test_kill_every_process_of_the_active_host(hosts, schema_dsn, reps) -> None:
     """kill -9 of the active host's supervisor and workers; the other takes over; the killed one comes back
     as a standby (no flapping), and is the next victim's successor."""
