@@ -37,14 +37,12 @@ once subscribed, and a ``WorkerReport`` every second (which doubles as its heart
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from shardctl.config import load_config
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.leases import Fence, LeaseStart
 from shardctl.db.writer import ShardBusy, Writer
@@ -52,23 +50,21 @@ from shardctl.errors import EXIT_FENCED, EXIT_OK, EXIT_RUNTIME, DatabaseError, S
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.errors import JournalDiskFull
 from shardctl.journal.journal import Journal
-from shardctl.journal.space import free_bytes
-from shardctl.logs import MASK, mask_secrets, registered_secrets
-from shardctl.report import Counters, ReadyReport, WorkerReport
+from shardctl.logs import MASK, registered_secrets
+from shardctl.report import ReadyReport, WorkerReport
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
-from shardctl.twelvedata.markets import fetch_market_state
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
-from shardctl.worker.freshness import FreshnessTracker
-from shardctl.worker.markets import MarketWatch
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
 from shardctl.worker.readgate import ReadGate, ReadState
+from shardctl.worker.reporting import ReportParts, worker_report
 from shardctl.worker.switches import Switches
+from shardctl.worker.symbols import ShardSymbols
 
 log = logging.getLogger("shardctl.worker")
 
@@ -90,7 +86,6 @@ class Worker:
 
     def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None,
                  switches: Switches | None = None, fence: Fence | None = None) -> None:
-        self.shard = shard
         self._backfill_rescan = config.backfill.rescan_interval
         self.settings = s = shard.settings
         #: Set by signal handlers and the loop itself; a plain attribute, so a handler never takes a lock.
@@ -144,21 +139,16 @@ class Worker:
         self._last_tick_at: float | None = None
         self._last_event_ts: int | None = None
         self._gate = ReadGate(self._journal)
-        self._config_path = config.path
-        self._reload_symbols = False
-        self._fresh = FreshnessTracker(shard.symbols, s.stale_after, time.time())
+        self._symbols = ShardSymbols(shard, config.path, config.source.rest_url, api_key)
         #: Wall clock minus monotonic clock, refreshed every report: turns an arrival into Unix seconds.
         self._wall_offset = time.time() - time.monotonic()
-        rest_url = config.source.rest_url
-        self._markets = MarketWatch(s.market_hours, lambda: fetch_market_state(rest_url, api_key),
-                                    s.market_state_refresh)
         self._reports = 0
 
     # ------------------------------------------------------------ lifecycle
 
     def request_symbols_reload(self) -> None:
         """Ask the main loop to re-read the shard's symbols from the config (safe from a signal handler)."""
-        self._reload_symbols = True
+        self._symbols.request_reload()
 
     def request_stop(self, reason: str) -> None:
         """Ask the main loop to stop (safe from a signal handler: it only sets attributes)."""
@@ -185,9 +175,9 @@ class Worker:
         self._committer.start()
         if self._backfill is not None:
             self._backfill.start(resume=True, rescan=self._backfill_rescan)
-        self._markets.start()
+        self._symbols.start()
         log.info("worker started: %d symbol(s), batch_size %d, flush_interval %gs, source %s",
-                 len(self.shard.symbols), self.settings.batch_size, self.settings.flush_interval,
+                 len(self._symbols.shard.symbols), self.settings.batch_size, self.settings.flush_interval,
                  self._stream.url)
         next_report = time.monotonic()
         try:
@@ -279,7 +269,7 @@ class Worker:
             self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
-        self._markets.stop()
+        self._symbols.stop()
         drained = self._committer.drain(deadline - 0.5)
         self._stream.close()
         self._committer.close()
@@ -336,7 +326,7 @@ class Worker:
             assert row is not None
             self.ticks_received += 1
             self._last_tick_at = arrived
-            self._fresh.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
+            self._symbols.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
             self._parsed_received_at = self._frame_received_at
             if row.symbol not in self._books.symbols:
                 self._books.learn_symbol(frame, row.symbol)
@@ -414,27 +404,6 @@ class Worker:
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _change_symbols(self) -> None:
-        """Stream the symbols the config file lists now, on the open connection; other changes need a restart."""
-        self._reload_symbols = False
-        try:
-            new = load_config(self._config_path, require_env=True).shards.get(self.shard.name)
-        except ShardctlError as exc:
-            log.error("symbols not reloaded: %s", exc)
-            return
-        if new is None:
-            log.warning("symbols not reloaded: the shard is no longer in %s", self._config_path)
-            return
-        if dataclasses.replace(self.shard, symbols=new.symbols) != new:
-            log.warning("symbols not reloaded: other settings of the shard changed too; restart it to apply them")
-            return
-        added, removed = self._stream.change_symbols(new.symbols)
-        self.shard = new
-        self._fresh.set_symbols(new.symbols, time.time())
-        if self._backfill is not None:
-            self._backfill.symbols = new.symbols
-        log.info("symbols reloaded: added %s, removed %s", ", ".join(added) or "none", ", ".join(removed) or "none")
-
     def _housekeeping(self, now: float) -> None:
         if self._committer.fenced is not None and self._exit_code != EXIT_FENCED:
             log.error("stopping: another host holds the shard's lease; closing the websocket")
@@ -450,8 +419,7 @@ class Worker:
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
         self._commit_trailing_frames()
-        if self._reload_symbols:
-            self._change_symbols()
+        self._symbols.reload_if_requested(self._stream, self._backfill)
         self._report()
         self._dead.flush_log(now)
         self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
@@ -475,8 +443,7 @@ class Worker:
             self._cursor.rewind()
 
     def _on_status(self, event: dict[str, Any]) -> None:
-        self._stream.handle_status(event)
-        self._markets.learn(event)
+        self._symbols.on_status(self._stream, event)
 
     def _subscribed(self) -> None:
         if not self._ready_sent:
@@ -484,48 +451,13 @@ class Worker:
             self._reporter.send(ReadyReport())
 
     def stats(self, *, freshness: bool = False) -> WorkerReport:
-        """This process's report: cumulative counters and the gauges now; ``last_error`` is masked.
-
-        With ``freshness``, it carries every symbol's freshness record too (``shardctl.worker.freshness``).
-        """
-        commit, journal = self._committer.stats, self._journal
-        oldest = journal.oldest_uncommitted_received_at
-        backfill_failure = None if self._backfill is None or self._backfill.failure is None \
-            else f"backfill stopped: {self._backfill.failure}"
-        disk_error = self._gate.disk_error
-        last_error = (str(disk_error) if disk_error is not None else self._committer.fenced or commit.last_error
-                      or (None if self._stream.connected else self._stream.last_error) or backfill_failure)
-        return WorkerReport(
-            counters=Counters(
-                ticks_received=self.ticks_received,
-                rows_written=commit.rows_written,
-                batches=commit.batches,
-                batch_seconds_sum=round(commit.batch_seconds_sum, 6),
-                reconnects=self._stream.reconnects,
-                dead_letters=self._dead.count,
-                dead_letters_dropped=self._dead.dropped,
-                journal_dropped=journal.dropped_records,
-                other_events=self.other_events,
-            ),
-            batch_seconds_max=round(commit.batch_seconds_max, 6),
-            pending_rows=len(self._batcher) + self._committer.pending_rows,
-            connected=self._stream.connected,
-            subscribed=self._stream.subscribed,
-            catching_up=not self._live,
-            failed_symbols=tuple(sorted(self._stream.failed_symbols)),
-            journal_bytes=journal.size_bytes,
-            journal_backlog=journal.backlog_records,
-            journal_full=journal.full,
-            disk_full=disk_error is not None,
-            disk_free_bytes=free_bytes(journal.directory),
-            seconds_behind=0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
-            last_tick_at=None if self._last_tick_at is None
-            else time.time() - (time.monotonic() - self._last_tick_at),
-            last_event_ts=self._last_event_ts,
-            last_error=mask_secrets(last_error) if last_error else None,
-            freshness=self._fresh.snapshot(time.time(), self._markets.market) if freshness else None,
-            stale_after=self._fresh.stale_after,
-        )
+        """This process's report (``shardctl.worker.reporting``); with ``freshness``, every symbol's record too."""
+        return worker_report(
+            ReportParts(ticks_received=self.ticks_received, other_events=self.other_events,
+                        last_tick_at=self._last_tick_at, last_event_ts=self._last_event_ts, live=self._live,
+                        batched_rows=len(self._batcher)),
+            self._committer, self._journal, self._stream, self._dead, self._gate, self._backfill,
+            self._symbols.snapshot() if freshness else None, self._symbols.stale_after)
 
     def _report(self, *, final: bool = False) -> None:
         self._wall_offset = time.time() - time.monotonic()
