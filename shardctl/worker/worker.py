@@ -63,6 +63,7 @@ from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
 from shardctl.worker.readgate import ReadGate, ReadState
 from shardctl.worker.reporting import ReportParts, worker_report
+from shardctl.worker.startup import open_at_ledger
 from shardctl.worker.switches import Switches
 from shardctl.worker.symbols import ShardSymbols
 
@@ -232,28 +233,9 @@ class Worker:
 
     def _open_journal_at(self, base: int) -> None:
         journal = self._journal
-        lease, me = self._lease, self._fence.host_id if self._fence is not None else None
-        if lease is not None and lease.committed_host not in (None, me):
-            # A takeover: the ledger's offset is the previous owner's journal position, and what this
-            # host's journal holds is from an earlier tenure (another host has committed since). Drop it
-            # all; the ticks the previous owner read but never committed are lost, inside the gap from
-            # its last committed frame to our first connection.
-            dropped = journal.backlog_records
-            journal.advance_to(max(base, journal.end_offset + 1))
-            received = lease.committed_received_at
-            self._books.down_since = received.timestamp() if received is not None else None
-            self._books.down_reason = f"takeover from {lease.committed_host}"
-            log.info("taking the shard over from %s at ledger offset %d%s", lease.committed_host, base,
-                     f"; dropped {dropped} journal record(s) of an earlier tenure" if dropped else "")
-        elif base > journal.end_offset:
-            log.warning("the journal ends at offset %d but the ledger is at %d (journal replaced?): "
-                        "starting a new journal there", journal.end_offset, base)
-            journal.advance_to(base)
-        elif base < journal.first_offset:
-            log.error("the journal starts at offset %d, after the ledger's %d: frames in between are lost",
-                      journal.first_offset, base)
-        else:
-            journal.commit(base)
+        takeover = open_at_ledger(journal, base, self._lease, self._fence.host_id if self._fence else None)
+        if takeover is not None:
+            self._books.down_since, self._books.down_reason = takeover.down_since, takeover.reason
         self._cursor.restart_at(max(base, journal.first_offset))
         if journal.backlog_records:
             self._live = False

@@ -1,0 +1,45 @@
+"""Where a starting worker picks its journal up: at the ledger's offset, or after another host's tenure."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from shardctl.db.leases import LeaseStart
+from shardctl.journal.journal import Journal
+
+log = logging.getLogger("shardctl.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """The shard comes from another host: its "worker down" gap starts at that host's last committed frame."""
+
+    down_since: float | None
+    reason: str
+
+
+def open_at_ledger(journal: Journal, base: int, lease: LeaseStart | None, host_id: str | None) -> Takeover | None:
+    """Line the journal up with the ledger's offset ``base``; a Takeover when another host committed last.
+
+    After a takeover this host's journal holds an earlier tenure's frames: they are dropped, and what
+    the previous owner read but never committed is lost, inside the gap from its last committed frame.
+    """
+    if lease is not None and lease.committed_host not in (None, host_id):
+        dropped = journal.backlog_records
+        journal.advance_to(max(base, journal.end_offset + 1))
+        received = lease.committed_received_at
+        log.info("taking the shard over from %s at ledger offset %d%s", lease.committed_host, base,
+                 f"; dropped {dropped} journal record(s) of an earlier tenure" if dropped else "")
+        return Takeover(received.timestamp() if received is not None else None,
+                        f"takeover from {lease.committed_host}")
+    if base > journal.end_offset:
+        log.warning("the journal ends at offset %d but the ledger is at %d (journal replaced?): "
+                    "starting a new journal there", journal.end_offset, base)
+        journal.advance_to(base)
+    elif base < journal.first_offset:
+        log.error("the journal starts at offset %d, after the ledger's %d: frames in between are lost",
+                  journal.first_offset, base)
+    else:
+        journal.commit(base)
+    return None
