@@ -91,6 +91,8 @@ class BenchContext:
     flush_interval: float = 1.0
     stall_timeout: float = 15.0
     progress: Callable[[str], None] = lambda text: None
+    #: "postgresql" or "timescaledb": what ``run_database`` found on the server (set by its first run).
+    flavour: str = "postgresql"
     _serial: int = 0
 
     def next_name(self, label: str) -> str:
@@ -138,7 +140,7 @@ def run_database(ctx: BenchContext, name: str) -> Iterator[str]:
     try:
         conn = psycopg2.connect(dsn)
         try:
-            schema.apply_schema(conn, TablesConfig())
+            ctx.flavour = schema.apply_schema(conn, TablesConfig())
         finally:
             conn.close()
         yield dsn
@@ -302,8 +304,8 @@ def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     with run_database(ctx, name) as dsn:
         conn = psycopg2.connect(dsn)
         try:
-            for day in sorted({_utc_day(r[0]) for r in rows}):
-                ensure_partition(conn, TablesConfig(), day)
+            for day in sorted({_utc_day(r[0]) for r in rows}) if ctx.flavour == "postgresql" else ():
+                ensure_partition(conn, TablesConfig(), day)  # plain PostgreSQL only: hypertables make chunks
             manager = _TickCopyManager(conn, "crypto_ticks", COLUMNS)
             ctx.progress(f"{result.label}: encoding {len(rows):,} rows")
             buffers = []

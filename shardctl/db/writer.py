@@ -40,6 +40,8 @@ log = logging.getLogger("shardctl.writer")
 #: Column order of a row tuple: (time, symbol, price, day_volume, bid, ask).
 #: Environment variable: "pgcopy" makes every CopyManager use pgcopy's own per-field formatters.
 ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
+#: TimescaleDB >= 2.21: COPY compresses rows in memory and writes columnstore batches.
+DIRECT_COMPRESS_GUC = "timescaledb.enable_direct_compress_copy"
 Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)
 
 
@@ -102,8 +104,11 @@ def _utc_day(moment: datetime) -> date:
 class Writer:
     """One shard's writer: one connection (opened lazily), one CopyManager reused across batches."""
 
-    def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None) -> None:
+    def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None,
+                 direct_compress: bool = False) -> None:
+        """``direct_compress``: on a TimescaleDB that has it (>= 2.21), COPY straight into the columnstore."""
         self.dsn = dsn
+        self.direct_compress = direct_compress
         self.tables = tables
         self.shard = shard
         self.application_name = application_name or f"shardctl:{shard}"
@@ -127,6 +132,8 @@ class Writer:
             if row is None:
                 raise DatabaseError(f"table {self.tables.ticks} does not exist; run `shardctl db init CONFIG`")
             self._partitioned = row[0] == "p"
+            if self.direct_compress and not self._partitioned:
+                self._enable_direct_compress(conn)
             # One writer per shard and database, across hosts: two would interleave journal offsets
             # in one ledger row and skip each other's batches. The lock lives as long as the session.
             with conn.cursor() as cur:
@@ -147,6 +154,16 @@ class Writer:
             raise
         self._conn = conn
         return conn
+
+    def _enable_direct_compress(self, conn: Any) -> None:
+        """Session setting ``timescaledb.enable_direct_compress_copy``; a warning where the server lacks it."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_settings WHERE name = %s", (DIRECT_COMPRESS_GUC,))
+            if cur.fetchone() is None:
+                log.warning("shard %s: direct_compress is set but this server has no %s (TimescaleDB >= 2.21); "
+                            "writing rows uncompressed", self.shard, DIRECT_COMPRESS_GUC)
+                return
+            cur.execute("SELECT set_config(%s, 'on', false)", (DIRECT_COMPRESS_GUC,))
 
     def _drop(self) -> None:
         """Forget the connection (closing it if still open); the next call reconnects."""

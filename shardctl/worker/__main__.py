@@ -67,7 +67,7 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None) -> int:
         # Run by hand: make sure the tables exist (the supervisor does this otherwise).
         conn = connect(dsn, application_name=f"shardctl-{shard.name}")
         try:
-            apply_schema(conn, config.tables)
+            apply_schema(conn, config.tables, config.timescaledb)
         finally:
             conn.close()
     worker = Worker(config, shard, dsn, report_fd=report_fd)

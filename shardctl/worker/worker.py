@@ -89,7 +89,7 @@ class Worker:
         #: Per-tick monotonic arrival times of the rows in the batcher, recorded only for benchmarks.
         self._arrivals: list[float] | None = [] if latency_path else None
         self._committer = Committer(
-            Writer(dsn, config.tables, shard.name),
+            Writer(dsn, config.tables, shard.name, direct_compress=config.timescaledb.direct_compress),
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
             latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
         self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval,
