@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import psycopg2
+import pytest
 
 T = TypeVar("T")
 
@@ -28,6 +29,12 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def postgresql_only(flavour: str, what: str) -> None:
+    """Skip the calling test on TimescaleDB, where ``what`` (a plain-PostgreSQL mechanism) does not exist."""
+    if flavour != "postgresql":
+        pytest.skip(f"{what} exists on plain PostgreSQL only")
 
 
 def query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
