@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import psycopg2
 import pytest
-from support import postgresql_only
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.candles import refresh_range
