@@ -47,6 +47,15 @@ def query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def chunk_placement(dsn: str, table: str = "crypto_ticks") -> list[tuple[str, bool]]:
+    """TimescaleDB: (chunk, whether its range holds the tick's time) of every tick, by time and price."""
+    return [(chunk, inside) for chunk, inside in query(dsn, f"""
+        SELECT t.tableoid::regclass::text, c.range_start <= t.time AND t.time < c.range_end
+        FROM {table} t JOIN timescaledb_information.chunks c
+          ON format('%%I.%%I', c.chunk_schema, c.chunk_name)::regclass = t.tableoid
+        ORDER BY t.time, t.price""")]
+
+
 def row_count(dsn: str, table: str = "crypto_ticks") -> int:
     return query(dsn, f"SELECT count(*) FROM {table}")[0][0]
 
