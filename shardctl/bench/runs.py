@@ -93,6 +93,8 @@ class BenchContext:
     progress: Callable[[str], None] = lambda text: None
     #: "postgresql" or "timescaledb": what ``run_database`` found on the server (set by its first run).
     flavour: str = "postgresql"
+    #: TimescaleDB: workers and the COPY limit write with ``timescaledb.enable_direct_compress_copy`` on.
+    direct_compress: bool = False
     _serial: int = 0
 
     def next_name(self, label: str) -> str:
@@ -187,7 +189,8 @@ def run_shardctl(ctx: BenchContext, kind: str, batch_size: int, shards: int, tic
         with FeedProcess(ctx.workdir / f"{name}.feed.log",
                          _feed_args(ctx, kind, ticks, rate, shards, sent_log)) as feed:
             config = write_config(ctx.workdir / f"{name}.toml", feed.url, groups, batch_size=batch_size,
-                                  flush_interval=ctx.flush_interval, state_dir=ctx.workdir / f"{name}.state")
+                                  flush_interval=ctx.flush_interval, state_dir=ctx.workdir / f"{name}.state",
+                                  direct_compress=ctx.direct_compress)
             lat_paths = [ctx.workdir / f"{name}.s{i}.lat" for i in range(shards)]
             workers = [WorkerProcess(config, f"s{i}", dsn, lat_paths[i], ctx.workdir / f"{name}.s{i}.log",
                                      profile=None if profile is None else Path(f"{profile}.s{i}"))
@@ -289,14 +292,27 @@ def run_baseline(ctx: BenchContext, kind: str, ticks: int, rate: float | None) -
     return _finish(result, check, span, lossy=True)
 
 
+def prepare_copy(conn: Any, ctx: BenchContext, rows: list[tuple[Any, ...]]) -> None:
+    """Before COPYing ``rows`` as the writer would: day partitions (plain PostgreSQL) or direct compress (TimescaleDB)."""
+    from shardctl.db.schema import ensure_partition
+    from shardctl.db.writer import DIRECT_COMPRESS_GUC, _utc_day
+
+    if ctx.flavour == "postgresql":
+        for day in sorted({_utc_day(r[0]) for r in rows}):
+            ensure_partition(conn, TablesConfig(), day)
+    elif ctx.direct_compress:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config(%s, 'on', false)", (DIRECT_COMPRESS_GUC,))
+        conn.commit()
+
+
 def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     """The replay rows, pre-encoded by the writer's own pgcopy encoder, COPY'd in ``batch_size`` transactions.
 
     Only the COPY and COMMIT calls are timed (one connection): what the
     database takes, without websocket, parsing or encoding.
     """
-    from shardctl.db.schema import ensure_partition
-    from shardctl.db.writer import COLUMNS, _TickCopyManager, _utc_day
+    from shardctl.db.writer import COLUMNS, _TickCopyManager
 
     name = ctx.next_name(f"copy-limit-b{batch_size}")
     result = RunResult("copy-limit", "throughput", batch_size, 1, None, ctx.expected.total, 0, False, "")
@@ -304,8 +320,7 @@ def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     with run_database(ctx, name) as dsn:
         conn = psycopg2.connect(dsn)
         try:
-            for day in sorted({_utc_day(r[0]) for r in rows}) if ctx.flavour == "postgresql" else ():
-                ensure_partition(conn, TablesConfig(), day)  # plain PostgreSQL only: hypertables make chunks
+            prepare_copy(conn, ctx, rows)
             manager = _TickCopyManager(conn, "crypto_ticks", COLUMNS)
             ctx.progress(f"{result.label}: encoding {len(rows):,} rows")
             buffers = []
