@@ -104,15 +104,22 @@ def test_db_init_and_status_name_every_candle_relation_and_policy(
 
 
 def test_direct_compress_writes_columnstore_batches(schema_dsn: str, flavour: str, tables) -> None:
-    start = datetime(2031, 1, 6, tzinfo=UTC)
-    rows = [(start + timedelta(seconds=i // 2), "BTC/USD" if i % 2 else "ETH/USD", 100.0 + i, i, None, None)
-            for i in range(4000)]
+    from shardctl.db.writer import DIRECT_COMPRESS_MIN_ROWS
+
+    def batch(start: datetime, n: int) -> list[tuple]:
+        return [(start + timedelta(seconds=i // 2), "BTC/USD" if i % 2 else "ETH/USD", 100.0 + i, i, None, None)
+                for i in range(n)]
+
+    big, small = datetime(2031, 1, 8, tzinfo=UTC), datetime(2031, 3, 5, tzinfo=UTC)  # chunks 8 weeks apart
+    rows = batch(big, 2 * DIRECT_COMPRESS_MIN_ROWS) + batch(small, DIRECT_COMPRESS_MIN_ROWS - 1)
     with Writer(schema_dsn, tables, "dc", direct_compress=True) as writer:
-        assert writer.write(1, rows[:2000]) and writer.write(2, rows[2000:])
+        assert writer.write(1, rows[:DIRECT_COMPRESS_MIN_ROWS]) and writer.write(2, rows[DIRECT_COMPRESS_MIN_ROWS:-999])
+        assert writer.write(3, rows[-999:])  # a small batch: rows, even with direct compress
         with pytest.raises(DatabaseError):  # NOT NULL symbol holds with direct compress too
-            writer.write(3, [(start, None, 1.0, None, None, None)] * 2000)
-    assert query(schema_dsn, "SELECT count(*), sum(price) FROM crypto_ticks") == [(4000, sum(r[2] for r in rows))]
-    assert query(schema_dsn, "SELECT last_seq, rows_total FROM shardctl_ledger WHERE shard = 'dc'") == [(2, 4000)]
-    if flavour == "timescaledb":  # the rows went straight into the columnstore: no conversion needed
-        assert query(schema_dsn, "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks "
-                                 "WHERE hypertable_name = 'crypto_ticks'") == [(True,)]
+            writer.write(4, [(big, None, 1.0, None, None, None)] * DIRECT_COMPRESS_MIN_ROWS)
+    assert query(schema_dsn, "SELECT count(*), sum(price) FROM crypto_ticks") == [(len(rows), sum(r[2] for r in rows))]
+    assert query(schema_dsn, "SELECT last_seq, rows_total FROM shardctl_ledger WHERE shard = 'dc'") == [(3, len(rows))]
+    if flavour == "timescaledb":  # the big batches went straight into the columnstore; the small one did not
+        assert query(schema_dsn, "SELECT range_start <= %s, is_compressed FROM timescaledb_information.chunks "
+                                 "WHERE hypertable_name = 'crypto_ticks' ORDER BY range_start", (big,)) == [
+            (True, True), (False, False)]

@@ -42,6 +42,9 @@ log = logging.getLogger("shardctl.writer")
 ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
 #: TimescaleDB >= 2.21: COPY compresses rows in memory and writes columnstore batches.
 DIRECT_COMPRESS_GUC = "timescaledb.enable_direct_compress_copy"
+#: Smaller batches are written as rows even with direct compress: a columnstore batch is built for ~1,000
+#: rows, and tiny compressed batches cost more time and space than rows (benchmarks/README.md).
+DIRECT_COMPRESS_MIN_ROWS = 1000
 Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)
 
 
@@ -106,9 +109,11 @@ class Writer:
 
     def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None,
                  direct_compress: bool = False) -> None:
-        """``direct_compress``: on a TimescaleDB that has it (>= 2.21), COPY straight into the columnstore."""
+        """``direct_compress``: on a TimescaleDB that has it (>= 2.21), COPY batches of at least
+        ``DIRECT_COMPRESS_MIN_ROWS`` rows straight into the columnstore."""
         self.dsn = dsn
         self.direct_compress = direct_compress
+        self._compress_copies = False  # direct_compress asked for, and this server has it
         self.tables = tables
         self.shard = shard
         self.application_name = application_name or f"shardctl:{shard}"
@@ -132,8 +137,7 @@ class Writer:
             if row is None:
                 raise DatabaseError(f"table {self.tables.ticks} does not exist; run `shardctl db init CONFIG`")
             self._partitioned = row[0] == "p"
-            if self.direct_compress and not self._partitioned:
-                self._enable_direct_compress(conn)
+            self._compress_copies = self.direct_compress and not self._partitioned and self._has_direct_compress(conn)
             # One writer per shard and database, across hosts: two would interleave journal offsets
             # in one ledger row and skip each other's batches. The lock lives as long as the session.
             with conn.cursor() as cur:
@@ -155,15 +159,15 @@ class Writer:
         self._conn = conn
         return conn
 
-    def _enable_direct_compress(self, conn: Any) -> None:
-        """Session setting ``timescaledb.enable_direct_compress_copy``; a warning where the server lacks it."""
+    def _has_direct_compress(self, conn: Any) -> bool:
+        """True if the server knows ``timescaledb.enable_direct_compress_copy``; else a warning, once per connection."""
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_settings WHERE name = %s", (DIRECT_COMPRESS_GUC,))
-            if cur.fetchone() is None:
-                log.warning("shard %s: direct_compress is set but this server has no %s (TimescaleDB >= 2.21); "
-                            "writing rows uncompressed", self.shard, DIRECT_COMPRESS_GUC)
-                return
-            cur.execute("SELECT set_config(%s, 'on', false)", (DIRECT_COMPRESS_GUC,))
+            if cur.fetchone() is not None:
+                return True
+        log.warning("shard %s: direct_compress is set but this server has no %s (TimescaleDB >= 2.21); "
+                    "writing rows uncompressed", self.shard, DIRECT_COMPRESS_GUC)
+        return False
 
     def _drop(self) -> None:
         """Forget the connection (closing it if still open); the next call reconnects."""
@@ -267,6 +271,8 @@ class Writer:
                     return False
                 if rows:
                     assert self._copy is not None
+                    if self._compress_copies and len(rows) >= DIRECT_COMPRESS_MIN_ROWS:
+                        cur.execute("SELECT set_config(%s, 'on', true)", (DIRECT_COMPRESS_GUC,))  # this transaction
                     self._copy.copy(rows, io.BytesIO)
                 crash_point("after_copy")
                 cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "
