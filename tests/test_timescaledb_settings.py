@@ -56,7 +56,7 @@ def test_defaults_are_the_tutorials(tmp_path: Path, write_config: Callable[..., 
     settings = load_config(write_config(tmp_path, SHARDS)).timescaledb
     assert (settings.chunk_interval, settings.columnstore_after) == (7 * 86400, 7 * 86400)
     assert settings.drop_after is None and dict(settings.candle_drop_after) == {}
-    assert settings.direct_compress is False
+    assert settings.direct_compress is True  # what the figures support (benchmarks/README.md)
     custom = load_config(write_config(tmp_path, SHARDS + '[timescaledb]\nchunk_interval = "1d"\ndrop_after = "90d"\n'
                                       'candle_drop_after = { "1m" = "7d" }\n')).timescaledb
     assert (custom.chunk_interval, custom.drop_after, dict(custom.candle_drop_after)) == (
@@ -123,3 +123,29 @@ def test_direct_compress_writes_columnstore_batches(schema_dsn: str, flavour: st
         assert query(schema_dsn, "SELECT range_start <= %s, is_compressed FROM timescaledb_information.chunks "
                                  "WHERE hypertable_name = 'crypto_ticks' ORDER BY range_start", (big,)) == [
             (True, True), (False, False)]
+
+
+def test_candles_follow_direct_compressed_batches(schema_dsn: str, tables) -> None:
+    """Rows COPY'd straight into the columnstore reach the candles, late ones included (in-memory invalidation)."""
+    from shardctl.db.candles import refresh_range
+    from shardctl.db.connection import connect
+    from shardctl.db.writer import DIRECT_COMPRESS_MIN_ROWS
+
+    day = datetime(2031, 2, 3, tzinfo=UTC)
+    first = [(day + timedelta(seconds=i), "BTC/USD", 100.0 + i % 50, i, None, None)
+             for i in range(DIRECT_COMPRESS_MIN_ROWS)]
+    late = [(day + timedelta(hours=5, seconds=i), "BTC/USD", 90.0 if i == 7 else 120.0, i, None, None)
+            for i in range(DIRECT_COMPRESS_MIN_ROWS)]
+    conn = connect(schema_dsn)
+    try:
+        with Writer(schema_dsn, tables, "dc", direct_compress=True) as writer:
+            assert writer.write(1, first)
+            refresh_range(conn, tables, day, day + timedelta(days=1))
+            assert query(schema_dsn, "SELECT \"open\", high, low FROM one_day_candle") == [(100.0, 149.0, 100.0)]
+            assert writer.write(2, late)
+        refresh_range(conn, tables, day, day + timedelta(days=1))
+    finally:
+        conn.close()
+    assert query(schema_dsn, "SELECT \"open\", high, low, \"close\" FROM one_day_candle") == [(100.0, 149.0, 90.0,
+                                                                                            120.0)]
+    assert query(schema_dsn, "SELECT count(*) FROM one_minute_candle") == [(17 + 17,)]

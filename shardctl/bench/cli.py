@@ -52,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--soak", metavar="DURATION", help="also one long run at --rate measuring RSS, e.g. 10m")
     p.add_argument("--profile", action="store_true", help="also profile one worker at max throughput")
     p.add_argument("--skip-baseline", action="store_true", help="leave out the tutorial baseline runs")
-    p.add_argument("--direct-compress", action="store_true",
-                   help="TimescaleDB: workers and the COPY limit write with direct compress on")
+    p.add_argument("--direct-compress", choices=("on", "off"), default="on",
+                   help="TimescaleDB: workers and the COPY limit write with direct compress on (default, as "
+                        "[timescaledb] direct_compress) or off")
     p.add_argument("--storage", action="store_true",
                    help="also measure the ticks table's size after the replay, before and after the columnstore "
                         "policy (at each batch size)")
@@ -136,12 +137,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         replay = workdir / "replay.jsonl"
         expected = bench_data.write_replay(replay, args.ticks, bench_data.BENCH_SYMBOLS)
         ctx = BenchContext(dsn, pg_pid, workdir, replay, expected, flush_interval=flush, progress=progress,
-                           direct_compress=args.direct_compress)
+                           direct_compress=args.direct_compress == "on")
         results, extra = _run_all(ctx, args, sizes, soak, progress)
         rows = bench_report.add_ratios(results)
         meta: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": bench_report.machine_info(dsn),
+            "machine": {**bench_report.machine_info(dsn), **_flavour(ctx)},
             "settings": {"ticks": args.ticks, "rate": args.rate, "batch_sizes": sizes, "shards": args.shards,
                          "flush_interval": flush, "latency_seconds": args.latency_seconds,
                          "direct_compress": args.direct_compress,
@@ -168,6 +169,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
               + "; ".join(f"{r.label}: {r.check}" for r in failed), file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _flavour(ctx: BenchContext) -> dict[str, str]:
+    """The flavour the runs' own databases had (the admin database may lack the extension)."""
+    if ctx.flavour != "timescaledb":
+        return {}
+    import psycopg2
+
+    conn = psycopg2.connect(ctx.admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return {"flavour": f"timescaledb {row[0] if row else '?'} (in each run's database)"}
 
 
 def _describe(key: str, value: dict[str, Any]) -> str:

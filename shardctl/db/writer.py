@@ -160,13 +160,17 @@ class Writer:
         return conn
 
     def _has_direct_compress(self, conn: Any) -> bool:
-        """True if the server knows ``timescaledb.enable_direct_compress_copy``; else a warning, once per connection."""
+        """True on TimescaleDB >= 2.24 (direct compress COPY into a hypertable with continuous aggregates,
+        as shardctl's always has; older versions refuse it with a warning per COPY); else a warning."""
+        from shardctl.db.policies import timescaledb_version
+
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_settings WHERE name = %s", (DIRECT_COMPRESS_GUC,))
-            if cur.fetchone() is not None:
+            known = cur.fetchone() is not None
+            if known and timescaledb_version(cur) >= (2, 24):
                 return True
-        log.warning("shard %s: direct_compress is set but this server has no %s (TimescaleDB >= 2.21); "
-                    "writing rows uncompressed", self.shard, DIRECT_COMPRESS_GUC)
+        log.warning("shard %s: direct_compress needs TimescaleDB >= 2.24 (%s with continuous aggregates); "
+                    "writing rows uncompressed", self.shard, DIRECT_COMPRESS_GUC, extra={"shard": self.shard})
         return False
 
     def _drop(self) -> None:
