@@ -14,8 +14,9 @@ TimescaleDB flavour: the tutorial's hypertable, asset table and candle
 continuous aggregates with refresh policies (``one_day_candle`` verbatim from
 ``reference/seed-schema.md``; the finer ones the same query with their own
 bucket width and window, see ``shardctl.db.candlespec.CANDLE_POLICIES``), plus nullable ``bid``/
-``ask`` and an index. ``[tables] realtime_candles`` sets
-``timescaledb.materialized_only`` on every candle view.
+``ask``, an index and ``symbol NOT NULL`` (as on PostgreSQL). ``[tables] realtime_candles`` sets
+``timescaledb.materialized_only`` on every candle view; ``[timescaledb]`` settings, when given,
+become the policies in force (``shardctl.db.policies``).
 
 PostgreSQL flavour: ticks range-partitioned by UTC day with a DEFAULT
 partition (so no tick is ever rejected), daily partitions created ahead by
