@@ -8,18 +8,23 @@ message (never a traceback) and exits with its ``exit_code``.
     ├── UsageError                exit 2: bad command-line arguments
     ├── DatabaseError             the database refused or failed a statement
     │   └── DatabaseUnavailable   the database cannot be reached (retryable)
+    ├── ShardFenced               exit 3: another host holds the shard's lease (cluster mode)
     ├── EmbeddedServerError       the embedded PostgreSQL could not start/stop
-    ├── SourceError               the Twelve Data source misbehaves
-    │   └── BadApiKey             the handshake was refused: the key is wrong
-    └── ControlError              a control request was refused (has a code)
+    ├── ReferenceUnavailable      Twelve Data's reference lists cannot be fetched (no key, no network)
+    └── ControlError              a control request was refused (has a ControlCode)
         └── SupervisorNotRunning  no supervisor answers on the control socket
 """
 
 from __future__ import annotations
 
+import enum
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+#: A worker stopped because another host holds its shard's lease (cluster mode): it committed nothing
+#: after it learnt so and closed its websocket. Not a failure: its supervisor stands by for the shard.
+EXIT_FENCED = 3
 
 
 class ShardctlError(Exception):
@@ -71,30 +76,51 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached now; retrying later may succeed."""
 
 
+class ShardFenced(ShardctlError):
+    """This worker's lease epoch is no longer the shard's: another host owns it. Commit nothing more."""
+
+    exit_code = EXIT_FENCED
+
+
 class EmbeddedServerError(ShardctlError):
     """The embedded PostgreSQL server could not be started, found or stopped."""
 
 
-class SourceError(ShardctlError):
-    """The Twelve Data source misbehaves (not a network blip)."""
+class ReferenceUnavailable(ShardctlError):
+    """Twelve Data's reference lists (``/stocks``...) could not be fetched: no key, no network, refused."""
 
 
-class BadApiKey(SourceError):
-    """Twelve Data refused the websocket handshake: the API key is wrong."""
+class ControlCode(enum.StrEnum):
+    """Why a control request was refused; the ``code`` of the control protocol's refusals."""
+
+    NO_SUCH_SHARD = "no_such_shard"
+    BUSY = "busy"
+    ALREADY_RUNNING = "already_running"
+    NOT_RUNNING = "not_running"
+    SHUTTING_DOWN = "shutting_down"
+    TIMEOUT = "timeout"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    FORBIDDEN = "forbidden"
+    INTERNAL = "internal"
+
+    @classmethod
+    def read(cls, text: object) -> ControlCode:
+        """The code named by ``text``; an unknown one (a newer supervisor's) reads as INTERNAL."""
+        try:
+            return cls(str(text))
+        except ValueError:
+            return cls.INTERNAL
 
 
 class ControlError(ShardctlError):
-    """A control request was refused; ``code`` is machine-readable.
+    """A control request was refused; ``code`` says why, for machines."""
 
-    Codes: no_such_shard, busy, already_running, not_running, shutting_down,
-    timeout, bad_request, unknown_command, forbidden.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ControlCode, message: str) -> None:
         self.code = code
         super().__init__(message)
 
 
 class SupervisorNotRunning(ControlError):
     def __init__(self, message: str) -> None:
-        super().__init__("not_running", message)
+        super().__init__(ControlCode.NOT_RUNNING, message)

@@ -98,7 +98,8 @@ class _ComponentFilter(logging.Filter):
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname:<7} [{record.shard}] {record.getMessage()}"
+        shard = getattr(record, "shard", "-")
+        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname:<7} [{shard}] {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return mask_secrets(line)
@@ -109,7 +110,7 @@ class _JsonFormatter(logging.Formatter):
         entry = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
-            "shard": record.shard,
+            "shard": getattr(record, "shard", "-"),
             "logger": record.name,
             "msg": mask_secrets(record.getMessage()),
         }

@@ -242,3 +242,18 @@ def test_resume_finds_unfinished_gaps_only(feed: FeedServer, conn: Any, fresh_ds
     assert filler.resume(since=timedelta(days=100_000)) == 2 and filler.queued() == 2  # not queued twice
     assert filler.resume() == 0  # default: only gaps that ended within a day
     filler.stop()
+
+
+def test_a_thread_failure_is_kept_for_the_worker_to_report(feed: FeedServer, fresh_dsn: str) -> None:
+    class Broken(Backfiller):
+        def run_pending(self) -> list:
+            raise RuntimeError("a bug in backfill")
+
+    filler = Broken(fresh_dsn, "crypto", ["SOL/USD"], rest_url=feed.rest_url, api_key=KEY, threshold=120)
+    filler.start(resume=False, rescan=None)
+    try:
+        wait_until(lambda: filler.failure is not None, timeout=10, what="the failure")
+        assert filler.failure == "RuntimeError: a bug in backfill"
+        assert filler.stop(timeout=5), "the thread has ended"
+    finally:
+        filler.stop(timeout=5)

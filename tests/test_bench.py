@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from shardctl.bench import data as bench_data
 from shardctl.bench import report as bench_report
@@ -18,6 +19,7 @@ from shardctl.bench import runs as bench_runs
 from shardctl.bench.monitor import percentiles
 
 
+@pytest.mark.slow
 def test_bench_small_run_writes_parseable_results_with_matching_counts(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "shardctl", "bench", "--ticks", "5000", "--batch-sizes", "100,1000",
@@ -50,6 +52,11 @@ def test_bench_small_run_writes_parseable_results_with_matching_counts(tmp_path:
     assert all(row["stored"] == row["sent"] for row in rows if row["system"] == "shardctl")
     if importlib.util.find_spec("matplotlib"):
         assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    # The HTML chart comes from every run, offline: plotly.js beside it, no CDN.
+    page = (out / "chart.html").read_text()
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in page and "cdn." not in page
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert f"chart written to {out / 'chart.html'}" in proc.stderr
 
 
 def _drop_aapl_rows(dsn: str) -> None:
@@ -63,6 +70,7 @@ def _drop_aapl_rows(dsn: str) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_a_run_whose_rows_do_not_match_reports_failed_and_no_throughput(tmp_path: Path, pg_server) -> None:
     replay = tmp_path / "replay.jsonl"
     expected = bench_data.write_replay(replay, 620, bench_data.BENCH_SYMBOLS)
@@ -75,6 +83,20 @@ def test_a_run_whose_rows_do_not_match_reports_failed_and_no_throughput(tmp_path
     assert result.check.startswith("FAILED") and "AAPL" in result.check
     table = bench_report.format_table(bench_report.add_ratios([result]))
     assert "FAILED" in table.splitlines()[-1]
+
+
+def test_html_chart_shows_every_batch_size_and_a_failed_run(tmp_path: Path) -> None:
+    from shardctl.bench.chart import write_html_chart
+
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/2026-11-21-vm/results.json").read_text())
+    rows = results["runs"]
+    failed = next(r for r in rows if r["system"] == "shardctl" and r["kind"] == "throughput")
+    failed.update(ok=False, rows_per_s=None)
+    note = write_html_chart(tmp_path / "chart.html", rows)
+    page = (tmp_path / "chart.html").read_text()
+    assert note.startswith(f"chart written to {tmp_path / 'chart.html'}") and "FAILED" in page
+    assert "baseline: tutorial" in page and "limit: COPY only" in page and "shardctl p99" in page
+    assert (tmp_path / "plotly.min.js").exists()
 
 
 def test_compare_and_percentiles() -> None:

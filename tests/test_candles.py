@@ -331,6 +331,7 @@ def _config(write_config: Callable[..., Path], directory: Path, dsn: str) -> Pat
         """)
 
 
+@pytest.mark.slow
 def test_candles_command(schema_dsn: str, tables: TablesConfig, tmp_path: Path,
                          write_config: Callable[..., Path]) -> None:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -30,7 +30,7 @@ GOOD = """\
     """
 
 BAD = """\
-    colour = "blue"
+    pineapple = "blue"
     [database]
     dsn = "postgresql://me:hunter2@db/x"
     dsn_env = "SHARDCTL_DSN"
@@ -92,7 +92,7 @@ def test_bad_config_lists_every_problem(tmp_path, capsys):
     lines = err.splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     expected = [
-        f"{path}: colour: unknown key; allowed keys:",
+        f"{path}: pineapple: unknown key; allowed keys:",
         f"{path}: defaults.batch_sise: unknown key; did you mean 'batch_size'?",
         f"{path}: database: set either dsn or dsn_env, not both",
         f"{path}: defaults.flush_interval: expected a duration like",
@@ -155,7 +155,7 @@ def test_cli_bad_config_exit_2_every_problem_no_traceback(tmp_path):
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("error: ") == 7
-    for key in ("colour", "defaults.batch_sise", "database", "defaults.flush_interval", "tables.ticks",
+    for key in ("pineapple", "defaults.batch_sise", "database", "defaults.flush_interval", "tables.ticks",
                 "shards.stocks.symbols", "shards.crypto.symbols"):
         assert f"error: {path}: {key}: " in proc.stderr
     assert proc.stderr.rstrip().endswith("7 problem(s) found")
@@ -227,7 +227,8 @@ def test_a_journal_cap_larger_than_the_free_disk_is_warned_about(tmp_path: Path)
 
 
 def test_a_journal_cap_that_fits_is_not_warned_about(tmp_path: Path) -> None:
-    config = write(tmp_path, GOOD + '    [defaults]\n    journal_segment_bytes = "1MiB"\n    journal_max_bytes = "2MiB"\n')
+    config = write(tmp_path, GOOD + '    [defaults]\n    journal_segment_bytes = "1MiB"\n'
+                   '    journal_max_bytes = "2MiB"\n')
     result = subprocess.run([sys.executable, "-m", "shardctl", "validate", str(config)],
                             capture_output=True, text=True, timeout=60, env={**os.environ,
                                                                            "SHARDCTL_STATE_DIR": str(tmp_path)})

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardctl.errors import ControlError, ShardctlError, SupervisorNotRunning
+from shardctl.report import ShardStatus
 from shardctl.supervisor.control import (
     ControlClient,
     ControlServer,
@@ -230,14 +231,15 @@ def test_pidfile_unlink_leaves_someone_elses_file(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ metrics
 
-SHARDS = [
+#: Flat JSON as ``status --json`` prints it, read back through the typed status.
+SHARDS = [ShardStatus.from_json(shard) for shard in [
     {"name": "crypto", "state": "RUNNING", "wanted": True, "ticks_received": 10, "rows_written": 8, "batches": 2,
      "batch_seconds_sum": 0.5, "batch_seconds_max": 0.3, "reconnects": 1, "dead_letters": 0, "parse_errors": 0,
      "restarts": 3, "pending_rows": 2, "connected": True, "last_tick_at": 1000.0, "last_event_ts": 999},
     {"name": "stocks", "state": "BACKOFF", "reason": "exit code 1; restarting in 1.0s", "wanted": True,
      "ticks_received": 0, "rows_written": 0, "batches": 0, "restarts": 1, "last_tick_at": None},
     {"name": "forex", "state": "STOPPED", "wanted": False},
-]
+]]
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,6 +18,7 @@ from support import WorkerProcess, row_count, wait_until
 from shardctl.config import check_config
 from shardctl.feed.server import FeedServer
 from shardctl.journal.deadletters import FILE_NAME, DeadLetters, read_all_dead_letters
+from shardctl.report import WorkerReport
 
 KIB, MIB = 1024, 1024 * 1024
 FRAME_SIZE = 64 * KIB
@@ -45,6 +46,7 @@ def fill(path: Path, count: int = FRAMES, start: int = 0, **kw: int) -> DeadLett
     return dead
 
 
+@pytest.mark.slow
 def test_1500_frames_of_64KiB_stay_within_the_default_cap(tmp_path: Path) -> None:
     dead = fill(tmp_path / FILE_NAME)
     sizes = on_disk(tmp_path)
@@ -56,6 +58,7 @@ def test_1500_frames_of_64KiB_stay_within_the_default_cap(tmp_path: Path) -> Non
     assert {len(e["frame"]) for e in entries} == {4096}, "the first 4,096 characters are kept"
 
 
+@pytest.mark.slow
 def test_rotation_keeps_the_newest_entries_and_counts_the_dropped(tmp_path: Path) -> None:
     cap = 256 * KIB
     dead = fill(tmp_path / FILE_NAME, max_bytes=cap)
@@ -110,6 +113,12 @@ def test_dead_letter_max_bytes_is_a_size_setting_with_a_floor(tmp_path: Path) ->
     assert config is not None and config.shards["a"].settings.dead_letter_max_bytes == 8 * MIB
 
 
+def stats(worker: WorkerProcess) -> list[WorkerReport]:
+    """The worker's stats reports so far, read through the typed report."""
+    return [WorkerReport.from_json(r) for r in worker.reports() if r.get("type") == "stats"]
+
+
+@pytest.mark.slow
 def test_a_worker_reports_the_dropped_count_and_deadletters_reads_both_files(tmp_path, schema_dsn) -> None:
     symbols = ("AAPL", "BTC/USD")
     config = tmp_path / "shardctl.toml"
@@ -122,18 +131,18 @@ def test_a_worker_reports_the_dropped_count_and_deadletters_reads_both_files(tmp
         try:
             wait_until(lambda: row_count(schema_dsn) > 0, what="rows")
             feed.inject("garbage", every=1)
-            wait_until(lambda: any((r.get("dead_letters_dropped") or 0) > 0 for r in worker.reports()),
+            wait_until(lambda: any(r.counters.dead_letters_dropped > 0 for r in stats(worker)),
                        what="dead letters dropped at the cap")
             feed.clear("garbage")
             assert worker.terminate() == 0
-            final = [r for r in worker.reports() if r.get("type") == "stats"][-1]
+            final = stats(worker)[-1].counters
         finally:
             worker.close()
     shard_dir = tmp_path / "state" / "shards" / "s1"
     assert max(on_disk(shard_dir).get(n, 0) for n in (FILE_NAME, FILE_NAME + ".1")) <= 64 * KIB
     kept = list(read_all_dead_letters(shard_dir / FILE_NAME))
-    assert final["dead_letters"] == final["dead_letters_dropped"] + len(kept)
-    assert final["dead_letters_dropped"] > 0
+    assert final.dead_letters == final.dead_letters_dropped + len(kept)
+    assert final.dead_letters_dropped > 0
     shown = subprocess.run([sys.executable, "-m", "shardctl", "deadletters", str(config), "--format", "json",
                             "--limit", "100000"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr

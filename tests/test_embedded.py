@@ -23,6 +23,7 @@ def _select_one(dsn: str) -> int:
         conn.close()
 
 
+@pytest.mark.slow
 def test_server_outlives_the_process_that_started_it(server_dir: Path) -> None:
     data = server_dir / "pg"
     server = EmbeddedPostgres(data)
@@ -44,6 +45,7 @@ def test_server_outlives_the_process_that_started_it(server_dir: Path) -> None:
     assert server.stop() is False
 
 
+@pytest.mark.slow
 def test_long_data_dir_puts_the_socket_elsewhere(server_dir: Path) -> None:
     data = server_dir / ("d" * 60) / ("e" * 60) / "pg"
     server = EmbeddedPostgres(data)

@@ -69,6 +69,10 @@ from support import WorkerProcess, row_count, wait_until
 from shardctl.config import load_config
 from shardctl.config.model import ShardSettings
 
+#: Fault injection with real processes, seconds to tens of seconds each: not in the quick loop
+#: (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def supervisors():
@@ -275,7 +279,8 @@ def test_database_killed_hard_three_times_writes_resume_soon_and_nothing_is_lost
                 if not grew or resumes[-1] > RESUME_DEADLINE:
                     break  # already failed; the figures of the next outages would only cost time
                 target = feed.stats().sent
-                wait_until(lambda: row_count(schema_dsn) >= target, 60, what="the backlog to drain before the next outage")
+                wait_until(lambda: row_count(schema_dsn) >= target, 60,
+                           what="the backlog to drain before the next outage")
         finally:
             pg_server.start()
         feed.inject("silence", standing=True, seconds=600)
@@ -286,7 +291,8 @@ def test_database_killed_hard_three_times_writes_resume_soon_and_nothing_is_lost
     stored = stored_keys(schema_dsn)
     lost_journaled = sum((journaled - stored).values()) if journaled else 0
     shown = ["timeout" if r is None else f"{r}s" for r in resumes]
-    result.extra.update(outages=len(resumes), resume_after_restart=shown, journaled_during_outages=sum(journaled.values()),
+    result.extra.update(outages=len(resumes), resume_after_restart=shown,
+                        journaled_during_outages=sum(journaled.values()),
                         lost_from_journal=lost_journaled, runtime=f"{time.monotonic() - started:.1f}s")
     message = report(result)
     problems = []

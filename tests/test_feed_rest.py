@@ -1,4 +1,4 @@
-"""The local feed's REST endpoint (``shardctl.feed_rest``) over real sockets, with requests and the twelvedata package."""
+"""The local feed's REST endpoint (``shardctl.feed.rest``) over real sockets, with requests and twelvedata."""
 
 from __future__ import annotations
 

@@ -54,6 +54,7 @@ def test_many_frames_of_every_length_class(pair) -> None:
 
 def test_byte_by_byte_delivery_is_reassembled(pair) -> None:
     server, client = pair
+    client.settimeout(0.005)  # each read waits this long for the byte that never comes: keep it short
     reader = FrameReader(client, lambda _: None)
     data = frame(b"hello world" * 20)
     results = []

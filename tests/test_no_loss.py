@@ -26,6 +26,9 @@ from test_worker import start_worker, write_config
 
 from shardctl.feed.server import FeedServer
 
+#: real workers killed, crashed and starved: seconds each; `pytest -m "not slow"` leaves them out of the quick loop.
+pytestmark = pytest.mark.slow
+
 #: Stocks and crypto carry a day_volume that grows with every tick, which makes each tick unique.
 SYMBOLS = ("AAPL", "MSFT", "BTC/USD", "ETH/USD")
 

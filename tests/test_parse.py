@@ -10,7 +10,7 @@ import pytest
 from shardctl.journal.journal import Journal
 from shardctl.rows import Tick
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
-from shardctl.twelvedata.parse import FrameParser, Kind
+from shardctl.twelvedata.parse import MAX_PRICE_FRAME, FrameParser, Kind
 
 
 def parse(frame: bytes | str):
@@ -127,3 +127,15 @@ def test_a_binary_frame_replayed_from_the_journal_gets_the_same_verdict(tmp_path
         journal.flush()
         replayed = [parse(record.frame) for record in journal.replay()]
     assert [(p.kind, p.reason) for p in replayed] == [(Kind.BAD, BINARY_REASON), (Kind.PRICE, None)]
+
+
+def test_a_padded_price_event_is_bad_and_a_large_status_is_not() -> None:
+    parser = FrameParser()
+    price = {"event": "price", "symbol": "AAPL", "price": 1.5, "timestamp": 1_700_000_000}
+    padded = orjson.dumps({**price, "pad": "x" * MAX_PRICE_FRAME})
+    parsed = parser.parse(padded)
+    assert parsed.kind is Kind.BAD and parsed.reason is not None and "price event of" in parsed.reason
+    assert parser.parse(orjson.dumps(price)).kind is Kind.PRICE
+    many = [{"symbol": f"S{i}", "exchange": "NASDAQ"} for i in range(5000)]  # a 1,500-symbol shard's answer
+    status = orjson.dumps({"event": "subscribe-status", "status": "ok", "success": many, "fails": []})
+    assert len(status) > MAX_PRICE_FRAME and parser.parse(status).kind is Kind.STATUS

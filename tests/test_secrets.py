@@ -124,6 +124,7 @@ class EchoKeyServer:
         self._thread.join(10)
 
 
+@pytest.mark.slow
 def test_server_text_with_the_key_is_masked_in_logs_reports_and_dead_letters(tmp_path, schema_dsn) -> None:
     key = new_key()
     with EchoKeyServer(key) as server:
@@ -157,6 +158,7 @@ def test_server_text_with_the_key_is_masked_in_logs_reports_and_dead_letters(tmp
 
 # ------------------------------------------------------------------ modes
 
+@pytest.mark.slow
 def test_a_worker_under_umask_022_leaves_only_private_files(tmp_path, schema_dsn, umask_022) -> None:
     with FeedServer(rate=200, symbols=SYMBOLS, seed=21) as feed:
         worker = WorkerProcess(write_config(tmp_path, feed.url, schema_dsn), "s1", tmp_path / "worker.log")
@@ -169,10 +171,11 @@ def test_a_worker_under_umask_022_leaves_only_private_files(tmp_path, schema_dsn
         finally:
             worker.close()
     names = {p.name for p in files_under(tmp_path / "state")}
-    assert {"worker.lock", "deadletters.jsonl"} <= names  # (the "alive" stamp is gone: 599bafc) and any(n.endswith(".seg") for n in names)
+    assert {"worker.lock", "deadletters.jsonl"} <= names and any(n.endswith(".seg") for n in names)
     assert wider_than_private(tmp_path / "state") == []
 
 
+@pytest.mark.slow
 def test_an_existing_wide_shard_dir_is_narrowed(tmp_path, schema_dsn, umask_022) -> None:
     shard_dir = tmp_path / "state" / "shards" / "s1"
     shard_dir.mkdir(parents=True, mode=0o755)
@@ -193,6 +196,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_start_warns_about_a_dsn_password_and_the_supervisor_keeps_its_files_private(
         tmp_path, schema_dsn, umask_022) -> None:
     password = "pw-" + secrets.token_hex(8)
@@ -290,15 +294,16 @@ def test_loading_a_config_registers_its_keys_but_not_the_local_feed_key(register
 
 
 def test_status_table_masks_errors_and_shows_dead_letters(registered) -> None:
+    from shardctl.report import ShardStatus
     from shardctl.supervisor.cli import format_status
 
     key = new_key()
     logs.register_secrets([key])
-    table = format_status([
+    table = format_status([ShardStatus.from_json(shard) for shard in [
         {"name": "a", "state": "RUNNING", "pid": 1, "restarts": 0, "last_error": None, "dead_letters": 1500,
          "dead_letters_dropped": 1120},
         {"name": "b", "state": "BACKOFF", "pid": None, "restarts": 2, "reason": f"Invalid API key {key}: no"},
-    ], now=0.0)
+    ]], now=0.0)
     header, a, b = table.splitlines()
     assert "DEAD LETTERS" in header
     assert a.endswith("1,500 (1,120 dropped)  -")

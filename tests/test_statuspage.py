@@ -155,6 +155,7 @@ def test_status_token_env_is_checked(tmp_path: Path, monkeypatch) -> None:
 
 # ------------------------------------------------------------------ HTTP
 
+@pytest.mark.slow
 def test_status_candles_and_bad_requests(launch, schema_dsn: str) -> None:
     sup, port = launch()
     token_file = sup.config.state_dir / "run" / "status-token"
@@ -210,6 +211,7 @@ def test_status_candles_and_bad_requests(launch, schema_dsn: str) -> None:
     assert not token_file.exists()  # a generated token lives as long as its supervisor
 
 
+@pytest.mark.slow
 def test_restart_needs_the_token_and_goes_through_the_control_path(launch, monkeypatch) -> None:
     token = "a-status-token-from-the-environment"
     monkeypatch.setenv(TOKEN_ENV, token)
@@ -270,6 +272,7 @@ def one_line_error(body: bytes) -> str:
     return error
 
 
+@pytest.mark.slow
 def test_a_foreign_host_or_origin_is_refused(launch) -> None:
     sup, port = launch()
     token = (sup.config.state_dir / "run" / "status-token").read_text().strip()
@@ -316,6 +319,7 @@ def test_a_foreign_host_or_origin_is_refused(launch) -> None:
     assert code == 200 and json.loads(body)["shard"]["state"] in ("STARTING", "RUNNING")
 
 
+@pytest.mark.slow
 def test_configured_allowed_hosts_are_served(launch) -> None:
     sup, port = launch(allowed_hosts=["shardctl.internal"])
     token = (sup.config.state_dir / "run" / "status-token").read_text().strip()
@@ -457,6 +461,7 @@ class Browser:
 ROW = "document.querySelector('#shards tr[data-shard=\"{name}\"] {sel}')"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(APT_BUDGET + 120)  # a first run may install Chromium
 def test_page_in_headless_chromium(launch, schema_dsn: str, chromium: str, tmp_path: Path) -> None:
     sup, port = launch()

@@ -28,6 +28,9 @@ from shardctl.errors import ControlError
 from shardctl.feed.server import FeedServer
 from shardctl.supervisor.control import ControlClient
 
+#: real supervisors with worker processes: seconds each; `pytest -m "not slow"` leaves them out of the quick loop.
+pytestmark = pytest.mark.slow
+
 STOCKS = ("AAPL", "MSFT")
 CRYPTO = ("BTC/USD", "ETH/USD")
 
@@ -41,7 +44,8 @@ def free_port() -> int:
 
 
 def write_config(tmp_path: Path, url: str, dsn: str, *, shards: dict[str, tuple[str, ...]] | None = None,
-                 metrics_port: int = 0, **supervisor: Any) -> Path:
+                 metrics_port: int = 0, shard_settings: dict[str, dict[str, Any]] | None = None,
+                 **supervisor: Any) -> Path:
     sup = {"start_grace": "3s", "heartbeat_timeout": "5s", "restart_initial": "200ms", "restart_max": "1s",
            "healthy_after": "30s", "max_failures": 3, "failure_window": "60s", "stop_timeout": "10s",
            "metrics_port": metrics_port, **supervisor}
@@ -54,6 +58,7 @@ def write_config(tmp_path: Path, url: str, dsn: str, *, shards: dict[str, tuple[
     lines += [f"{key} = {json.dumps(value)}" for key, value in sup.items()]
     for name, symbols in (shards or {"stocks": STOCKS, "crypto": CRYPTO}).items():
         lines += [f"[shards.{name}]", f"symbols = {json.dumps(list(symbols))}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in (shard_settings or {}).get(name, {}).items()]
     path = tmp_path / "shardctl.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -323,7 +328,8 @@ def test_sighup_reload_restarts_changed_shards_only(tmp_path, schema_dsn, feed, 
     sup = start(supervisors, tmp_path, config)
     before = sup.wait_states("RUNNING")
     write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": ("BTC/USD",),
-                                                        "forex": ("EUR/USD",)})
+                                                        "forex": ("EUR/USD",)},
+                 shard_settings={"crypto": {"batch_size": 20}})  # more than its symbols: a restart
     sup.proc.send_signal(signal.SIGHUP)
     after = wait_until(lambda: (s := sup.status()).get("forex", {}).get("state") == "RUNNING"
                        and s["crypto"]["state"] == "RUNNING" and s["crypto"]["pid"] != before["crypto"]["pid"]
@@ -477,3 +483,33 @@ def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn, flavour) -> No
     assert result.returncode == 0, result.stderr
     assert "maintenance:" in result.stderr
     assert query(schema_dsn, "SELECT symbol, high, low FROM one_day_candle") == [("BTC/USD", 12, 10)]
+
+
+def test_reload_changes_symbols_on_the_open_connection(tmp_path, schema_dsn, feed, supervisors) -> None:
+    """An added symbol streams and a removed one stops, with no restart, no reconnect and no gap."""
+    config = write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": ("BTC/USD",)})
+    sup = start(supervisors, tmp_path, config)
+    before = sup.wait_states("RUNNING")
+    wait_until(lambda: db_rows(schema_dsn, ("BTC/USD",)) > 0, 20, what="BTC/USD rows")
+    connections = len(feed.stats().per_connection)
+
+    write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": CRYPTO})
+    added = run_cli("reload", str(config))
+    assert added.returncode == 0 and "re-subscribed ['crypto']" in added.stdout, added.stdout + added.stderr
+    wait_until(lambda: db_rows(schema_dsn, ("ETH/USD",)) > 0, 20, what="the added symbol's rows")
+
+    write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": ("ETH/USD",)})
+    removed = run_cli("reload", str(config))
+    assert removed.returncode == 0 and "re-subscribed ['crypto']" in removed.stdout
+    wait_until(lambda: "unsubscribed from 1 symbol(s)" in sup.log(), 20, what="the server's unsubscribe answer")
+    eth = db_rows(schema_dsn, ("ETH/USD",))
+    wait_until(lambda: db_rows(schema_dsn, ("ETH/USD",)) > eth + 20, 20, what="ETH/USD rows after it")
+    btc = db_rows(schema_dsn, ("BTC/USD",))  # every BTC/USD tick the server sent is committed by now
+    wait_until(lambda: db_rows(schema_dsn, ("ETH/USD",)) > eth + 60, 20, what="more ETH/USD rows")
+    assert db_rows(schema_dsn, ("BTC/USD",)) == btc, "the removed symbol stopped"
+
+    after = sup.status()
+    assert after["crypto"]["pid"] == before["crypto"]["pid"] and after["crypto"]["restarts"] == 0
+    assert after["crypto"]["symbols"] == 1 and after["crypto"]["reconnects"] == 0
+    assert len(feed.stats().per_connection) == connections, "no new connection"
+    assert query(schema_dsn, "SELECT count(*) FROM shardctl_gaps WHERE shard = 'crypto'")[0][0] == 0

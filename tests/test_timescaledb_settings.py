@@ -75,7 +75,8 @@ def test_db_init_and_status_name_every_candle_relation_and_policy(
                     "[now - 10 minutes, now - 1 minute)",
                     "candle 1h: table one_hour_candle, refreshed by shardctl every 1 hour over "
                     "[now - 3 hours, now - 1 hour)",
-                    "candle 1d: table one_day_candle, refreshed by shardctl every 1 day over [now - 3 days, now - 1 day)",
+                    "candle 1d: table one_day_candle, refreshed by shardctl every 1 day over "
+                    "[now - 3 days, now - 1 day)",
                     "partitions: crypto_ticks by UTC day, created 7 days ahead by shardctl every minute"]
     else:
         expected = ["candle 1m: continuous aggregate one_minute_candle",

@@ -44,7 +44,7 @@ MAX_BATCH_SIZE = 100
 _ARRIVED = "_bench_arrived"
 
 
-class Counters:
+class BaselineCounters:
     """What the instrumentation saw (written from the receive and handler threads)."""
 
     def __init__(self) -> None:
@@ -61,7 +61,7 @@ class Counters:
         self.latencies = array.array("f")
 
 
-COUNTERS = Counters()
+COUNTERS = BaselineCounters()
 
 
 def _on_message(self: Any, _ws: Any, message: str) -> None:
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    td_websocket.EventReceiver.on_message = _on_message  # type: ignore[method-assign]
+    td_websocket.EventReceiver.on_message = _on_message
     quiet = logging.getLogger("ws-twelvedata-bench")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False

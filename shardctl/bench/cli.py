@@ -12,7 +12,8 @@ The database: ``--dsn``, else the config's ``database.dsn``/``dsn_env``, else
 a private embedded PostgreSQL in a scratch directory, stopped at the end if
 this command started it. Each run uses a fresh database on that server.
 Results: a table on stdout (progress on stderr), and ``results.json``,
-``results.csv`` and ``chart.png`` in ``--out``; see ``benchmarks/README.md``.
+``results.csv``, ``chart.html`` (plotly, offline) and, with matplotlib, ``chart.png`` in ``--out``;
+see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from shardctl.bench import data as bench_data
 from shardctl.bench import report as bench_report
 from shardctl.bench import runs as bench_runs
 from shardctl.bench.runs import BenchContext, RunResult
+from shardctl.db.connection import scalar
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, UsageError
 
 DEFAULT_TICKS = 200_000
 DEFAULT_RATE = 5000.0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``shardctl bench`` to the CLI."""
     p = subparsers.add_parser("bench", help="benchmark batch sizes against the tutorial baseline and the limits",
                               description=__doc__.split("\n\n")[1] if __doc__ else None)
@@ -112,8 +114,7 @@ def _postmaster_pid(dsn: str) -> int | None:
     try:
         conn = psycopg2.connect(dsn, connect_timeout=5)
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            backend = cur.fetchone()[0]
+            backend = scalar(cur, "SELECT pg_backend_pid()")
         parent = psutil.Process(backend).parent()
         conn.close()
         return parent.pid if parent is not None and "postgres" in parent.name() else None

@@ -16,9 +16,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from shardctl.errors import ShardctlError
+from shardctl.report import WorkerReport, decode_report
 
 _LISTENING = re.compile(rb"feed listening on (ws://[^\s,]+)")
 
@@ -83,7 +84,7 @@ class WorkerProcess:
                  profile: Path | None = None) -> None:
         self.shard = shard
         self.log_path = log_path
-        self.stats: dict[str, Any] = {}
+        self.report = WorkerReport()
         read_fd, write_fd = os.pipe()
         env = dict(os.environ, SHARDCTL_DSN=dsn, SHARDCTL_LATENCY_LOG=str(latency_log),
                    SHARDCTL_REPORT_FD=str(write_fd))
@@ -107,11 +108,11 @@ class WorkerProcess:
         with os.fdopen(fd, "rb") as pipe:
             for line in pipe:
                 try:
-                    message = json.loads(line)
+                    report = decode_report(line)
                 except ValueError:
                     continue
-                if message.get("type") == "stats":
-                    self.stats = message
+                if isinstance(report, WorkerReport):
+                    self.report = report
 
     def poll(self) -> int | None:
         return self._proc.poll()

@@ -1,4 +1,4 @@
-"""Presenting benchmark results: progress on stderr, the table, results.json/.csv and the PNG chart.
+"""Presenting benchmark results: progress on stderr, the table, results.json/.csv and the charts.
 
 Every shardctl figure is also shown as a ratio to the tutorial baseline and
 to the limit (the lower of the COPY limit at that batch size and the
@@ -21,6 +21,7 @@ import psutil
 
 from shardctl import __version__
 from shardctl.bench.runs import RunResult
+from shardctl.db.connection import scalar
 
 CSV_FIELDS = ("system", "kind", "batch_size", "shards", "rate", "sent", "stored", "ok", "check", "rows_per_s",
               "seconds", "commits", "p50_ms", "p95_ms", "p99_ms", "max_ms", "process_cpu", "postgres_cpu",
@@ -77,18 +78,15 @@ def machine_info(dsn: str | None) -> dict[str, Any]:
         try:
             conn = psycopg2.connect(dsn)
             with conn.cursor() as cur:
-                cur.execute("SHOW server_version")
-                info["postgresql"] = cur.fetchone()[0]
+                info["postgresql"] = scalar(cur, "SHOW server_version")
                 cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
                 row = cur.fetchone()
-                cur.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
-                available = cur.fetchone()[0]
+                available = scalar(cur, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
                 info["flavour"] = f"timescaledb {row[0]}" if row else (
                     "postgresql (timescaledb available)" if available else "postgresql")
                 settings = {}
                 for name in ("shared_buffers", "fsync", "synchronous_commit", "wal_level", "max_wal_size"):
-                    cur.execute(f"SHOW {name}")
-                    settings[name] = cur.fetchone()[0]
+                    settings[name] = scalar(cur, f"SHOW {name}")
                 info["postgresql_settings"] = settings
             conn.close()
         except psycopg2.Error as exc:
@@ -166,7 +164,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_files(out: Path, rows: Sequence[dict[str, Any]], results: Sequence[RunResult], meta: dict[str, Any],
                 *, chart: bool = True) -> list[str]:
-    """Write results.json, results.csv and (matplotlib permitting) chart.png; return notes for the user."""
+    """Write results.json, results.csv, chart.html (plotly, offline) and, with matplotlib, chart.png.
+
+    Returns notes for the user saying where each chart is (or why the PNG is missing).
+    """
     out.mkdir(parents=True, exist_ok=True)
     soak = [{"batch_size": r.batch_size, "rss_series": r.rss_series} for r in results if r.rss_series]
     (out / "results.json").write_text(json.dumps({**meta, "runs": rows, "soak": soak}, indent=2, default=str)
@@ -178,6 +179,9 @@ def write_files(out: Path, rows: Sequence[dict[str, Any]], results: Sequence[Run
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
     notes = []
     if chart:
+        from shardctl.bench.chart import write_html_chart
+
+        notes.append(write_html_chart(out / "chart.html", rows, title=f"shardctl bench {meta.get('date', '')}"))
         notes.append(write_chart(out / "chart.png", rows))
     return notes
 
@@ -193,7 +197,7 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]]) -> str:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         import matplotlib.pyplot as plt
     except ImportError:
-        return "chart.png skipped: matplotlib is not installed (pip install 'shardctl[bench]')"
+        return "chart.png skipped: matplotlib is not installed (pip install 'shardctl[bench]'); chart.html has it all"
     thr = [r for r in rows if r["system"] == "shardctl" and r["kind"] == "throughput"]
     lat = [r for r in rows if r["system"] == "shardctl" and r["kind"] == "latency"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

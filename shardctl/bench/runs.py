@@ -213,7 +213,7 @@ def run_shardctl(ctx: BenchContext, kind: str, batch_size: int, shards: int, tic
     watcher.poll()
     span = watcher.span()
     _apply_usage(result, usage)
-    result.commits = sum(w.stats.get("batches", 0) for w in workers)
+    result.commits = sum(w.report.counters.batches for w in workers)
     result.latency_ms = _ms(percentiles(watcher.latencies()))
     result.notes = "; ".join(notes)
     if kind == "soak":
@@ -293,7 +293,7 @@ def run_baseline(ctx: BenchContext, kind: str, ticks: int, rate: float | None) -
 
 
 def prepare_copy(conn: Any, ctx: BenchContext, rows: list[tuple[Any, ...]]) -> None:
-    """Before COPYing ``rows`` as the writer would: day partitions (plain PostgreSQL) or direct compress (TimescaleDB)."""
+    """Before COPYing ``rows`` as the writer would: day partitions (PostgreSQL) or direct compress (TimescaleDB)."""
     from shardctl.db.schema import ensure_partition
     from shardctl.db.writer import DIRECT_COMPRESS_GUC, _utc_day
 
@@ -312,7 +312,8 @@ def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     Only the COPY and COMMIT calls are timed (one connection): what the
     database takes, without websocket, parsing or encoding.
     """
-    from shardctl.db.writer import COLUMNS, _TickCopyManager
+    from shardctl.db.writer import _TickCopyManager
+    from shardctl.rows import COLUMNS
 
     name = ctx.next_name(f"copy-limit-b{batch_size}")
     result = RunResult("copy-limit", "throughput", batch_size, 1, None, ctx.expected.total, 0, False, "")
@@ -365,8 +366,14 @@ def run_socket_limit(ctx: BenchContext, *, reader: str = "framereader") -> RunRe
         try:
             ws.send(orjson.dumps({"action": "subscribe",
                                   "params": {"symbols": ",".join(bench_data.BENCH_SYMBOLS)}}).decode())
+            assert ws.sock is not None
             frames = FrameReader(ws.sock, ws.pong)
-            read: Callable[[], Any] = (lambda: frames.read()[1]) if reader == "framereader" else ws.recv
+
+            def read_frame() -> bytes:
+                message = frames.read()
+                return b"" if message is None else message[1]
+
+            read: Callable[[], Any] = read_frame if reader == "framereader" else ws.recv
             monitor = ProcMonitor([os.getpid()], None).start()
             count, first, last = 0, 0.0, 0.0
             while count < total:

@@ -17,6 +17,8 @@ import psycopg2
 
 from shardctl.bench import data as bench_data
 from shardctl.bench.runs import BenchContext, prepare_copy, run_database
+from shardctl.db.connection import scalar
+from shardctl.rows import COLUMNS
 
 _SIZE = {
     "timescaledb": "SELECT hypertable_size('crypto_ticks')",
@@ -27,15 +29,14 @@ _SIZE = {
 
 def _size(conn: Any, flavour: str) -> int:
     with conn.cursor() as cur:
-        cur.execute(_SIZE[flavour])
-        size = int(cur.fetchone()[0] or 0)
+        size = int(scalar(cur, _SIZE[flavour]) or 0)
     conn.commit()
     return size
 
 
 def run_storage(ctx: BenchContext, batch_size: int) -> dict[str, Any]:
     """Sizes in bytes of ``crypto_ticks`` after the replay: ``before`` and (TimescaleDB) ``after`` the policy."""
-    from shardctl.db.writer import COLUMNS, _TickCopyManager
+    from shardctl.db.writer import _TickCopyManager
 
     rows = bench_data.replay_rows(ctx.replay)
     name = ctx.next_name(f"storage-b{batch_size}" + ("-dc" if ctx.direct_compress else ""))
@@ -57,14 +58,12 @@ def run_storage(ctx: BenchContext, batch_size: int) -> dict[str, Any]:
             if ctx.flavour == "timescaledb":
                 ctx.progress("storage: converting every chunk to the columnstore")
                 with conn.cursor() as cur:
-                    cur.execute("SELECT count(compress_chunk(c, if_not_compressed => true)) "
-                                "FROM show_chunks('crypto_ticks') c")
-                    result["chunks"] = cur.fetchone()[0]
+                    result["chunks"] = scalar(cur, "SELECT count(compress_chunk(c, if_not_compressed => true)) "
+                                                   "FROM show_chunks('crypto_ticks') c")
                 conn.commit()
                 result["after_bytes"] = _size(conn, ctx.flavour)
             with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM crypto_ticks")
-                result["stored"] = cur.fetchone()[0]
+                result["stored"] = scalar(cur, "SELECT count(*) FROM crypto_ticks")
             conn.commit()
         finally:
             conn.close()

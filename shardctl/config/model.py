@@ -80,6 +80,12 @@ class ShardSettings:
     journal_max_bytes: int = 2 * 1024 * 1024 * 1024
     journal_on_full: str = "block"
     journal_fsync: str = "never"
+    #: A symbol whose market is not closed and that has not ticked for this long is stale (status, /healthz).
+    stale_after: float = 120.0
+    #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades.
+    market_hours: str = "auto"
+    #: How often "auto" fetches /market_state (one API credit a fetch, per shard).
+    market_state_refresh: float = 300.0
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -228,6 +234,23 @@ class SupervisorConfig:
     max_failures: int = 5
     failure_window: float = 300.0
     stop_timeout: float = 15.0
+    #: /healthz answers 503 (not 200) while some symbol is stale.
+    healthz_fails_on_stale: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several hosts run the same config; a lease in the database says who streams each shard.
+
+    ``host_id`` names this host in ``shardctl_hosts``/``shardctl_leases`` (unique per host).
+    A standby takes a shard over after watching its owner's heartbeat stand still for
+    ``lease_ttl`` while the database answers it; every host renews its heartbeat each
+    ``renew_interval``. Absent section: single-host mode, no leases.
+    """
+
+    host_id: str
+    lease_ttl: float = 8.0
+    renew_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +273,7 @@ class Config:
     shards: Mapping[str, ShardConfig] = field(default_factory=dict)
     feed: FeedConfig | None = None
     backfill: BackfillConfig = BackfillConfig()
+    cluster: ClusterConfig | None = None
     timescaledb: TimescaleConfig = TimescaleConfig()
 
     def shard(self, name: str) -> ShardConfig:

@@ -24,6 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from shardctl.config.cluster import CLUSTER_KEYS, check_cluster_keys, read_cluster
 from shardctl.config.model import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_REST_URL,
@@ -51,11 +52,12 @@ _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": ("block", "drop_oldest"),
     "journal_fsync": ("never", "flush", "always"),
+    "market_hours": ("auto", "24/7"),
 }
 
 
 _TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
-             "shards")
+             "cluster", "shards")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("dsn", "dsn_env", "embedded_dir"),
     "source": ("url", "api_key_env", "rest_url"),
@@ -65,6 +67,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "defaults": tuple(f.name for f in fields(ShardSettings)),
     "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
     "backfill": tuple(f.name for f in fields(BackfillConfig)),
+    "cluster": CLUSTER_KEYS,
 }
 _SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -249,8 +252,10 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
     backfill = _read_backfill(reader, reader.table(raw, "backfill"))
     config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
                     defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed,
-                    backfill=backfill, timescaledb=timescaledb)
+                    backfill=backfill, timescaledb=timescaledb,
+                    cluster=read_cluster(reader, reader.table(raw, "cluster")) if "cluster" in raw else None)
     _check_api_keys(reader, config)
+    check_cluster_keys(reader, config)
     return config, reader
 
 
@@ -272,6 +277,11 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
             values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
         elif f.name == "allowed_hosts":
             values[f.name] = _read_hosts(reader, raw.get(f.name, []), where)
+        elif f.name == "healthz_fails_on_stale":
+            values[f.name] = raw.get(f.name, f.default)
+            if not isinstance(values[f.name], bool):
+                reader.problem(where, f"must be true or false, got {values[f.name]!r}")
+                values[f.name] = f.default
         elif f.name == "status_token_env":
             values[f.name] = reader.string(raw, f.name, where, None)
             if values[f.name] and not _ENV_NAME.match(values[f.name]):

@@ -53,13 +53,15 @@ def read_database(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir
 def read_tables(reader: _Reader, raw: Mapping[str, Any]) -> TablesConfig:
     """``[tables]``: relation names (plain identifiers, all different) and the candle intervals to keep."""
     values: dict[str, Any] = {}
+    defaults = TablesConfig()
     for f in fields(TablesConfig):
         if f.type != "str":
             continue
-        name = reader.string(raw, f.name, f"tables.{f.name}", f.default)
+        default: str = getattr(defaults, f.name)
+        name = reader.string(raw, f.name, f"tables.{f.name}", default)
         if name and not _IDENTIFIER.match(name):
             reader.problem(f"tables.{f.name}", f"{name!r} is not a plain SQL identifier (letters, digits, _)")
-            name = f.default
+            name = default
         values[f.name] = name
     for key, name in values.items():
         if list(values.values()).index(name) != list(values).index(key):

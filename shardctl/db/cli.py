@@ -169,7 +169,8 @@ def register(subparsers: Any) -> None:
     for name, func, text in (
         ("init", cmd_init, "create the tables (idempotent); starts the embedded server if needed"),
         ("status", cmd_status, "show the server, schema version, row counts and per-shard ledger"),
-        ("url", cmd_url, "print the database URI (starts the embedded server if needed), e.g. psql \"$(shardctl db url CONFIG)\""),
+        ("url", cmd_url, "print the database URI (starts the embedded server if needed), "
+                         "e.g. psql \"$(shardctl db url CONFIG)\""),
         ("stop", cmd_stop, "stop the embedded PostgreSQL server"),
     ):
         parser = sub.add_parser(name, help=text, description=text)

@@ -156,7 +156,7 @@ def _first_line(exc: BaseException) -> str:
 
 def is_retryable(exc: BaseException, conn: Any = None) -> bool:
     """True if ``exc`` means the database is (temporarily) out of reach, so the same work may be retried."""
-    if conn is not None and getattr(conn, "closed", 0):
+    if conn is not None and getattr(conn, "closed", False):
         return True
     if isinstance(exc, psycopg2.InterfaceError):
         return True
@@ -175,20 +175,48 @@ def map_error(exc: BaseException, dsn: str, *, action: str = "database error", c
     return DatabaseError(f"{action} ({where}): {reason}")
 
 
-def connect(dsn: str, *, application_name: str = "shardctl", autocommit: bool = False) -> Any:
-    """Open a psycopg2 connection to ``dsn``, or raise DatabaseUnavailable / DatabaseError (one line, masked).
+#: Cluster mode, the client's side (libpq): a database that vanished without closing the socket is
+#: noticed after 5 s idle + 3 probes 2 s apart (~11 s), or 10 s after data went unacknowledged.
+CLUSTER_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                                      "keepalives_count": 3, "tcp_user_timeout": 10_000}
+#: Cluster mode, the server's side of the same session (user-settable GUCs, sent as startup options):
+#: the server drops the session of a host that vanished within the same bounds, so its locks (a batch
+#: transaction cut in the middle holds the ledger and lease rows) are released and a takeover proceeds.
+#: Both apply to TCP connections only; a unix socket does not vanish with a host.
+CLUSTER_SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+                          "-c tcp_user_timeout=10000")
 
-    Adds ``connect_timeout`` and TCP keepalives unless the DSN sets them, so a
-    dead server or a half-open connection is noticed instead of hanging.
+
+def connect_params(dsn: str, *, application_name: str, cluster: bool = False) -> dict[str, Any]:
+    """The keyword arguments ``connect`` adds to ``dsn``: what the DSN does not set itself.
+
+    Always ``connect_timeout`` and TCP keepalives; with ``cluster`` the tighter
+    ``CLUSTER_KEEPALIVES`` and, appended to any ``options`` the DSN has, ``CLUSTER_SERVER_OPTIONS``.
+    Raises DatabaseError for a DSN that does not parse.
     """
     try:
         given = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
         raise DatabaseError(f"invalid database DSN {mask_dsn(dsn)}: {_first_line(exc)}") from None
     extra: dict[str, Any] = {"application_name": application_name}
-    defaults = {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 30,
-                "keepalives_interval": 10, "keepalives_count": 3}
+    defaults: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 30,
+                                "keepalives_interval": 10, "keepalives_count": 3}
+    if cluster:
+        defaults.update(CLUSTER_KEEPALIVES)
+        extra["options"] = f"{given.get('options', '')} {CLUSTER_SERVER_OPTIONS}".strip()
     extra.update({k: v for k, v in defaults.items() if k not in given})
+    return extra
+
+
+def connect(dsn: str, *, application_name: str = "shardctl", autocommit: bool = False,
+            cluster: bool = False) -> Any:
+    """Open a psycopg2 connection to ``dsn``, or raise DatabaseUnavailable / DatabaseError (one line, masked).
+
+    Adds ``connect_timeout`` and TCP keepalives unless the DSN sets them, so a
+    dead server or a half-open connection is noticed instead of hanging
+    (``cluster``: the tighter bounds of ``CLUSTER_KEEPALIVES``, both ends).
+    """
+    extra = connect_params(dsn, application_name=application_name, cluster=cluster)
     try:
         conn = psycopg2.connect(dsn, **extra)
     except psycopg2.OperationalError as exc:
@@ -231,3 +259,12 @@ def transaction(conn: Any, action: str | None = None) -> Iterator[Any]:
     finally:
         if was_autocommit and not conn.closed:
             conn.autocommit = True
+
+
+def scalar(cur: psycopg2.extensions.cursor, query: str, params: Any = None) -> Any:
+    """The first column of the first row ``query`` returns; DatabaseError when it returns no row."""
+    cur.execute(query, params)
+    row = cur.fetchone()
+    if row is None:
+        raise DatabaseError(f"no row from: {query[:80]}")
+    return row[0]

@@ -247,6 +247,8 @@ def apply_schema(conn: Any, tables: TablesConfig, settings: TimescaleConfig | No
                 cur.execute(stmt)
             for stmt in statements(conn, "common/gaps.sql", tables):
                 cur.execute(stmt)
+            for stmt in statements(conn, "common/leases.sql", tables):
+                cur.execute(stmt)
             cur.execute("""
                 INSERT INTO shardctl_schema (ticks_table, flavour, version) VALUES (%s, %s, %s)
                 ON CONFLICT (ticks_table) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
@@ -334,13 +336,16 @@ def ensure_partitions(conn: Any, tables: TablesConfig, days_ahead: int = 7, days
     return created
 
 
-def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | None]) -> int:
+def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | None], *,
+                  replace: bool = True) -> int:
     """Record ``{symbol: name}`` in the assets table in one committed transaction; return rows added or changed.
 
     Every symbol gets a row. A name replaces the stored one only when it is
     non-empty (after stripping) and different, so an event without
-    ``currency_base`` never blanks a name learnt earlier. Empty or None names
-    are stored as NULL for a new symbol. Raises DatabaseError (one line).
+    ``currency_base`` never blanks a name learnt earlier; with ``replace``
+    False it only fills a missing name (the stream's ``currency_base`` never
+    overwrites an instrument name from Twelve Data's reference lists). Empty
+    or None names are stored as NULL for a new symbol. Raises DatabaseError (one line).
     """
     clean = {s.strip(): (n.strip() if isinstance(n, str) and n.strip() else None)
              for s, n in names.items() if isinstance(s, str) and s.strip()}
@@ -353,6 +358,7 @@ def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | Non
                 'INSERT INTO {a} AS a (symbol, "name") SELECT * FROM unnest(%s::text[], %s::text[]) '
                 'ON CONFLICT (symbol) DO UPDATE SET "name" = EXCLUDED."name" '
                 'WHERE EXCLUDED."name" IS NOT NULL AND a."name" IS DISTINCT FROM EXCLUDED."name"'
+                + ('' if replace else ' AND a."name" IS NULL')
             ).format(a=assets), (list(clean), list(clean.values())))
             return cur.rowcount
     except psycopg2.Error as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
@@ -27,12 +26,13 @@ from psycopg2 import sql
 from psycopg2.extensions import encodings
 
 from shardctl.config.model import TablesConfig
-from shardctl.crashpoints import crash_point
+from shardctl.crashpoints import NO_CRASHES, CrashPoints
 from shardctl.db.connection import connect, map_error
 from shardctl.db.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
 from shardctl.db.gaps import record_gap
+from shardctl.db.leases import Fence, LeaseStart, fence, lease_start
 from shardctl.db.schema import ensure_partition, upsert_assets
-from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError
+from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError, ShardFenced
 from shardctl.rows import COLUMNS
 
 log = logging.getLogger("shardctl.writer")
@@ -73,11 +73,16 @@ class _TickCopyManager(CopyManager):
     ``copyformat.TickEncoder``: the same bytes as pgcopy's formatters, several
     times faster; rows it does not recognise still go through pgcopy's
     formatters (same bytes, same errors). Other column types, or
-    ``SHARDCTL_COPY_ENCODER=pgcopy`` in the environment (an escape hatch and
-    the benchmarks' "before"), keep pgcopy's own ``writestream``.
+    ``fast=False`` (an escape hatch and the benchmarks' "before"), keep
+    pgcopy's own ``writestream``.
     """
 
     type_formatters = {"numeric": _numeric}
+    _fast = True
+
+    def __init__(self, conn: Any, table: str, cols: Sequence[str], *, fast: bool = True) -> None:
+        self._fast = fast
+        super().__init__(conn, table, cols)
 
     def compile(self) -> None:
         """pgcopy's compile (formatters per column; ValueError for a missing column), then the fast encoder."""
@@ -85,7 +90,7 @@ class _TickCopyManager(CopyManager):
         atts = inspect.get_types(self.conn, self.schema, self.table)
         columns = [atts[c] for c in self.cols]
         self.encoder: TickEncoder | None = None
-        if fast_path_types_ok(columns) and os.environ.get(ENCODER_ENV, "fast") != "pgcopy":
+        if self._fast and fast_path_types_ok(columns):
             formatters = self.formatters
             self.encoder = TickEncoder(encodings[self.conn.encoding], [not a.not_null for a in columns],
                                        lambda row: pgcopy_row(formatters, row))
@@ -108,10 +113,15 @@ class Writer:
     """One shard's writer: one connection (opened lazily), one CopyManager reused across batches."""
 
     def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None,
-                 direct_compress: bool = False) -> None:
-        """``direct_compress``: on a TimescaleDB that has it (>= 2.21), COPY batches of at least
-        ``DIRECT_COMPRESS_MIN_ROWS`` rows straight into the columnstore."""
+                 pgcopy_encoder: bool = False, crash_points: CrashPoints = NO_CRASHES,
+                 fence: Fence | None = None, direct_compress: bool = False) -> None:
+        """``direct_compress``: on TimescaleDB >= 2.24, COPY batches of at least ``DIRECT_COMPRESS_MIN_ROWS``
+        rows straight into the columnstore."""
         self.dsn = dsn
+        #: Cluster mode: every batch commits only while this is still the shard's lease (``shardctl.db.leases``).
+        self.fence = fence
+        self._pgcopy_encoder = pgcopy_encoder
+        self._crash_points = crash_points
         self.direct_compress = direct_compress
         self._compress_copies = False  # direct_compress asked for, and this server has it
         self.tables = tables
@@ -128,7 +138,7 @@ class Writer:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         self._drop()
-        conn = connect(self.dsn, application_name=self.application_name)
+        conn = connect(self.dsn, application_name=self.application_name, cluster=self.fence is not None)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
@@ -140,14 +150,18 @@ class Writer:
             self._compress_copies = self.direct_compress and not self._partitioned and self._has_direct_compress(conn)
             # One writer per shard and database, across hosts: two would interleave journal offsets
             # in one ledger row and skip each other's batches. The lock lives as long as the session.
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                            (f"shardctl {self.tables.ledger} {self.shard}",))
-                locked = cur.fetchone()[0]
+            # In cluster mode the lease epoch, checked in every batch's transaction, is that guarantee
+            # instead: a session lock of a host cut off mid-way would hold up its successor.
+            locked = True
+            if self.fence is None:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                (f"shardctl {self.tables.ledger} {self.shard}",))
+                    locked = cur.fetchone()[0]
             if not locked:
                 raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
                                 "worker (another host, or a second supervisor); stop that one first")
-            self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS)
+            self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS, fast=not self._pgcopy_encoder)
             conn.commit()
         except (psycopg2.Error, ValueError) as exc:
             error = self._error(exc, conn, "cannot prepare the writer")
@@ -230,6 +244,18 @@ class Writer:
             raise self._fail(exc, "cannot read the ledger") from None
         return row[0] if row else None
 
+    def lease_start(self) -> LeaseStart:
+        """Cluster mode, at a worker's start: ShardFenced unless our lease holds; who committed last, and when.
+
+        Connects if needed; raises DatabaseUnavailable / DatabaseError like the other reads.
+        """
+        assert self.fence is not None
+        conn = self._connection()
+        try:
+            return lease_start(conn, self.shard, self.fence)
+        except psycopg2.Error as exc:
+            raise self._fail(exc, "cannot read the shard's lease") from None
+
     def _ensure_days(self, rows: Sequence[Row]) -> None:
         days: set[date] = set()
         last: Any = None
@@ -244,12 +270,17 @@ class Writer:
             ensure_partition(self._conn, self.tables, day)  # raises DatabaseError; commits its own transaction
             self._days.add(day)
 
-    def write(self, seq: int, rows: Sequence[Row], *, journal_offset: int | None = None) -> bool:
+    def write(self, seq: int, rows: Sequence[Row], *, journal_offset: int | None = None,
+              received_at: datetime | None = None) -> bool:
         """Write ``rows`` as batch ``seq`` in one transaction with the ledger update; False if already committed.
 
         Returns True once the rows and the ledger row (last_seq=seq,
         rows_total += len(rows), journal_offset, updated_at) are committed
         together; False (writing nothing) if ``seq`` <= the committed last_seq.
+        With a ``fence`` (cluster mode) the same transaction first claims the
+        lease row (``shardctl.db.leases.fence``, recording ``received_at``, the
+        batch's last frame's receive time); ShardFenced, with nothing written,
+        when the lease is no longer ours.
         Raises DatabaseUnavailable (retry the same call later) or DatabaseError.
         """
         conn = self._connection()
@@ -258,6 +289,8 @@ class Writer:
             if self._partitioned:
                 self._ensure_days(rows)
             with conn.cursor() as cur:
+                if self.fence is not None:
+                    fence(cur, self.shard, self.fence, received_at)
                 cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s FOR UPDATE").format(ledger),
                             (self.shard,))
                 row = cur.fetchone()
@@ -278,7 +311,7 @@ class Writer:
                     if self._compress_copies and len(rows) >= DIRECT_COMPRESS_MIN_ROWS:
                         cur.execute("SELECT set_config(%s, 'on', true)", (DIRECT_COMPRESS_GUC,))  # this transaction
                     self._copy.copy(rows, io.BytesIO)
-                crash_point("after_copy")
+                self._crash_points.reach("after_copy")
                 cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "
                                     "journal_offset = %s, updated_at = now() WHERE shard = %s").format(ledger),
                             (seq, len(rows), journal_offset, self.shard))
@@ -286,6 +319,9 @@ class Writer:
             return True
         except DatabaseUnavailable:
             self._drop()
+            raise
+        except ShardFenced:
+            self._drop()  # rolls back: nothing of this batch is committed
             raise
         except DatabaseError:
             if self._conn is not None and not self._conn.closed:
@@ -306,9 +342,9 @@ class Writer:
             raise
 
     def upsert_assets(self, names: Mapping[str, str | None]) -> None:
-        """Record symbols and their names as the stream told them (never blanking a known name)."""
+        """Record symbols and their names as the stream told them, where no name is known yet."""
         try:
-            upsert_assets(self._connection(), self.tables, names)
+            upsert_assets(self._connection(), self.tables, names, replace=False)
         except DatabaseUnavailable:
             self._drop()
             raise

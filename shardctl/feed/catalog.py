@@ -15,9 +15,12 @@ Asset classes and the shapes of their price events (see
     metal   symbol, currency, currency_base ("Gold Spot"), currency_quote, type "Physical Currency",
             timestamp, price, bid, ask
 
-Extra symbols are classified by shape: ``X/Y`` with a crypto base is crypto,
-with a metal base (XAU, XAG, XPT, XPD) a metal, any other ``X/Y`` forex, and
-anything else a stock (``SYMBOL:EXCHANGE`` names its exchange).
+Stocks, ETFs (``type`` "ETF") and indices (``type`` "Index") share the stock
+event shape and carry the ``name`` Twelve Data's reference lists give them;
+``shardctl.feed.reference`` serves those lists. Extra symbols are classified by
+shape: ``X/Y`` with a crypto base is crypto, with a metal base (XAU, XAG, XPT,
+XPD) a metal, any other ``X/Y`` forex, and anything else a stock
+(``SYMBOL:EXCHANGE`` names its exchange).
 """
 
 from __future__ import annotations
@@ -47,24 +50,35 @@ CURRENCY_NAMES = {
     "SGD": "Singapore Dollar", "INR": "Indian Rupee", "BRL": "Brazilian Real",
 }
 
-#: (symbol, exchange, mic_code, country, currency, start price)
+#: (symbol, name, exchange, mic_code, country, currency, start price)
 _STOCKS = (
-    ("AAPL", "NASDAQ", "XNGS", "United States", "USD", 190.0),
-    ("MSFT", "NASDAQ", "XNGS", "United States", "USD", 420.0),
-    ("GOOGL", "NASDAQ", "XNGS", "United States", "USD", 170.0),
-    ("AMZN", "NASDAQ", "XNGS", "United States", "USD", 185.0),
-    ("NVDA", "NASDAQ", "XNGS", "United States", "USD", 120.0),
-    ("TSLA", "NASDAQ", "XNGS", "United States", "USD", 240.0),
-    ("META", "NASDAQ", "XNGS", "United States", "USD", 500.0),
-    ("NFLX", "NASDAQ", "XNGS", "United States", "USD", 650.0),
-    ("AMD", "NASDAQ", "XNGS", "United States", "USD", 160.0),
-    ("INTC", "NASDAQ", "XNGS", "United States", "USD", 30.0),
-    ("IBM", "NYSE", "XNYS", "United States", "USD", 190.0),
-    ("JPM", "NYSE", "XNYS", "United States", "USD", 200.0),
-    ("V", "NYSE", "XNYS", "United States", "USD", 275.0),
-    ("KO", "NYSE", "XNYS", "United States", "USD", 62.0),
-    ("RY", "TSX", "XTSE", "Canada", "CAD", 160.0),
+    ("AAPL", "Apple Inc", "NASDAQ", "XNGS", "United States", "USD", 190.0),
+    ("MSFT", "Microsoft Corporation", "NASDAQ", "XNGS", "United States", "USD", 420.0),
+    ("GOOGL", "Alphabet Inc", "NASDAQ", "XNGS", "United States", "USD", 170.0),
+    ("AMZN", "Amazon.com Inc", "NASDAQ", "XNGS", "United States", "USD", 185.0),
+    ("NVDA", "NVIDIA Corporation", "NASDAQ", "XNGS", "United States", "USD", 120.0),
+    ("TSLA", "Tesla Inc", "NASDAQ", "XNGS", "United States", "USD", 240.0),
+    ("META", "Meta Platforms Inc", "NASDAQ", "XNGS", "United States", "USD", 500.0),
+    ("NFLX", "Netflix Inc", "NASDAQ", "XNGS", "United States", "USD", 650.0),
+    ("AMD", "Advanced Micro Devices Inc", "NASDAQ", "XNGS", "United States", "USD", 160.0),
+    ("INTC", "Intel Corporation", "NASDAQ", "XNGS", "United States", "USD", 30.0),
+    ("IBM", "International Business Machines Corporation", "NYSE", "XNYS", "United States", "USD", 190.0),
+    ("JPM", "JPMorgan Chase & Co", "NYSE", "XNYS", "United States", "USD", 200.0),
+    ("V", "Visa Inc", "NYSE", "XNYS", "United States", "USD", 275.0),
+    ("KO", "The Coca-Cola Company", "NYSE", "XNYS", "United States", "USD", 62.0),
+    ("RY", "Royal Bank of Canada", "TSX", "XTSE", "Canada", "CAD", 160.0),
 )
+#: Funds and indices stream like stocks (``type`` says which); Twelve Data lists them under /etfs and /indices.
+_ETFS = (
+    ("SPY", "SPDR S&P 500 ETF Trust", "NYSE", "ARCX", "United States", "USD", 520.0),
+    ("QQQ", "Invesco QQQ Trust", "NASDAQ", "XNGS", "United States", "USD", 440.0),
+)
+_INDICES = (
+    ("SPX", "S&P 500", "NYSE", "XNYS", "United States", "USD", 5200.0),
+    ("IXIC", "NASDAQ Composite", "NASDAQ", "XNGS", "United States", "USD", 16400.0),
+    ("DJI", "Dow Jones Industrial Average", "NYSE", "XNYS", "United States", "USD", 39000.0),
+)
+ETF_TYPE, INDEX_TYPE = "ETF", "Index"
 _CRYPTO = (("BTC/USD", 65000.0), ("ETH/USD", 3200.0), ("SOL/USD", 150.0), ("XRP/USD", 0.55),
            ("ADA/USD", 0.45), ("DOGE/USD", 0.12), ("LTC/USD", 80.0), ("ETH/BTC", 0.05))
 _FOREX = (("EUR/USD", 1.085), ("GBP/USD", 1.27), ("USD/JPY", 151.5), ("USD/CHF", 0.90),
@@ -89,6 +103,8 @@ class Instrument:
     currency_base: str = ""
     currency_quote: str = ""
     start_price: float = 100.0
+    #: The instrument's name as Twelve Data's reference lists give it (stocks, ETFs, indices).
+    name: str = ""
 
     def status_entry(self) -> dict[str, str]:
         """The ``success`` entry of a subscribe-status for this symbol."""
@@ -154,13 +170,15 @@ def classify(text: str) -> Instrument:
     exchange = exchange or "NASDAQ"
     mic = {"NASDAQ": "XNGS", "NYSE": "XNYS", "TSX": "XTSE", "LSE": "XLON"}.get(exchange.upper(), exchange)
     return Instrument(symbol, STOCK, exchange, mic, "United States" if mic in ("XNGS", "XNYS") else "",
-                      "Common Stock", currency="USD", start_price=_guess_price(symbol, 10.0, 500.0))
+                      "Common Stock", currency="USD", start_price=_guess_price(symbol, 10.0, 500.0),
+                      name=f"{symbol} (simulated)")
 
 
 def builtin_instruments() -> list[Instrument]:
     """Every symbol the feed knows without being told."""
-    out = [Instrument(s, STOCK, ex, mic, country, "Common Stock", currency=cur, start_price=p)
-           for s, ex, mic, country, cur, p in _STOCKS]
+    out = [Instrument(s, STOCK, ex, mic, country, kind, currency=cur, start_price=p, name=name)
+           for table, kind in ((_STOCKS, "Common Stock"), (_ETFS, ETF_TYPE), (_INDICES, INDEX_TYPE))
+           for s, name, ex, mic, country, cur, p in table]
     out += [_pair(s, CRYPTO, p) for s, p in _CRYPTO]
     out += [_pair(s, FOREX, p) for s, p in _FOREX]
     out += [_pair(s, METAL, p) for s, p in _METALS]
@@ -205,6 +223,10 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._instruments)
+
+    def instruments(self) -> list[Instrument]:
+        """Every known instrument, built-in ones first, then extras in the order they were added."""
+        return list(self._instruments.values())
 
     def __contains__(self, symbol: object) -> bool:
         return symbol in self._instruments

@@ -6,6 +6,8 @@
     malformed_price  send one price event whose price is not a number, keep streaming
     silence          send nothing at all (not even heartbeat replies) for seconds=N, TCP stays open
     bad_key          refuse every new handshake with HTTP 200 until cleared (connection-less)
+    mute             stop sending one symbol's price events (symbol=S), every connection, until cleared;
+                     the symbol stays subscribed and its siblings keep streaming (connection-less)
 
 Every connection fault takes ``after=N``: it fires once a connection has sent
 N more price events (0 = at once) and ``every=M`` to fire again every M
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONNECTION_FAULTS = frozenset({"close", "abort", "garbage", "malformed_price", "silence"})
-FAULTS = CONNECTION_FAULTS | {"bad_key"}
+FAULTS = CONNECTION_FAULTS | {"bad_key", "mute"}
 
 #: The close code of an evicted connection (Twelve Data's own code is undocumented).
 CLOSE_EVICTED = 4000
@@ -31,7 +33,7 @@ GARBAGE_FRAME = "<<garbage: this frame is not JSON>>"
 
 _INT_PARAMS = {"after", "every", "code", "conn"}
 _FLOAT_PARAMS = {"seconds"}
-_STR_PARAMS = {"reason"}
+_STR_PARAMS = {"reason", "symbol"}
 _ALLOWED = {
     "close": {"after", "every", "code", "reason", "conn"},
     "abort": {"after", "every", "conn"},
@@ -39,6 +41,7 @@ _ALLOWED = {
     "malformed_price": {"after", "every", "conn"},
     "silence": {"after", "every", "seconds", "conn"},
     "bad_key": set(),
+    "mute": {"symbol"},
 }
 
 
@@ -91,6 +94,8 @@ def make_fault(name: str, **params: Any) -> Fault:
     code = clean.get("code")
     if code is not None and not (code in (1000, 1001) or 3000 <= code <= 4999):
         raise ValueError(f"fault 'close': code must be 1000, 1001 or 3000-4999, got {code}")
+    if name == "mute" and not clean.get("symbol", "").strip():
+        raise ValueError("fault 'mute' needs symbol=S, the symbol to silence")
     if "every" in clean and "after" not in clean:
         clean["after"] = clean["every"]
     return Fault(name, after=clean.pop("after", 0), every=clean.pop("every", None),

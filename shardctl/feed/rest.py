@@ -10,7 +10,9 @@ Endpoints:
 
     GET /time_series?symbol=S&interval=1min[&start_date=..][&end_date=..][&timezone=UTC]
                     [&outputsize=N][&dp=D][&order=asc|desc]&apikey=K
+    GET /market_state         which exchanges are open (``shardctl.feed.markets``: open unless set closed)
     GET /api_usage            {"timestamp", "current_usage", "plan_limit", "plan_category"}
+    GET /stocks /etfs /indices /cryptocurrencies /forex_pairs   reference lists (``shardctl.feed.reference``)
     GET /technical_indicators {"data": {}, "status": "ok"}   (TDClient() fetches it once per process)
 
 ``/time_series`` follows Twelve Data: ``{"meta": {...}, "values": [...], "status": "ok"}``,
@@ -54,11 +56,15 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from shardctl.feed.catalog import CRYPTO, FOREX, METAL, STOCK, Catalog, Instrument
+from shardctl.feed.markets import market_state
+from shardctl.feed.reference import REFERENCE_PATHS, ReferenceError, reference_list
 
 __all__ = ["RestApi", "RestError", "Bar", "synthetic_bar", "format_value", "REST_PATHS", "REST_FAULTS",
            "MAX_OUTPUTSIZE"]
 
-REST_PATHS = frozenset({"/time_series", "/api_usage", "/technical_indicators"})
+#: Paths that cost one API credit per request (``/api_usage`` counts them).
+CREDIT_PATHS = frozenset({"/time_series", "/market_state", *REFERENCE_PATHS})
+REST_PATHS = frozenset({"/api_usage", "/technical_indicators", *CREDIT_PATHS})
 REST_FAULTS = frozenset({"rate_limit"})
 MAX_OUTPUTSIZE = 5000
 DEFAULT_OUTPUTSIZE = 30
@@ -215,7 +221,7 @@ def time_series(catalog: Catalog, params: dict[str, str], now: float) -> dict[st
     return {"meta": _meta(instrument, zone_name), "values": values, "status": "ok"}
 
 
-def _json_response(payload: dict[str, Any], status: int = 200) -> Response:
+def _json_response(payload: dict[str, Any] | list[Any], status: int = 200) -> Response:
     body = orjson.dumps(payload)
     headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
                        ("Content-Length", str(len(body))), ("Content-Type", "application/json; charset=utf-8")])
@@ -243,6 +249,14 @@ class RestApi:
         self._counts: collections.Counter[str] = collections.Counter()
         self._limited_left = 0
         self._limited_sent = 0
+        #: Upper-case MIC codes or names of the exchanges /market_state calls closed.
+        self._closed: frozenset[str] = frozenset()
+
+    def set_market(self, exchange: str, *, open: bool) -> None:
+        """Make ``/market_state`` call ``exchange`` (MIC code or name) open or closed; thread-safe."""
+        key = exchange.strip().upper()
+        with self._lock:
+            self._closed = self._closed - {key} if open else self._closed | {key}
 
     def inject(self, fault: str, *, count: int = 1, **unknown: Any) -> None:
         """Arm ``rate_limit``: the next ``count`` ``/time_series`` requests get 429. Adds to any still armed.
@@ -305,13 +319,17 @@ class RestApi:
             return _json_response({"data": {}, "status": "ok"})
         if path == "/api_usage":
             with self._lock:
-                used = self._counts["/time_series"]
+                used = sum(self._counts[p] for p in CREDIT_PATHS)
             stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             return _json_response({"timestamp": stamp, "current_usage": used, "plan_limit": PLAN_LIMIT,
                                    "plan_category": "local"})
         try:
+            if path == "/market_state":
+                return _json_response(market_state(self.catalog, self._closed, params))
+            if path in REFERENCE_PATHS:
+                return _json_response(reference_list(self.catalog, path, params))
             return _json_response(time_series(self.catalog, params, now))
-        except RestError as exc:
+        except (RestError, ReferenceError) as exc:
             return _error(exc.code, exc.message)
 
 

@@ -112,6 +112,8 @@ class Hub(Protocol):
     duration: float | None
     replay_entries: list[ReplayEntry] | None
     replay_fast: bool
+    #: Symbols whose price events are not sent (the ``mute`` fault); they stay subscribed.
+    muted: frozenset[str]
 
     def record_sent(self, session: Session, prices: list[bytes]) -> None: ...
 
@@ -307,7 +309,11 @@ class Session:
         order, count, tick = self.order, len(self.order), self.hub.catalog.tick
         start = self.rr
         self.rr = (start + n) % count
-        frames = [tick(order[(start + i) % count], ts) for i in range(n)]
+        muted = self.hub.muted
+        frames = [tick(order[(start + i) % count], ts) for i in range(n)
+                  if not muted or order[(start + i) % count].instrument.symbol not in muted]
+        if not frames:  # every slot due was a muted symbol's: look again at the next slot, never wait for a wake-up
+            return [], [], (self.pace_sent + 1) / rate - (now - self.pace_t0) if rate else 0.0
         return frames, frames, None
 
     def _due_replay(self, now: float, n: int) -> tuple[list[bytes], list[bytes], float | None]:

@@ -36,7 +36,7 @@ Cap (``max_bytes``: all segment bytes, at least two segments' worth). "block":
 at ``size_bytes >= max_bytes`` the journal is ``full`` and ``append`` raises
 ``JournalFull``; the worker checks ``full`` before reading the socket, so the
 cap is soft by one record; ``commit`` frees space. "drop_oldest": ``append``
-deletes the oldest segments, each uncommitted loss becoming a ``Gap`` in
+deletes the oldest segments, each uncommitted loss becoming a ``DroppedRange`` in
 ``gaps`` and counted in ``dropped_records``/``dropped_bytes``.
 
 Threads: any method from any thread (one lock; cursors read files outside
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
 import logging
 import os
 import threading
@@ -59,15 +58,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shardctl.errors import ShardctlError
+from shardctl.journal.cursor import Cursor
+from shardctl.journal.errors import DISK_FULL_ERRNOS, JournalCorrupt, JournalDiskFull, JournalError, JournalFull
 from shardctl.journal.format import (
     _BUFFER,
-    _CHUNK,
     _CRC,
     _META,
     _REC,
     _SEG,
-    _SHORT,
     MAGIC,
     MAX_FRAME,
     MIB,
@@ -76,6 +74,7 @@ from shardctl.journal.format import (
     Record,
     _scan,
 )
+from shardctl.journal.space import free_bytes
 
 log = logging.getLogger("shardctl.journal")
 
@@ -83,46 +82,8 @@ OnFull = Literal["block", "drop_oldest"]
 FsyncPolicy = Literal["never", "flush", "always"]
 #: Committed bytes in the active segment worth replacing it by an empty one for, once all is committed.
 RECLAIM_BYTES = MIB
-_DISK_FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
-
-
-class JournalError(ShardctlError):
-    """The journal cannot do what was asked (closed, or the disk refused a write)."""
-
-
-class JournalCorrupt(JournalError):
-    """Damage that is not a torn tail: ``path`` and ``offset`` say where."""
-
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
-        self.path, self.offset = path, offset
-        super().__init__(f"journal corrupt: {path} at offset {offset}: {reason}; move the directory aside "
-                         f"to start an empty journal (its uncommitted frames are then lost)")
-
-
-class JournalFull(JournalError):
-    """``on_full="block"`` and the journal is at ``max_bytes``: commit (or stop reading) first."""
-
-
-class JournalDiskFull(JournalError):
-    """The filesystem refused a write for lack of space; nothing was lost, the records stay buffered."""
-
-    def __init__(self, directory: Path, free_bytes: int | None) -> None:
-        self.directory, self.free_bytes = directory, free_bytes
-        free = "unknown" if free_bytes is None else f"{free_bytes:,}"
-        super().__init__(f"disk full: {directory} ({free} bytes free)")
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes an unprivileged process may still write on ``path``'s filesystem (None if unknown)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
 @dataclass(frozen=True)
-class Gap:
+class DroppedRange:
     """Uncommitted records deleted by ``drop_oldest``: offsets [start, end), and receive times around the hole."""
 
     start_offset: int
@@ -174,7 +135,7 @@ class Journal:
         self._buf = bytearray()
         self._segments: list[_Segment] = []
         self._fd = -1
-        self.gaps: list[Gap] = []
+        self.gaps: list[DroppedRange] = []
         self.dropped_records = self.dropped_bytes = 0
         #: True from a write the disk refused until one succeeds.
         self.disk_full = False
@@ -302,7 +263,7 @@ class Journal:
                     os.ftruncate(self._fd, self.flushed_offset - self._segments[-1].base)
                 except OSError:
                     pass
-            if exc.errno in _DISK_FULL:
+            if exc.errno in DISK_FULL_ERRNOS:
                 self.disk_full = True
                 raise JournalDiskFull(self.directory, free_bytes(self.directory)) from None
             raise JournalError(f"journal {self.directory}: cannot write: {exc.strerror}") from None
@@ -326,7 +287,7 @@ class Journal:
             return self._create(base, first_seq)
         except OSError as exc:
             self.directory.joinpath(f"{base:020d}.seg.tmp").unlink(missing_ok=True)
-            if exc.errno in _DISK_FULL:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise JournalDiskFull(self.directory, free_bytes(self.directory)) from None
             raise JournalError(f"journal {self.directory}: cannot create a segment: {exc.strerror}") from None
 
@@ -361,7 +322,7 @@ class Journal:
             lost_from = max(seg.base, self.committed_offset)
             if lost_from < seg.end:
                 seq, first_at = self._head_at(lost_from)
-                gap = Gap(lost_from, seg.end, after.first_seq - seq, seg.end - lost_from, first_at,
+                gap = DroppedRange(lost_from, seg.end, after.first_seq - seq, seg.end - lost_from, first_at,
                           self._head_at(after.base)[1])
                 self.gaps.append(gap)
                 self.dropped_records += gap.records
@@ -435,9 +396,29 @@ class Journal:
         _, seq, at, _ = _REC.unpack(head)
         return seq, at
 
+    def _locate(self, position: int, seq: int | None) -> tuple[_Segment, int, int | None, int]:
+        """For a reader at ``position``: (its segment, its position and seq there, flushed bytes left after it).
+
+        A position before the first segment (records dropped) moves on to it,
+        logged; one at a segment's end moves on to the next segment.
+        """
+        with self._lock:
+            segs = self._segments
+            if position < segs[0].base:
+                log.warning("journal %s: offsets %d..%d were dropped before being committed; reading on",
+                            self.directory, position, segs[0].base)
+                position = segs[0].base
+            i = bisect.bisect_right(segs, position, key=lambda s: s.base) - 1
+            if position >= segs[i].end and i + 1 < len(segs):
+                i += 1
+            seg = segs[i]
+            if position < seg.base + SEG_HEADER:
+                position, seq = seg.base + SEG_HEADER, seg.first_seq
+            return seg, position, seq, seg.end - position
+
     def cursor(self, from_offset: int = 0) -> Cursor:
         """A reader of the flushed records after ``from_offset``, usable from another thread."""
-        return Cursor(self, from_offset)
+        return Cursor(self._locate, from_offset)
 
     def read(self, from_offset: int, max_records: int) -> list[Record]:
         """Up to ``max_records`` flushed records after ``from_offset``, in order (empty at the end)."""
@@ -484,64 +465,3 @@ class Journal:
     @property
     def full(self) -> bool:
         return self.on_full == "block" and self.max_bytes is not None and self.size_bytes >= self.max_bytes
-
-
-class Cursor:
-    """Reads flushed records after ``position``, in order; may run alongside appends and commits.
-
-    A position below ``first_offset`` (records dropped) moves on to the first
-    record on disk, logging the skip. A segment deleted while the cursor
-    reads it stays readable through the open file.
-    """
-
-    def __init__(self, journal: Journal, position: int) -> None:
-        self.journal, self.position = journal, position
-        self._fd = -1
-        self._seg: _Segment | None = None
-        self._seq: int | None = None
-
-    def read(self, max_records: int = 1000) -> list[Record]:
-        """Up to ``max_records`` records after ``position`` (advancing it); empty when none are flushed yet."""
-        out: list[Record] = []
-        want, j = _CHUNK, self.journal
-        while len(out) < max_records:
-            with j._lock:
-                segs = j._segments
-                if self.position < segs[0].base:
-                    log.warning("journal %s: offsets %d..%d were dropped before being committed; reading on",
-                                j.directory, self.position, segs[0].base)
-                    self.position = segs[0].base
-                i = bisect.bisect_right(segs, self.position, key=lambda s: s.base) - 1
-                if self.position >= segs[i].end and i + 1 < len(segs):
-                    i += 1
-                seg = segs[i]
-                if self.position < seg.base + SEG_HEADER:
-                    self.position, self._seq = seg.base + SEG_HEADER, seg.first_seq
-                left = seg.end - self.position  # what is flushed in this segment after the position
-                if left <= 0:
-                    break
-                if seg is not self._seg:
-                    self.close()
-                    self._fd, self._seg = os.open(seg.path, os.O_RDONLY), seg
-            data = os.pread(self._fd, min(left, want), self.position - seg.base)
-            with memoryview(data) as view:
-                pos, self._seq, problem, _ = _scan(view, 0, self._seq, max_records - len(out), out, self.position)
-            self.position += pos
-            want = _CHUNK
-            if problem == _SHORT and pos == 0 and REC_HEADER <= len(data) < left:
-                want = REC_HEADER + _REC.unpack_from(data)[0]  # a record longer than a chunk
-            elif problem is not None and (problem != _SHORT or pos == 0):
-                raise JournalCorrupt(seg.path, self.position, problem)
-        return out
-
-    def close(self) -> None:
-        """Close the open segment file (``read`` reopens as needed)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd, self._seg = -1, None
-
-    def __enter__(self) -> Cursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -9,7 +9,15 @@ from typing import Collection
 
 from shardctl.config.model import Config
 from shardctl.errors import ConfigError
-from shardctl.journal.journal import free_bytes
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged process may still write on ``path``'s filesystem (None if unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _existing(path: Path) -> Path:
@@ -46,17 +54,17 @@ def journal_space_warnings(config: Config, shards: Collection[str] | None = None
             continue
         caps[device].append((name, cap, where))
     warnings = []
-    for shards in caps.values():
-        total = sum(cap for _, cap, _ in shards)
-        free = free_bytes(_existing(shards[0][2]))
+    for on_device in caps.values():
+        total = sum(cap for _, cap, _ in on_device)
+        free = free_bytes(_existing(on_device[0][2]))
         if free is None:
             continue
-        room = free + sum(_used(where) for _, _, where in shards)
+        room = free + sum(_used(where) for _, _, where in on_device)
         if total > room:
-            names = ", ".join(name for name, _, _ in shards)
+            names = ", ".join(name for name, _, _ in on_device)
             warnings.append(ConfigError(str(config.path), "journal_max_bytes",
                                         f"the journal cap of {names} ({total:,} bytes) is more than the "
-                                        f"{room:,} bytes its filesystem ({_existing(shards[0][2])}) has for it; "
+                                        f"{room:,} bytes its filesystem ({_existing(on_device[0][2])}) has for it; "
                                         f"at a full disk the shard stops reading before the cap applies: lower "
                                         f"journal_max_bytes or give the state directory more space"))
     return warnings

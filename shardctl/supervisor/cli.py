@@ -4,10 +4,12 @@
     shardctl start CONFIG --shard NAME         run ONE shard's worker in the foreground, no supervisor
                                                (systemd/Kubernetes: the process becomes the worker)
     shardctl status [CONFIG] [SHARD] [--json]  table of shards (or JSON)
+    shardctl status [CONFIG] [SHARD] --symbols per-symbol freshness: a table per shard, stale symbols first
     shardctl stop [CONFIG]                     stop every shard and the supervisor
     shardctl stop [CONFIG] SHARD               stop one shard; the supervisor keeps running
     shardctl restart [CONFIG] SHARD            restart one shard; waits until it is RUNNING again
     shardctl reload [CONFIG]                   re-read the config (like SIGHUP)
+    shardctl move [CONFIG] SHARD --to HOST     cluster mode: the owner drains SHARD, then HOST streams it
     shardctl shard start|stop|restart [CONFIG] SHARD
                                                one shard on a running supervisor (``shard start``
                                                brings back a STOPPED or FATAL shard)
@@ -28,13 +30,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from shardctl.config import load_config
 from shardctl.config.model import SupervisorConfig, default_state_dir
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, UsageError
 from shardctl.logs import mask_secrets
 from shardctl.private import PRIVATE_UMASK
+from shardctl.report import ShardStatus
 from shardctl.supervisor.control import ControlClient
 from shardctl.supervisor.pidfile import Pidfile, pid_alive
 from shardctl.supervisor.shard import worker_command
@@ -131,54 +133,88 @@ def _ago(stamp: float | None, now: float) -> str:
     return "-" if stamp is None else _duration(now - float(stamp))
 
 
-def _backlog(shard: dict[str, Any]) -> str:
+def _backlog(shard: ShardStatus) -> str:
     """Journal records not yet in the database and how far behind, e.g. "12,000 (31s)"; "FULL" at the cap."""
-    records = int(shard.get("journal_backlog") or 0)
-    text = f"{records:,} ({_duration(shard.get('seconds_behind'))})" if records else "0"
-    if shard.get("disk_full"):
+    worker = shard.worker
+    records = worker.journal_backlog
+    text = f"{records:,} ({_duration(worker.seconds_behind)})" if records else "0"
+    if worker.disk_full:
         return text + " DISK FULL"
-    return text + " FULL" if shard.get("journal_full") else text
+    return text + " FULL" if worker.journal_full else text
 
 
-def _dead_letters(shard: dict[str, Any]) -> str:
+def _dead_letters(shard: ShardStatus) -> str:
     """Frames set aside, and how many of them the dead_letter_max_bytes cap deleted, e.g. "1,500 (1,120 dropped)"."""
-    count, dropped = int(shard.get("dead_letters") or 0), int(shard.get("dead_letters_dropped") or 0)
+    count, dropped = shard.counters.dead_letters, shard.counters.dead_letters_dropped
     return f"{count:,} ({dropped:,} dropped)" if dropped else f"{count:,}"
 
 
-def format_status(shards: list[dict[str, Any]], now: float | None = None) -> str:
+def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
     """The aligned status table (one row per shard); errors are masked (``shardctl.logs.mask_secrets``)."""
     now = time.time() if now is None else now
-    header = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK", "LAG", "BACKLOG",
-              "DEAD LETTERS", "LAST ERROR")
+    header: tuple[str, ...] = ("SHARD", "STATE", "PID", "UPTIME", "RESTARTS", "ROWS", "TICKS/S", "LAST TICK",
+                               "LAG", "BACKLOG", "DEAD LETTERS", "LAST ERROR")
+    cluster = any(s.host_id for s in shards)
+    if cluster:
+        header = header[:2] + ("STREAMED BY", "STANDING BY") + header[2:]
     rows = [header]
     for s in shards:
-        note = s.get("last_error") if s["state"] == "RUNNING" else s.get("reason")
-        note = mask_secrets(str(note or "-"))
-        rows.append((s["name"], s["state"], str(s["pid"] or "-"), _duration(s.get("uptime")), str(s["restarts"]),
-                     f"{int(s.get('rows_written') or 0):,}", f"{float(s.get('ticks_per_second') or 0):.1f}",
-                     _ago(s.get("last_tick_at"), now), _ago(s.get("last_event_ts"), now), _backlog(s),
+        note = mask_secrets(str((s.worker.last_error if s.state == "RUNNING" else s.reason) or "-"))
+        hosts = (_owner(s), ",".join(s.standby_hosts) or "-") if cluster else ()
+        rows.append((s.name, s.state, *hosts, str(s.pid or "-"), _duration(s.uptime), str(s.restarts),
+                     f"{s.counters.rows_written:,}", f"{s.ticks_per_second:.1f}",
+                     _ago(s.worker.last_tick_at, now), _ago(s.worker.last_event_ts, now), _backlog(s),
                      _dead_letters(s), " ".join(note.split())[:80]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s" if abs(value) < 100 else f"{value:.0f}s"
+
+
+def format_symbols(shards: list[ShardStatus], now: float | None = None) -> str:
+    """One table per shard: each symbol's last tick age, delay p50/p99, market and STALE; stale symbols first."""
+    now = time.time() if now is None else now
+    blocks = []
+    for s in shards:
+        records = sorted(s.worker.freshness or (), key=lambda r: not r.stale)
+        stale = sum(r.stale for r in records)
+        title = f"{s.name}: {len(records)} symbol(s), {stale} stale (stale_after {_duration(s.worker.stale_after)})" \
+            if s.worker.freshness is not None else f"{s.name}: no freshness report yet ({s.state})"
+        rows = [("SYMBOL", "LAST TICK", "DELAY P50", "DELAY P99", "MARKET", "")]
+        rows += [(r.symbol, _ago(r.last_tick_at, now), _seconds(r.delay_p50), _seconds(r.delay_p99), r.market,
+                  "STALE" if r.stale else "") for r in records]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        blocks.append("\n".join([title, *table]) if records else title)
+    return "\n\n".join(blocks)
+def _owner(shard: ShardStatus) -> str:
+    """``host@epoch`` of the lease holder, with ``(db?)`` when this host's last lease round got no answer."""
+    if not shard.lease_owner:
+        return "-"
+    stale = "" if shard.lease_database_ok else " (db?)"
+    return f"{shard.lease_owner}@{shard.lease_epoch}{stale}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the shards' table (or --json); exit 1 when the supervisor is not running."""
+    """Print the shards' table (or --json, or --symbols); exit 1 when the supervisor is not running."""
     target = _target(args)
     response = target.client.request("status", args.shard, timeout=10.0)
     if args.json:
         print(mask_secrets(json.dumps(response, indent=2, sort_keys=True)))
+    elif args.symbols:
+        print(format_symbols([ShardStatus.from_json(s) for s in response["shards"]]))
     else:
-        print(format_status(response["shards"]))
+        print(format_status([ShardStatus.from_json(s) for s in response["shards"]]))
     return EXIT_OK
 
 
 # ------------------------------------------------------------------ stop / restart / start one shard
 
-def _describe(shard: dict[str, Any]) -> str:
-    pid = f" (pid {shard['pid']})" if shard.get("pid") else ""
-    return f"{shard['name']}: {shard['state']}{pid}"
+def _describe(shard: ShardStatus) -> str:
+    pid = f" (pid {shard.pid})" if shard.pid else ""
+    return f"{shard.name}: {shard.state}{pid}"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -188,7 +224,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.shard:
         response = client.request("stop", args.shard, timeout=target.supervisor.stop_timeout + SLACK)
         killed = " (killed: it did not stop in time)" if response.get("killed") else ""
-        print(_describe(response["shard"]) + killed)
+        print(_describe(ShardStatus.from_json(response["shard"])) + killed)
         return EXIT_RUNTIME if response.get("killed") else EXIT_OK
     pid = Pidfile(target.pidfile).read()
     response = client.request("stop_all", timeout=target.supervisor.stop_timeout + SLACK)
@@ -213,9 +249,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     client = target.client
     before = None
     if args.action == "restart":
-        before = client.request("status", args.shard, timeout=10.0)["shards"][0].get("pid")
-    shard = client.request(args.action, args.shard, timeout=target.wait_budget)["shard"]
-    print(f"{shard['name']}: {shard['state']} (pid {shard['pid']}" + (f"; was {before})" if before else ")"))
+        before = ShardStatus.from_json(client.request("status", args.shard, timeout=10.0)["shards"][0]).pid
+    shard = ShardStatus.from_json(client.request(args.action, args.shard, timeout=target.wait_budget)["shard"])
+    print(f"{shard.name}: {shard.state} (pid {shard.pid}" + (f"; was {before})" if before else ")"))
     return EXIT_OK
 
 
@@ -224,12 +260,21 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return cmd_shard(args)
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    """Cluster mode: move a shard to host ``--to``; wait until that host holds its lease."""
+    target = _target(args, shard_required=True)
+    wait = 2 * target.supervisor.stop_timeout + 10.0
+    response = target.client.request("move", args.shard, to=args.to, wait=wait, timeout=wait + SLACK)
+    print(f"{response['shard']}: moved from {response['from']} to {response['to']} (epoch {response['epoch']})")
+    return EXIT_OK
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Ask the supervisor to re-read its config and apply the shard changes."""
     target = _target(args)
     response = target.client.request("reload", timeout=target.wait_budget)
     print(f"reloaded: added {response['added'] or 'none'}, removed {response['removed'] or 'none'}, "
-          f"restarted {response['restarted'] or 'none'}")
+          f"restarted {response['restarted'] or 'none'}, re-subscribed {response.get('resubscribed') or 'none'}")
     return EXIT_OK
 
 
@@ -242,7 +287,7 @@ def _control_args(parser: argparse.ArgumentParser, metavar: str, shard_help: str
     parser.add_argument("-c", "--config", help="path of the TOML config (locates the control socket)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add start, status, stop, restart, reload and shard to the CLI."""
     p = subparsers.add_parser("start", help="run the supervisor in the foreground (or one shard with --shard)",
                               description="Run the supervisor for CONFIG in the foreground: every shard's worker, "
@@ -257,6 +302,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser("status", help="show the shards of a running supervisor")
     _control_args(p, "[CONFIG] [SHARD]", "only this shard")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--symbols", action="store_true",
+                   help="per-symbol freshness: last tick, delay p50/p99, market, stale (a table per shard)")
     p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser("stop", help="stop one shard, or everything (the supervisor) without SHARD")
@@ -266,6 +313,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser("restart", help="restart one shard and wait until it runs again")
     _control_args(p, "[CONFIG] SHARD", "the shard to restart")
     p.set_defaults(func=cmd_restart)
+
+    p = subparsers.add_parser("move", help="cluster mode: move a shard to another host, gracefully",
+                              description="The shard's owner drains and commits, hands the lease to HOST, "
+                                          "and HOST starts streaming it. Any host's supervisor takes the request.")
+    _control_args(p, "[CONFIG] SHARD", "the shard to move")
+    p.add_argument("--to", required=True, metavar="HOST", help="host id of a host standing by")
+    p.set_defaults(func=cmd_move)
 
     p = subparsers.add_parser("reload", help="make a running supervisor re-read its config (like SIGHUP)")
     _control_args(p, "[CONFIG]", None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import json
 import logging
@@ -35,21 +36,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from shardctl.errors import ControlError, ShardctlError, SupervisorNotRunning
+from shardctl.errors import ControlCode, ControlError, ShardctlError, SupervisorNotRunning
 
 log = logging.getLogger("shardctl.control")
 
-SHARD_COMMANDS = frozenset({"start", "stop", "restart"})
-COMMANDS = frozenset({"status", "stop_all", "reload"}) | SHARD_COMMANDS
+class Command(enum.StrEnum):
+    """The control protocol's requests."""
+
+    STATUS = "status"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    STOP_ALL = "stop_all"
+    RELOAD = "reload"
+    MOVE = "move"  #: cluster mode: the owner drains the shard and hands its lease to host ``to``
+
+
+SHARD_COMMANDS = frozenset({Command.START, Command.STOP, Command.RESTART, Command.MOVE})
+COMMANDS = frozenset(Command)
 #: Longest request line accepted; anything longer is a bad_request and the connection is closed.
 MAX_LINE = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Request:
-    cmd: str
+    cmd: Command
     shard: str | None = None
     timeout: float | None = None
+    to: str | None = None
 
 
 def parse_request(line: bytes | str) -> Request:
@@ -57,26 +71,31 @@ def parse_request(line: bytes | str) -> Request:
     try:
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ControlError("bad_request", f"request is not valid JSON: {exc}") from None
+        raise ControlError(ControlCode.BAD_REQUEST, f"request is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ControlError("bad_request", "request must be a JSON object like {\"cmd\": \"status\"}")
+        raise ControlError(ControlCode.BAD_REQUEST, "request must be a JSON object like {\"cmd\": \"status\"}")
     cmd = data.get("cmd")
     if not isinstance(cmd, str):
-        raise ControlError("bad_request", "request needs a \"cmd\" string")
+        raise ControlError(ControlCode.BAD_REQUEST, "request needs a \"cmd\" string")
     if cmd not in COMMANDS:
-        raise ControlError("unknown_command", f"unknown command {cmd[:40]!r}; known: {', '.join(sorted(COMMANDS))}")
+        raise ControlError(ControlCode.UNKNOWN_COMMAND,
+                           f"unknown command {cmd[:40]!r}; known: {', '.join(sorted(COMMANDS))}")
     shard = data.get("shard")
     if shard is not None and not isinstance(shard, str):
-        raise ControlError("bad_request", "\"shard\" must be a string or null")
+        raise ControlError(ControlCode.BAD_REQUEST, "\"shard\" must be a string or null")
     if cmd in SHARD_COMMANDS and not shard:
-        raise ControlError("bad_request", f"{cmd} needs a \"shard\"")
+        raise ControlError(ControlCode.BAD_REQUEST, f"{cmd} needs a \"shard\"")
     timeout = data.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ControlError("bad_request", "\"timeout\" must be a positive number of seconds")
-    return Request(cmd=cmd, shard=shard, timeout=float(timeout) if timeout is not None else None)
+        raise ControlError(ControlCode.BAD_REQUEST, "\"timeout\" must be a positive number of seconds")
+    to = data.get("to")
+    if cmd == Command.MOVE and not (isinstance(to, str) and to):
+        raise ControlError(ControlCode.BAD_REQUEST, "move needs a \"to\" host id")
+    return Request(cmd=Command(cmd), shard=shard, timeout=float(timeout) if timeout is not None else None,
+                   to=to if isinstance(to, str) else None)
 
 
-def refusal(code: str, message: str) -> dict[str, Any]:
+def refusal(code: ControlCode, message: str) -> dict[str, Any]:
     return {"ok": False, "code": code, "error": " ".join(message.split())}
 
 
@@ -174,7 +193,7 @@ class ControlServer:
         if uid is not None and uid not in (0, os.geteuid()):
             with contextlib.suppress(Exception):  # read the request first, so the client sees the answer
                 await asyncio.wait_for(reader.readline(), 2.0)
-            writer.write(encode(refusal("forbidden", f"uid {uid} may not control this supervisor")))
+            writer.write(encode(refusal(ControlCode.FORBIDDEN, f"uid {uid} may not control this supervisor")))
             await writer.drain()
             return
         while True:
@@ -185,7 +204,7 @@ class ControlServer:
                     return
                 line = exc.partial  # last request without a newline: still answer it
             except asyncio.LimitOverrunError:
-                writer.write(encode(refusal("bad_request", f"request longer than {MAX_LINE} bytes")))
+                writer.write(encode(refusal(ControlCode.BAD_REQUEST, f"request longer than {MAX_LINE} bytes")))
                 await writer.drain()
                 return
             if line.strip():
@@ -204,7 +223,7 @@ class ControlServer:
             raise
         except Exception as exc:  # a bug must not take the supervisor down
             log.exception("control request %r failed", line[:200])
-            return refusal("internal", f"internal error: {exc}")
+            return refusal(ControlCode.INTERNAL, f"internal error: {exc}")
         return {"ok": True, **response}
 
 
@@ -236,16 +255,18 @@ class ControlClient:
             f"start one with `shardctl start {self.config_path}`")
 
     def request(self, cmd: str, shard: str | None = None, *, timeout: float = 30.0,
-                wait: float | None = None) -> dict[str, Any]:
+                wait: float | None = None, to: str | None = None) -> dict[str, Any]:
         """Send one request and return the response's fields.
 
         ``wait`` is passed to the server as the request's own timeout (how
         long start/restart may wait for RUNNING); ``timeout`` bounds the
         whole exchange. Raises SupervisorNotRunning when nobody listens,
         ControlError(code) when the supervisor refuses, and
-        ControlError("timeout") when no answer comes in time.
+        ControlError(ControlCode.TIMEOUT) when no answer comes in time.
         """
         message: dict[str, Any] = {"cmd": cmd, "shard": shard}
+        if to is not None:
+            message["to"] = to
         if wait is not None:
             message["timeout"] = wait
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -257,25 +278,27 @@ class ControlClient:
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
                     raise self.not_running() from None
-                raise ControlError("not_running", f"cannot reach the supervisor on {self.socket_path}: "
+                raise ControlError(ControlCode.NOT_RUNNING, f"cannot reach the supervisor on {self.socket_path}: "
                                                   f"{exc.strerror}") from None
             try:
                 sock.sendall(encode(message))
                 data = _read_line(sock)
             except socket.timeout:
-                raise ControlError("timeout", f"the supervisor did not answer {cmd} within {timeout:g}s") from None
+                raise ControlError(ControlCode.TIMEOUT,
+                                   f"the supervisor did not answer {cmd} within {timeout:g}s") from None
             except OSError as exc:
-                raise ControlError("not_running", f"the supervisor closed the connection: {exc.strerror}") from None
+                raise ControlError(ControlCode.NOT_RUNNING,
+                                   f"the supervisor closed the connection: {exc.strerror}") from None
         if not data:
-            raise ControlError("not_running", "the supervisor closed the connection without answering")
+            raise ControlError(ControlCode.NOT_RUNNING, "the supervisor closed the connection without answering")
         try:
             response = json.loads(data)
         except ValueError:
-            raise ControlError("bad_request", "the supervisor sent an unreadable answer") from None
+            raise ControlError(ControlCode.BAD_REQUEST, "the supervisor sent an unreadable answer") from None
         if not isinstance(response, dict):
-            raise ControlError("bad_request", "the supervisor sent an unreadable answer")
+            raise ControlError(ControlCode.BAD_REQUEST, "the supervisor sent an unreadable answer")
         if not response.get("ok"):
-            raise ControlError(str(response.get("code", "internal")), str(response.get("error", "refused")))
+            raise ControlError(ControlCode.read(response.get("code")), str(response.get("error", "refused")))
         response.pop("ok", None)
         return dict(response)
 

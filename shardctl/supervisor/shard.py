@@ -2,7 +2,7 @@
 
 ``Shard`` does the I/O for a ``ShardMachine`` (``shardctl.states``): it
 execs ``python -m shardctl.worker`` in a new session with a pipe for the
-worker's JSON-line reports, feeds ready/stats lines and the exit status to
+worker's reports (``shardctl.report``), feeds ready and stats reports and the exit status to
 the machine, and keeps per-shard counter totals across worker restarts (a
 counter never goes down while the supervisor lives). ``lock`` serialises
 operator commands on the shard: a command that finds it held answers busy.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import signal
@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shardctl.config.model import ShardConfig, SupervisorConfig
+from shardctl.db.leases import LEASE_EPOCH_ENV
 from shardctl.logs import mask_secrets
+from shardctl.report import Counters, ReadyReport, ShardStatus, WorkerReport, decode_report
 from shardctl.supervisor.states import (
     PROCESS_STATES,
     Action,
@@ -34,14 +36,6 @@ from shardctl.supervisor.states import (
 
 log = logging.getLogger("shardctl.supervisor")
 
-#: Cumulative per-process counters from the worker's stats lines, summed across restarts.
-COUNTER_KEYS = ("ticks_received", "rows_written", "batches", "batch_seconds_sum", "reconnects",
-                "dead_letters", "dead_letters_dropped", "journal_dropped")
-#: The current worker's journal gauges (zero without a worker).
-JOURNAL_KEYS = ("journal_backlog", "journal_bytes", "seconds_behind", "journal_full", "catching_up", "disk_full",
-                "disk_free_bytes")
-#: Values kept from the last stats line, even after the worker exits.
-STICKY_KEYS = ("last_tick_at", "last_event_ts", "last_error")
 REPORT_LINE_LIMIT = 1 << 20
 #: ticks/s in ``status`` is measured over this many seconds.
 RATE_WINDOW = 10.0
@@ -83,10 +77,15 @@ class Shard:
         self.machine = ShardMachine(config.name, policy, listener=self._log_transition)
         self.lock = asyncio.Lock()
         self.process: asyncio.subprocess.Process | None = None
-        self.stats: dict[str, Any] = {}
-        self.totals: dict[str, float] = {key: 0 for key in COUNTER_KEYS}
-        self.sticky: dict[str, Any] = {key: None for key in STICKY_KEYS}
+        #: The current worker's last report (None until its first, and without a worker).
+        self.report: WorkerReport | None = None
+        #: Counters of the shard's past worker processes, added up.
+        self.past: Counters = Counters()
+        #: The last report of the last worker that exited: its times and error stay visible.
+        self.last_report: WorkerReport = WorkerReport()
         self.last_exit: str | None = None
+        #: Cluster mode: the epoch of the lease this host holds for the shard, handed to its workers.
+        self.lease_epoch: int | None = None
         self._changed = asyncio.Event()
         self._exited: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -121,38 +120,39 @@ class Shard:
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return self.state
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: state, pid, uptime, restarts and counter totals across restarts; text is masked."""
+    def status(self) -> ShardStatus:
+        """A snapshot: state, pid, uptime, restarts, counters added up across restarts; text is masked."""
         m = self.machine
         now_mono, now = time.monotonic(), time.time()
-        current = {key: self.totals[key] + (self.stats.get(key) or 0) for key in COUNTER_KEYS}
-        sticky = {key: self.stats.get(key) if self.stats.get(key) is not None else self.sticky[key]
-                  for key in STICKY_KEYS}
-        if self.process is not None and self.stats:
-            sticky["last_error"] = self.stats.get("last_error")  # the current worker's, not a past one's
-        if sticky["last_error"]:
-            sticky["last_error"] = mask_secrets(str(sticky["last_error"]))
+        current = self.report if self.process is not None else None
+        last = self.last_report
+        if current is None:
+            worker = WorkerReport(last_tick_at=last.last_tick_at, last_event_ts=last.last_event_ts,
+                                  last_error=last.last_error)
+        else:  # the current worker's error, not a past one's; its times, or the last known ones
+            worker = dataclasses.replace(
+                current, counters=Counters(),
+                last_tick_at=current.last_tick_at if current.last_tick_at is not None else last.last_tick_at,
+                last_event_ts=current.last_event_ts if current.last_event_ts is not None else last.last_event_ts)
+        if worker.last_error:
+            worker = dataclasses.replace(worker, last_error=mask_secrets(worker.last_error))
         alive = self.process is not None and m.started_at is not None
-        return {
-            "name": self.name,
-            "state": m.state.value,
-            "reason": mask_secrets(m.reason) if m.reason else m.reason,
-            "wanted": m.wanted,
-            "pid": self.pid,
-            "since": None if m.since is None else now - (now_mono - m.since),
-            "uptime": (now_mono - m.started_at) if alive and m.started_at is not None else None,
-            "restarts": m.restarts,
-            "failures": m.failures_in_window(now_mono),
-            "symbols": len(self.config.symbols),
-            "ticks_per_second": round(self.ticks_per_second(), 2),
-            **current,
-            "batch_seconds_max": self.stats.get("batch_seconds_max") or 0.0,
-            "pending_rows": self.stats.get("pending_rows") or 0,
-            "connected": bool(self.stats.get("connected")) and self.process is not None,
-            **{key: self.stats.get(key) or 0 for key in JOURNAL_KEYS},
-            **sticky,
-            "last_exit": self.last_exit,
-        }
+        return ShardStatus(
+            name=self.name,
+            state=m.state.value,
+            reason=mask_secrets(m.reason) if m.reason else m.reason,
+            wanted=m.wanted,
+            pid=self.pid,
+            since=None if m.since is None else now - (now_mono - m.since),
+            uptime=(now_mono - m.started_at) if alive and m.started_at is not None else None,
+            restarts=m.restarts,
+            failures=m.failures_in_window(now_mono),
+            symbols=len(self.config.symbols),
+            ticks_per_second=round(self.ticks_per_second(), 2),
+            last_exit=self.last_exit,
+            counters=self.past + (current.counters if current is not None else Counters()),
+            worker=worker,
+        )
 
     # ------------------------------------------------------------ process
 
@@ -169,6 +169,8 @@ class Shard:
         self.machine.spawned(now, manual=manual, reason=reason)
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "SHARDCTL_DSN": self.dsn, "SHARDCTL_REPORT_FD": str(write_fd)}
+        if self.lease_epoch is not None:
+            env[LEASE_EPOCH_ENV] = str(self.lease_epoch)
         try:
             process = await asyncio.create_subprocess_exec(
                 *worker_command(self.config_path, self.name, self.log_format), env=env, pass_fds=(write_fd,),
@@ -182,7 +184,7 @@ class Shard:
             return
         os.close(write_fd)
         self.process = process
-        self.stats = {}
+        self.report = None
         self._exited = asyncio.Event()
         log.info("worker started (pid %d)", process.pid, extra={"shard": self.name})
         self._spawn_task(self._watch(process, read_fd, self._exited))
@@ -224,20 +226,21 @@ class Shard:
 
     def _on_report(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
-            kind = message.get("type")
-        except (ValueError, AttributeError):
+            report = decode_report(line)
+        except ValueError:
             log.warning("unreadable report from the worker: %r", line[:120], extra={"shard": self.name})
             return
         now = time.monotonic()
-        if kind == "ready":
+        if isinstance(report, ReadyReport):
             self.machine.ready(now)
-        elif kind == "stats":
-            self.stats = message
-            self.machine.heartbeat(now)
-            self._rate.append((now, self.totals["ticks_received"] + (message.get("ticks_received") or 0)))
-            while len(self._rate) > 2 and now - self._rate[1][0] >= RATE_WINDOW:
-                self._rate.popleft()
+            return
+        if report.freshness is None and self.report is not None:  # freshness rides on every few reports only
+            report = dataclasses.replace(report, freshness=self.report.freshness)
+        self.report = report
+        self.machine.heartbeat(now)
+        self._rate.append((now, self.past.ticks_received + report.counters.ticks_received))
+        while len(self._rate) > 2 and now - self._rate[1][0] >= RATE_WINDOW:
+            self._rate.popleft()
 
     def ticks_per_second(self) -> float:
         """Ticks received per second over the last ~10 s (0 when no worker runs)."""
@@ -247,12 +250,15 @@ class Shard:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def _process_gone(self, returncode: int) -> None:
-        for key in COUNTER_KEYS:
-            self.totals[key] += self.stats.get(key) or 0
-        for key in STICKY_KEYS:
-            if key in self.stats:
-                self.sticky[key] = self.stats[key]
-        self.stats = {}
+        if self.report is not None:
+            self.past = self.past + self.report.counters
+            last = self.last_report
+            self.last_report = dataclasses.replace(
+                self.report,
+                last_tick_at=self.report.last_tick_at if self.report.last_tick_at is not None else last.last_tick_at,
+                last_event_ts=self.report.last_event_ts if self.report.last_event_ts is not None
+                else last.last_event_ts)
+        self.report = None
         self.process = None
         self.last_exit = describe_exit(returncode)
         self.machine.exited(time.monotonic(), returncode)
@@ -264,6 +270,13 @@ class Shard:
             self._spawn_task(self.launch(reason="restarting after backoff", after_backoff=True))
         elif action is Action.TERMINATE:
             self._spawn_task(self._terminate(Deadline(self.stop_timeout)))
+
+    def change_symbols(self, config: ShardConfig) -> None:
+        """Take ``config`` (only its symbols differ) and have the running worker re-subscribe (SIGHUP)."""
+        self.config = config
+        log.info("symbols changed: the worker re-subscribes on its open connection (SIGHUP)",
+                 extra={"shard": self.name})
+        self._signal(signal.SIGHUP)
 
     def _signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -298,6 +311,16 @@ class Shard:
         had_process = self.machine.stop_requested(time.monotonic(), reason)
         if had_process or self.state is ShardState.STOPPING:
             return await self._terminate(deadline)
+        return False
+
+    async def stand_by(self, reason: str) -> bool:
+        """Cluster mode: stop the worker, if any (SIGTERM, drain, SIGKILL after ``stop_timeout``); then STANDBY.
+
+        Returns True if the worker had to be killed.
+        """
+        had_process = self.machine.stand_by(time.monotonic(), reason)
+        if had_process or self.state is ShardState.STOPPING:
+            return await self._terminate(Deadline(self.stop_timeout))
         return False
 
     async def close(self) -> None:

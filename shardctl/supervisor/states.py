@@ -17,7 +17,17 @@ on a monotonic clock), so tests drive it with a fake clock and never sleep::
     BACKOFF ──stop──▶ STOPPED            FATAL ──manual start──▶ STARTING
 
 There is no EXITED state: a streaming worker never finishes on purpose, so
-any exit the supervisor did not ask for is a failure (BACKOFF or FATAL).
+any exit the supervisor did not ask for is a failure (BACKOFF or FATAL),
+except a fenced one (below).
+
+Cluster mode (``[cluster]``) adds STANDBY: the shard is wanted, but another
+host holds its lease and streams it; no worker runs here and no websocket is
+open. The lease (``shardctl.supervisor.lease``) moves the shard in and out::
+
+    STOPPED ──stand by──▶ STANDBY ──lease acquired──▶ STARTING
+    STARTING/RUNNING ──lease lost / moved──▶ STOPPING ──exit──▶ STANDBY
+    STARTING/RUNNING ──worker exits 3 (fenced)──▶ STANDBY
+    BACKOFF/FATAL ──lease lost──▶ STANDBY        STANDBY ──stop──▶ STOPPED
 """
 
 from __future__ import annotations
@@ -29,9 +39,7 @@ from typing import Callable
 
 from shardctl.backoff import Backoff
 from shardctl.config.model import SupervisorConfig
-
-#: Worker exit code meaning "your configuration is wrong": retrying cannot help.
-EXIT_CONFIG = 2
+from shardctl.errors import EXIT_CONFIG, EXIT_FENCED
 
 
 class ShardState(enum.Enum):
@@ -41,17 +49,19 @@ class ShardState(enum.Enum):
     BACKOFF = "BACKOFF"
     STOPPING = "STOPPING"
     FATAL = "FATAL"
+    STANDBY = "STANDBY"
 
 
 S = ShardState
 #: Every legal move; anything else is a bug and raises IllegalTransition.
 ALLOWED: dict[ShardState, frozenset[ShardState]] = {
-    S.STOPPED: frozenset({S.STARTING}),
-    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.FATAL}),
-    S.RUNNING: frozenset({S.BACKOFF, S.STOPPING, S.FATAL}),
-    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FATAL}),
-    S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.FATAL}),
-    S.FATAL: frozenset({S.STARTING}),
+    S.STOPPED: frozenset({S.STARTING, S.STANDBY}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.FATAL, S.STANDBY}),
+    S.RUNNING: frozenset({S.BACKOFF, S.STOPPING, S.FATAL, S.STANDBY}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FATAL, S.STANDBY}),
+    S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.FATAL, S.STANDBY}),
+    S.FATAL: frozenset({S.STARTING, S.STANDBY}),
+    S.STANDBY: frozenset({S.STARTING, S.STOPPED}),
 }
 #: States in which a worker process exists (or is being waited for).
 PROCESS_STATES = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
@@ -98,6 +108,7 @@ class ShardMachine:
         self.last_heartbeat: float | None = None
         self.backoff_until: float | None = None
         self._stop_is_failure = False
+        self._stop_to_standby = False
         #: True while the operator wants this shard running (start), False after stop.
         self.wanted = False
 
@@ -142,6 +153,7 @@ class ShardMachine:
         self.running_since = None
         self.backoff_until = None
         self._stop_is_failure = False
+        self._stop_to_standby = False
         self.transition(ShardState.STARTING, now, reason or ("started by operator" if manual else "starting"))
 
     def heartbeat(self, now: float) -> None:
@@ -166,15 +178,38 @@ class ShardMachine:
         when there is none (BACKOFF → STOPPED, or already STOPPED/FATAL/STOPPING).
         """
         self.wanted = False
+        self._stop_to_standby = False
         if self.state in (ShardState.STARTING, ShardState.RUNNING):
             self._stop_is_failure = False
             self.transition(ShardState.STOPPING, now, reason)
             return True
-        if self.state is ShardState.BACKOFF:
+        if self.state in (ShardState.BACKOFF, ShardState.STANDBY):
             self.backoff_until = None
             self.transition(ShardState.STOPPED, now, reason)
         elif self.state is ShardState.STOPPING:
             self._stop_is_failure = False
+        return False
+
+    def stand_by(self, now: float, reason: str) -> bool:
+        """Cluster mode: another host streams the shard (or will): no worker here, still wanted.
+
+        Returns True when a worker must be sent SIGTERM (now STOPPING; it drains
+        and commits what its lease still allows, and its exit leads to STANDBY),
+        False when there is none (STOPPED/BACKOFF/FATAL → STANDBY at once;
+        already STANDBY or STOPPING: no change but the destination).
+        """
+        self.wanted = True
+        if self.state in (ShardState.STARTING, ShardState.RUNNING):
+            self._stop_is_failure = False
+            self._stop_to_standby = True
+            self.transition(ShardState.STOPPING, now, reason)
+            return True
+        if self.state is ShardState.STOPPING:
+            self._stop_is_failure = False
+            self._stop_to_standby = True
+        elif self.state in (ShardState.STOPPED, ShardState.BACKOFF, ShardState.FATAL):
+            self.backoff_until = None
+            self.transition(ShardState.STANDBY, now, reason)
         return False
 
     def exited(self, now: float, returncode: int | None) -> None:
@@ -186,13 +221,20 @@ class ShardMachine:
         FATAL; otherwise BACKOFF for the next backoff delay.
         """
         how = describe_exit(returncode)
+        if self.state is ShardState.STOPPING and self._stop_to_standby:
+            self._stop_to_standby = False
+            self.transition(ShardState.STANDBY, now, f"worker stopped ({how}); {self.reason}")
+            return
         if self.state is ShardState.STOPPING and not self._stop_is_failure:
             self.transition(ShardState.STOPPED, now, f"worker stopped ({how})")
             return
         if self.state not in PROCESS_STATES:
             raise IllegalTransition(f"shard {self.name}: worker exit reported in state {self.state.value}")
+        if returncode == EXIT_FENCED:  # not a failure: the lease is another host's, which streams the shard
+            self.transition(ShardState.STANDBY, now, "fenced: another host holds the lease; standing by")
+            return
         cause = "heartbeats stopped" if self._stop_is_failure else how
-        if returncode == EXIT_CONFIG:
+        if returncode == EXIT_CONFIG:  # the worker says its configuration is wrong: retrying cannot help
             self.transition(ShardState.FATAL, now, f"configuration error ({how}); fix the config, then start")
             return
         self.failure_times.append(now)

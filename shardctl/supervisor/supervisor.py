@@ -21,20 +21,25 @@ signal handler only queues a request, the dispatcher acts on it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from shardctl.config import load_config
 from shardctl.config.model import Config
-from shardctl.errors import ConfigError, ControlError
+from shardctl.errors import ConfigError, ControlCode, ControlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
-from shardctl.supervisor.control import ControlServer, Request
+from shardctl.report import ShardStatus
+from shardctl.supervisor.assets import asset_names_loop
+from shardctl.supervisor.cluster import Cluster
+from shardctl.supervisor.control import Command, ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
 from shardctl.supervisor.pidfile import Pidfile
@@ -71,6 +76,8 @@ class Supervisor:
         self.shutting_down = False
         self.metrics_port: int | None = None
         self.feed = LocalFeed(config.feed, log_format)
+        #: Cluster mode (``[cluster]``): the lease loop that decides which shards stream on this host.
+        self.cluster: Cluster | None = None
         self._queue: asyncio.Queue[tuple[Request, Any, str]] | None = None
         self._done: asyncio.Event | None = None
         self._deadline: Deadline | None = None
@@ -91,7 +98,8 @@ class Supervisor:
         sup = self.config.supervisor
         control = ControlServer(sup.control_socket, self.handle)
         page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
-        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve) \
+        metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
+                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale) \
             if sup.metrics_port else None
         try:
             await control.start()
@@ -103,13 +111,22 @@ class Supervisor:
             await self.feed.start()
             for shard_config in self.config.shards.values():
                 self.shards[shard_config.name] = self._new_shard(shard_config.name)
-            for shard in self.shards.values():
-                await shard.launch(reason="supervisor started")
+            if self.config.cluster is not None:
+                self.cluster = Cluster(self.config.cluster, self.database.dsn, lambda: self.shards)
+                for shard in self.shards.values():
+                    shard.machine.stand_by(time.monotonic(), "waiting for the lease")
+                self._spawn(self.cluster.run())
+                log.info("cluster mode: host %s (lease ttl %gs, renewed every %gs)", self.cluster.host_id,
+                         self.config.cluster.lease_ttl, self.config.cluster.renew_interval)
+            else:
+                for shard in self.shards.values():
+                    await shard.launch(reason="supervisor started")
             log.info("supervising %d shard(s); control socket %s", len(self.shards), sup.control_socket)
             self._spawn(self._dispatch())
             self._spawn(self._ticker())
             if self.database.needs_maintenance:
                 self._spawn(self.database.maintenance_loop())
+            self._spawn(asset_names_loop(self.config.path, self.database.dsn))
             await self._done.wait()
         finally:
             for task in list(self._tasks):
@@ -117,6 +134,8 @@ class Supervisor:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if not self._done.is_set():  # failed while starting: leave nothing behind
                 await self._stop_everything(Deadline(sup.stop_timeout))
+            if self.cluster is not None:
+                await self.cluster.close()
             await control.close()
             if metrics is not None:
                 await metrics.close()
@@ -133,11 +152,12 @@ class Supervisor:
 
     def _new_shard(self, name: str) -> Shard:
         return Shard(self.config.shards[name], config_path=self.config.path, dsn=self.database.dsn,
-                     policy=self.config.supervisor, stop_timeout=self.config.supervisor.stop_timeout, log_format=self.log_format)
+                     policy=self.config.supervisor, stop_timeout=self.config.supervisor.stop_timeout,
+                     log_format=self.log_format)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        request = Request("reload") if signum == signal.SIGHUP else Request("stop_all")
+        request = Request(Command.RELOAD) if signum == signal.SIGHUP else Request(Command.STOP_ALL)
         assert self._queue is not None
         self._queue.put_nowait((request, None, f"signal {name}"))
 
@@ -154,11 +174,11 @@ class Supervisor:
         assert self._queue is not None
         while True:
             request, reply, source = await self._queue.get()
-            if request.cmd == "stop_all":
+            if request.cmd is Command.STOP_ALL:
                 self._request_shutdown(reply, source)
             elif self.shutting_down:
-                _fail(reply, ControlError("shutting_down", "the supervisor is shutting down"))
-            elif request.cmd == "reload":
+                _fail(reply, ControlError(ControlCode.SHUTTING_DOWN, "the supervisor is shutting down"))
+            elif request.cmd is Command.RELOAD:
                 self._spawn(_answer(reply, self._reload(source)))
             else:
                 self._spawn(_answer(reply, self._shard_command(request)))
@@ -167,64 +187,79 @@ class Supervisor:
 
     async def handle(self, request: Request) -> dict[str, Any]:
         """The control server's handler: status is answered at once, the rest goes through the queue."""
-        if request.cmd == "status":
+        if request.cmd is Command.STATUS:
             return self.status(request.shard)
         assert self._queue is not None
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((request, reply, "control socket"))
         return await reply
 
-    def statuses(self) -> list[dict[str, Any]]:
-        return [shard.status() for shard in self.shards.values()]
+    def statuses(self) -> list[ShardStatus]:
+        return [self._status(shard) for shard in self.shards.values()]
+
+    def _status(self, shard: Shard) -> ShardStatus:
+        status = shard.status()
+        return self.cluster.annotate(status) if self.cluster is not None else status
 
     def status(self, name: str | None = None) -> dict[str, Any]:
         """``{"shards": [...], "supervisor": {...}}``; ``name`` limits it to one shard (no_such_shard if unknown)."""
-        shards = [self._shard(name).status()] if name else self.statuses()
-        return {"shards": shards, "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
-                                                 "shutting_down": self.shutting_down,
-                                                 "metrics_port": self.metrics_port,
-                                                 "feed_pid": self.feed.process.pid if self.feed.process else None}}
+        shards = [self._status(self._shard(name))] if name else self.statuses()
+        return {"shards": [s.to_json() for s in shards],
+                "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
+                               "shutting_down": self.shutting_down,
+                               "metrics_port": self.metrics_port,
+                               "feed_pid": self.feed.process.pid if self.feed.process else None,
+                               "host_id": self.cluster.host_id if self.cluster is not None else None}}
 
     def _shard(self, name: str | None) -> Shard:
         shard = self.shards.get(name or "")
         if shard is None:
             known = ", ".join(self.shards) or "none"
-            raise ControlError("no_such_shard", f"no shard named {name!r} (known: {known})")
+            raise ControlError(ControlCode.NO_SUCH_SHARD, f"no shard named {name!r} (known: {known})")
         return shard
 
     async def _shard_command(self, request: Request) -> dict[str, Any]:
         shard = self._shard(request.shard)
         if shard.lock.locked():
-            raise ControlError("busy", f"shard {shard.name} is busy with another command; try again")
+            raise ControlError(ControlCode.BUSY, f"shard {shard.name} is busy with another command; try again")
         wait = request.timeout or (self.config.supervisor.start_grace + COMMAND_WAIT_EXTRA)
+        if request.cmd is Command.MOVE:
+            if self.cluster is None:
+                raise ControlError(ControlCode.BAD_REQUEST, "move needs cluster mode: add a [cluster] section")
+            assert request.to is not None
+            return await self.cluster.move(shard, request.to, request.timeout or 2 * self.config.supervisor.stop_timeout
+                                           + COMMAND_WAIT_EXTRA)
+        if self.cluster is not None and request.cmd in (Command.START, Command.RESTART):
+            self.cluster.check_start(shard)
         async with shard.lock:
             state = shard.state
-            if request.cmd == "start":
+            if request.cmd is Command.START:
                 if state in PROCESS_STATES:
-                    raise ControlError("already_running", f"shard {shard.name} is {state.value} (pid {shard.pid})")
+                    raise ControlError(ControlCode.ALREADY_RUNNING,
+                                       f"shard {shard.name} is {state.value} (pid {shard.pid})")
                 await shard.launch(manual=True)
                 return await self._await_running(shard, wait)
-            if request.cmd == "stop":
+            if request.cmd is Command.STOP:
                 if state in (ShardState.STOPPED, ShardState.FATAL):
-                    raise ControlError("not_running", f"shard {shard.name} is {state.value}, not running")
+                    raise ControlError(ControlCode.NOT_RUNNING, f"shard {shard.name} is {state.value}, not running")
                 killed = await shard.stop()
-                return {"shard": shard.status(), "killed": killed}
+                return {"shard": shard.status().to_json(), "killed": killed}
             # restart: one lock held across stop and start, so it is atomic for other commands
             if state in PROCESS_STATES or state is ShardState.BACKOFF:
                 await shard.stop(reason="restarting by operator")
             if self.shutting_down:
-                raise ControlError("shutting_down", "the supervisor is shutting down")
+                raise ControlError(ControlCode.SHUTTING_DOWN, "the supervisor is shutting down")
             await shard.launch(manual=True, reason="restarted by operator")
             return await self._await_running(shard, wait)
 
     async def _await_running(self, shard: Shard, wait: float) -> dict[str, Any]:
         state = await shard.wait_for(_DONE_STATES, wait)
         if state is ShardState.RUNNING:
-            return {"shard": shard.status()}
+            return {"shard": shard.status().to_json()}
         if state in (ShardState.FATAL, ShardState.STOPPED):
-            raise ControlError("not_running", f"shard {shard.name} did not start: {state.value}: "
+            raise ControlError(ControlCode.NOT_RUNNING, f"shard {shard.name} did not start: {state.value}: "
                                               f"{shard.machine.reason}")
-        raise ControlError("timeout", f"shard {shard.name} is not RUNNING after {wait:g}s: {state.value}: "
+        raise ControlError(ControlCode.TIMEOUT, f"shard {shard.name} is not RUNNING after {wait:g}s: {state.value}: "
                                       f"{shard.machine.reason}")
 
     # ------------------------------------------------------------ shutdown
@@ -234,7 +269,7 @@ class Supervisor:
             if reply is None and self._deadline is not None:
                 log.warning("%s again: stopping stragglers now", source)
                 self._deadline.hurry()
-            _fail(reply, ControlError("shutting_down", "the supervisor is already shutting down"))
+            _fail(reply, ControlError(ControlCode.SHUTTING_DOWN, "the supervisor is already shutting down"))
             return
         if reply is not None:
             self._stop_waiters.append(reply)
@@ -242,15 +277,19 @@ class Supervisor:
 
     async def _shutdown(self, source: str) -> None:
         self.shutting_down = True
+        if self.cluster is not None:
+            self.cluster.stopping = True  # keeps renewing while the workers drain; acquires nothing
         self._deadline = Deadline(self.config.supervisor.stop_timeout)
         log.info("%s: stopping %d shard(s) (deadline %gs)", source, len(self.shards),
                  self.config.supervisor.stop_timeout)
         killed = await self._stop_everything(self._deadline)
+        if self.cluster is not None:
+            await self.cluster.release_all()
         self.exit_code = 1 if killed else 0
         shards = self.statuses()
-        ticks = sum(int(s["ticks_received"]) for s in shards)
-        rows = sum(int(s["rows_written"]) for s in shards)
-        result = {"stopped": sorted(self.shards), "killed": killed, "shards": shards,
+        ticks = sum(s.counters.ticks_received for s in shards)
+        rows = sum(s.counters.rows_written for s in shards)
+        result = {"stopped": sorted(self.shards), "killed": killed, "shards": [s.to_json() for s in shards],
                   "ticks_received": ticks, "rows_written": rows}
         for waiter in self._stop_waiters:
             if not waiter.done():
@@ -285,7 +324,7 @@ class Supervisor:
                 new = load_config(old.path, require_env=True)
             except ConfigError as exc:
                 log.error("reload (%s) failed; keeping the running config: %s", source, exc)
-                raise ControlError("bad_request", f"reload failed, config unchanged: {exc}") from None
+                raise ControlError(ControlCode.BAD_REQUEST, f"reload failed, config unchanged: {exc}") from None
             for section in ("database", "feed", "supervisor"):
                 if getattr(new, section) != getattr(old, section):
                     log.warning("reload: [%s] changed; that takes effect after a supervisor restart", section)
@@ -293,18 +332,28 @@ class Supervisor:
             removed = [n for n in old.shards if n not in new.shards]
             added = [n for n in new.shards if n not in old.shards]
             changed = [n for n in new.shards if n in old.shards and (everything or new.shards[n] != old.shards[n])]
+            # Only the symbols differ and the worker streams: it re-subscribes on its open connection.
+            live = [n for n in changed if not everything and self.shards[n].state is ShardState.RUNNING
+                    and dataclasses.replace(old.shards[n], symbols=new.shards[n].symbols) == new.shards[n]]
+            restarted = [n for n in changed if n not in live]
             self.config = new
-            log.info("reload (%s): %d added, %d removed, %d changed", source, len(added), len(removed), len(changed))
+            log.info("reload (%s): %d added, %d removed, %d restarted, %d re-subscribed", source, len(added),
+                     len(removed), len(restarted), len(live))
+            for name in live:
+                self.shards[name].change_symbols(new.shards[name])
             await asyncio.gather(*(self._reload_shard(n, added=n in added, removed=n in removed)
-                                   for n in added + removed + changed))
-            return {"added": added, "removed": removed, "restarted": changed}
+                                   for n in added + removed + restarted))
+            return {"added": added, "removed": removed, "restarted": restarted, "resubscribed": live}
 
     async def _reload_shard(self, name: str, *, added: bool, removed: bool) -> None:
         if self.shutting_down:
             return
         if added:
             self.shards[name] = shard = self._new_shard(name)
-            await shard.launch(reason="added by reload")
+            if self.cluster is not None:
+                shard.machine.stand_by(time.monotonic(), "added by reload; waiting for the lease")
+            else:
+                await shard.launch(reason="added by reload")
             return
         shard = self.shards[name]
         async with shard.lock:
@@ -314,7 +363,7 @@ class Supervisor:
                 del self.shards[name]
                 return
             shard.config = self.config.shards[name]
-            if shard.machine.wanted:
+            if shard.machine.wanted and (self.cluster is None or shard.state in PROCESS_STATES):
                 await shard.stop(reason="config changed; restarting")
                 if not self.shutting_down:
                     await shard.launch(manual=True, reason="config changed")
@@ -327,7 +376,7 @@ async def _answer(reply: Any, work: Any) -> None:
         _fail(reply, exc)
     except Exception as exc:
         log.exception("command failed")
-        _fail(reply, ControlError("internal", f"internal error: {exc}"))
+        _fail(reply, ControlError(ControlCode.INTERNAL, f"internal error: {exc}"))
     else:
         if reply is not None and not reply.done():
             reply.set_result(result)

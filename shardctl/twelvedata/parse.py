@@ -33,11 +33,15 @@ class Parsed:
     row: Tick | None = None
     event: dict[str, Any] | None = None
     reason: str | None = None
+    #: A price event's own Unix timestamp (whole seconds), as ``row.time`` holds it; 0 for other kinds.
+    ts: int = 0
 
 
 _HEARTBEAT = Parsed(Kind.HEARTBEAT)
 _BINARY = Parsed(Kind.BAD, reason="binary websocket frame (opcode 2), Twelve Data sends text")
 _STATUS_EVENTS = frozenset(("subscribe-status", "unsubscribe-status", "reset-status"))
+#: A price event longer than this is set aside: a real one is a few hundred bytes, padding is hostile.
+MAX_PRICE_FRAME = 64 * 1024
 
 
 def _number(value: Any) -> float | int | None:
@@ -78,6 +82,9 @@ class FrameParser:
             return Parsed(Kind.BAD, reason=f"not a JSON object: {type(event).__name__}")
         name = event.get("event")
         if name == "price":
+            if len(frame) > MAX_PRICE_FRAME:
+                return Parsed(Kind.BAD, reason=f"price event of {len(frame):,} bytes (the limit is "
+                                               f"{MAX_PRICE_FRAME:,}; a real one is a few hundred)")
             return self._price(event)
         if name == "heartbeat":
             return _HEARTBEAT
@@ -110,4 +117,4 @@ class FrameParser:
             None if volume is None else _number(volume),
             None if bid is None else _number(bid),
             None if ask is None else _number(ask),
-        ))
+        ), ts=ts)

@@ -90,6 +90,26 @@ class StreamClient:
         self._down_since: float | None = None
         self._down_reason = ""
 
+    def change_symbols(self, symbols: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Stream ``symbols`` from now on: (added, removed).
+
+        On an open connection the removed symbols are unsubscribed and the
+        added ones subscribed (the protocol allows both at any time), so the
+        others never pause; a later reconnect subscribes the new list.
+        """
+        wanted = list(dict.fromkeys(symbols))
+        added = [s for s in wanted if s not in self.symbols]
+        removed = [s for s in self.symbols if s not in wanted]
+        self.symbols = tuple(wanted)
+        self._failed_symbols.difference_update(removed)
+        for action, chunk in (("unsubscribe", removed), ("subscribe", added)):
+            for start in range(0, len(chunk), SUBSCRIBE_CHUNK):
+                self._send({"action": action, "params": {"symbols": ",".join(chunk[start:start + SUBSCRIBE_CHUNK])}})
+        if self._ws is not None and (added or removed):
+            log.info("symbols changed on the open connection: +%d -%d (%d now)", len(added), len(removed),
+                     len(self.symbols))
+        return added, removed
+
     def resume_reading(self) -> None:
         """The caller stopped polling for a while (a full disk): count the silence from now, not from then."""
         self._last_frame_at = max(self._last_frame_at, self._clock())
@@ -130,7 +150,7 @@ class StreamClient:
             return None
         wait = min(timeout, self._next_heartbeat - now, self.settings.watchdog_timeout - silent_for)
         wait = max(0.001, wait)
-        if wait != self._timeout:
+        if wait != self._timeout and ws.sock is not None:
             ws.sock.settimeout(wait)
             self._timeout = wait
         assert self._reader is not None
@@ -152,6 +172,9 @@ class StreamClient:
 
     def handle_status(self, event: dict[str, Any]) -> None:
         """Take a subscribe/unsubscribe/reset status event: log fails once per symbol, signal readiness."""
+        if event.get("event") == "unsubscribe-status":
+            success = event.get("success")
+            log.info("unsubscribed from %d symbol(s)", len(success) if isinstance(success, list) else 0)
         if event.get("event") != "subscribe-status":
             return
         status = event.get("status")
@@ -199,6 +222,7 @@ class StreamClient:
         except (websocket.WebSocketException, OSError) as exc:
             self._retry_later(now, f"cannot connect to {self.url}: {exc or type(exc).__name__}")
             return
+        assert ws.sock is not None, "create_connection returns a connected websocket"
         self._ws, self._timeout = ws, None
         self._reader = FrameReader(ws.sock, ws.pong, before_recv=self._before_recv)
         wall = time.time()

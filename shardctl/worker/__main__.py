@@ -19,11 +19,13 @@ from shardctl import logs
 from shardctl.config import load_config
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.connection import connect, resolve_dsn
+from shardctl.db.leases import LEASE_EPOCH_ENV, Fence
 from shardctl.db.schema import apply_schema
 from shardctl.errors import ShardctlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import PRIVATE_UMASK, private_dir
 from shardctl.worker.process import ShardLock
+from shardctl.worker.switches import Switches
 from shardctl.worker.worker import Worker, log
 
 
@@ -33,6 +35,7 @@ def _install_signals(worker: Worker) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.request_symbols_reload())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.shard, level=args.log_level, fmt=args.log_format)
     report_fd = int(os.environ["SHARDCTL_REPORT_FD"]) if os.environ.get("SHARDCTL_REPORT_FD") else None
     try:
+        switches = Switches.from_environ(os.environ)
         config = load_config(args.config, require_env=True)
         shard = config.shard(args.shard)
         for warning in journal_space_warnings(config, [shard.name]):
@@ -53,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         private_dir(config.state_dir / "shards")
         lock = ShardLock(config.shard_dir(shard.name) / "worker.lock")
         try:
-            return _run(config, shard, report_fd)
+            return _run(config, shard, report_fd, switches)
         finally:
             lock.release()
     except ShardctlError as exc:
@@ -61,7 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
-def _run(config: Config, shard: ShardConfig, report_fd: int | None) -> int:
+def _fence(config: Config) -> Fence | None:
+    """Cluster mode: the lease the supervisor acquired for this worker (``$SHARDCTL_LEASE_EPOCH``)."""
+    if config.cluster is None:
+        return None
+    epoch = os.environ.get(LEASE_EPOCH_ENV, "")
+    if not epoch.isdigit():
+        raise ShardctlError(f"{config.path}: [cluster] is set, so a worker streams only under a lease its "
+                            f"supervisor acquired (${LEASE_EPOCH_ENV}); run `shardctl start` instead")
+    return Fence(config.cluster.host_id, int(epoch))
+
+
+def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Switches) -> int:
+    fence = _fence(config)
     dsn = resolve_dsn(config)
     if report_fd is None:
         # Run by hand: make sure the tables exist (the supervisor does this otherwise).
@@ -70,7 +86,7 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None) -> int:
             apply_schema(conn, config.tables, config.timescaledb)
         finally:
             conn.close()
-    worker = Worker(config, shard, dsn, report_fd=report_fd)
+    worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches, fence=fence)
     _install_signals(worker)
     return worker.run()
 

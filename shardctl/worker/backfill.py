@@ -30,18 +30,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
-from urllib.parse import urlsplit
 
 import requests
-from twelvedata import TDClient
-from twelvedata.exceptions import TwelveDataError
-from twelvedata.http_client import DefaultHttpClient
 
 from shardctl.backoff import Backoff
 from shardctl.db import gaps
 from shardctl.db.connection import connect
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.logs import mask_secrets
+from shardctl.twelvedata.rest import RestCallError, rest_client
 
 __all__ = ["Backfiller", "BackfillResult", "CreditLimiter", "RestCallError", "WINDOW_MINUTES"]
 
@@ -50,37 +47,8 @@ log = logging.getLogger("shardctl.backfill")
 MAX_OUTPUTSIZE = 5000
 #: Minutes per request: one less than ``outputsize`` so an inclusive ``end_date`` cannot truncate.
 WINDOW_MINUTES = MAX_OUTPUTSIZE - 1
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _IDLE_WAIT = 60.0
 _DB_RETRY = 30.0
-
-
-class RestCallError(TwelveDataError):  # type: ignore[misc]
-    """A Twelve Data error answer with its ``code`` (from the body, else the HTTP status)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _HeaderKeyClient(DefaultHttpClient):  # type: ignore[misc]
-    """The package's HTTP client, with the key in a header instead of the URL and typed errors."""
-
-    def __init__(self, base_url: str, api_key: str) -> None:
-        super().__init__(base_url)
-        self.session.headers["Authorization"] = f"apikey {api_key}"
-        if urlsplit(base_url).hostname in _LOOPBACK:
-            self.session.trust_env = False  # never route 127.0.0.1 through a proxy from the environment
-
-    def get(self, relative_url: str, *args: Any, **kwargs: Any) -> Any:
-        params = dict(kwargs.get("params") or {})
-        params.pop("apikey", None)
-        kwargs["params"] = params
-        return super().get(relative_url, *args, **kwargs)
-
-    @staticmethod
-    def _raise_error(error_code: int, message: str) -> None:
-        raise RestCallError(int(error_code), str(message))
 
 
 class CreditLimiter:
@@ -165,6 +133,8 @@ class Backfiller:
         self._thread: threading.Thread | None = None
         self.requests = 0  #: HTTP requests made (retries included)
         self.results: list[BackfillResult] = []  #: every finished gap, oldest first
+        #: Why the thread ended unexpectedly (a bug): set once, the worker reports it; None while it runs.
+        self.failure: str | None = None
 
     def submit(self, gap: gaps.Gap) -> None:
         """Queue a recorded gap for backfill; returns at once."""
@@ -237,8 +207,11 @@ class Backfiller:
                     log.warning("backfill: cannot look for unfinished gaps: %s", self._mask(str(exc)))
             try:
                 self.run_pending()
-            except Exception:
-                log.exception("backfill: unexpected failure")
+            except Exception as exc:  # a bug: reported to the worker, which goes on streaming
+                self.failure = self._mask(f"{type(exc).__name__}: {exc}")
+                log.critical("the backfill thread failed: %s; gaps stay recorded for the next worker",
+                             self.failure, exc_info=True)
+                return
             with self._lock:
                 dues = [item.due - self._wall().timestamp() for item in self._queue]
             self._wake.wait(max(0.05, min([_IDLE_WAIT, next_scan - time.monotonic(), *dues])))
@@ -374,8 +347,7 @@ class Backfiller:
 
     def _client(self) -> Any:
         if self._td is None:  # TDClient() makes a blocking HTTP request: build it only when needed
-            self._td = TDClient(self._api_key, base_url=self.rest_url,
-                                http_client=_HeaderKeyClient(self.rest_url, self._api_key))
+            self._td = rest_client(self.rest_url, self._api_key)
         return self._td
 
     def _db(self) -> Any:

@@ -36,7 +36,8 @@ class Batcher(Generic[T]):
 
     def due(self, now: float) -> bool:
         """True when the pending rows should be flushed now (full, or the oldest is old enough)."""
-        return bool(self.rows) and (len(self.rows) >= self.batch_size or now >= self.first_at + self.flush_interval)
+        deadline = self.deadline()
+        return deadline is not None and bool(self.rows) and (len(self.rows) >= self.batch_size or now >= deadline)
 
     def take(self) -> list[T]:
         """Remove and return the pending rows (possibly empty)."""

@@ -1,8 +1,8 @@
 """What a worker learns besides ticks, handed to the committer thread: gaps and asset names.
 
 Gaps are stretches in which the shard may have missed ticks: the stream's
-disconnections, the time the worker was down (from its liveness stamp to
-its first connection), and frames the journal dropped at its cap. Asset
+disconnections, the time the worker was down (from the last frame its
+journal holds to its first connection), and frames the journal dropped at its cap. Asset
 names come from the first event of each symbol (``currency_base``). Both are
 written by the committer thread, in order with the batches and retried like
 them, so neither ever blocks the socket.
@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Mapping
 
 import orjson
 
 from shardctl.journal.journal import Journal
 from shardctl.twelvedata.stream import StreamClient
-from shardctl.worker.committer import Committer
+from shardctl.worker.committer import BatchWriter, Committer
+from shardctl.worker.readgate import ReadGate
 
 log = logging.getLogger("shardctl.worker")
 
@@ -27,16 +30,38 @@ def _utc(wall: float) -> datetime:
     return datetime.fromtimestamp(wall, timezone.utc)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordGap:
+    """A committer task: record that the shard may have missed ticks between ``start`` and ``end``."""
+
+    start: datetime
+    end: datetime
+    reason: str
+
+    def __call__(self, writer: BatchWriter) -> None:
+        writer.record_gap(self.start, self.end, self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertAssets:
+    """A committer task: store the asset names learnt from the stream (None: none known yet)."""
+
+    names: Mapping[str, str | None]
+
+    def __call__(self, writer: BatchWriter) -> None:
+        writer.upsert_assets(self.names)
+
+
 class Bookkeeper:
     """Collects gaps and asset names in the main thread; ``hand_over`` queues them for the database."""
 
     def __init__(self) -> None:
         #: Wall-clock time the previous worker of this shard was last alive (None: unknown).
         self.down_since: float | None = None
+        #: The reason the "down" gap is recorded with (a takeover names the host it took the shard from).
+        self.down_reason = "worker down"
         #: Symbols seen in this process.
         self.symbols: set[str] = set()
-        #: Gaps the worker itself noticed (e.g. time blocked at the journal cap): (from, to, reason).
-        self.gaps: list[tuple[float, float, str]] = []
         self._new_assets: dict[str, str | None] = {}
         self._journal_gaps_taken = 0
 
@@ -46,11 +71,11 @@ class Bookkeeper:
         name = orjson.loads(frame).get("currency_base")
         self._new_assets[symbol] = name if isinstance(name, str) else None
 
-    def hand_over(self, stream: StreamClient, journal: Journal, committer: Committer) -> None:
+    def hand_over(self, stream: StreamClient, journal: Journal, gate: ReadGate, committer: Committer) -> None:
         """Queue every gap and asset name learnt since the last call as committer tasks."""
-        gaps, self.gaps = self.gaps, []
+        gaps, gate.gaps = gate.gaps, []
         if self.down_since is not None and stream.first_connected_at is not None:
-            gaps.append((self.down_since, stream.first_connected_at, "worker down"))
+            gaps.append((self.down_since, stream.first_connected_at, self.down_reason))
             self.down_since = None
         gaps.extend(stream.gaps)
         stream.gaps.clear()
@@ -61,7 +86,7 @@ class Bookkeeper:
                              f"journal cap: dropped {gap.records} frame(s)"))
         for start, end, reason in gaps:
             log.warning("gap recorded: %s for %.1fs", reason, end - start)
-            committer.run_task(lambda w, a=_utc(start), b=_utc(end), r=reason: w.record_gap(a, b, r))  # type: ignore[attr-defined]
+            committer.run_task(RecordGap(_utc(start), _utc(end), reason))
         if self._new_assets:
             names, self._new_assets = self._new_assets, {}
-            committer.run_task(lambda w: w.upsert_assets(names))  # type: ignore[attr-defined]
+            committer.run_task(UpsertAssets(names))

@@ -14,24 +14,31 @@ from __future__ import annotations
 
 import array
 import collections
+import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol, Sequence
+from typing import BinaryIO, Callable, Mapping, Protocol, Sequence
 
 from shardctl.backoff import Backoff
-from shardctl.crashpoints import crash_point
-from shardctl.errors import DatabaseError, DatabaseUnavailable
+from shardctl.crashpoints import NO_CRASHES, CrashPoints
+from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardFenced
 
 log = logging.getLogger("shardctl.committer")
 
 
 class BatchWriter(Protocol):
+    """What the committer needs of the database (``shardctl.db.writer.Writer``)."""
+
     def last_committed(self) -> int: ...
     def last_journal_offset(self) -> int | None: ...
-    def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None) -> bool: ...
+    def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None,
+              received_at: datetime | None = None) -> bool: ...
+    def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None: ...
+    def upsert_assets(self, names: Mapping[str, str | None]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -53,6 +60,8 @@ class _Batch:
     rows: list[tuple]
     seq: int
     arrivals: list[float] | None = None
+    #: Wall-clock receive time of the batch's last tick (cluster mode: a successor's gap starts there).
+    received_at: datetime | None = None
 
 
 Task = Callable[["BatchWriter"], object]
@@ -88,8 +97,10 @@ class Committer:
 
     def __init__(self, writer: BatchWriter, *, max_pending_rows: int,
                  on_committed: Callable[[int], None] | None = None, retry_initial: float = 0.25,
-                 retry_max: float = RETRY_MAX, latency_log: LatencyLog | None = None) -> None:
+                 retry_max: float = RETRY_MAX, latency_log: LatencyLog | None = None,
+                 crash_points: CrashPoints = NO_CRASHES) -> None:
         self._writer = writer
+        self._crash_points = crash_points
         self._on_committed = on_committed
         self._latency_log = latency_log
         self.max_pending_rows = max(1, max_pending_rows)
@@ -103,6 +114,8 @@ class Committer:
         self.stats = CommitStats()
         #: Set when the thread died of an unexpected error; the worker must then exit (and replay).
         self.failure: str | None = None
+        #: Set when the database said the shard's lease is another host's: nothing more is committed.
+        self.fenced: str | None = None
 
     @property
     def pending_rows(self) -> int:
@@ -127,10 +140,11 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, rows: list[tuple], seq: int, *, arrivals: list[float] | None = None) -> None:
+    def submit(self, rows: list[tuple], seq: int, *, arrivals: list[float] | None = None,
+               received_at: datetime | None = None) -> None:
         """Queue a batch whose rows come from journal records up to offset ``seq``; never blocks."""
         with self._cond:
-            self._queue.append(_Batch(rows, seq, arrivals))
+            self._queue.append(_Batch(rows, seq, arrivals, received_at))
             self._pending_rows += len(rows)
             self._cond.notify_all()
 
@@ -143,7 +157,7 @@ class Committer:
     def drain(self, deadline: float) -> bool:
         """Wait until everything queued is done or ``deadline`` (monotonic) passes; True if all is."""
         with self._cond:
-            while self._queue and self.failure is None and time.monotonic() < deadline:
+            while self._queue and self.failure is None and self.fenced is None and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             return not self._queue
 
@@ -166,6 +180,11 @@ class Committer:
     def _run(self) -> None:
         try:
             self._loop()
+        except ShardFenced as exc:  # the lease moved on: this thread commits nothing more, ever
+            self.fenced = str(exc)
+            log.error("%s", exc)
+            with self._cond:
+                self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - reported to the worker, which exits and replays
             self.failure = f"{type(exc).__name__}: {exc}"
             log.critical("the writer thread failed: %s", self.failure, exc_info=True)
@@ -183,7 +202,7 @@ class Committer:
             if isinstance(item, _Batch):
                 if not self._commit(item):
                     return
-            elif self._retrying(lambda: item(self._writer), self._abandon,
+            elif self._retrying(functools.partial(item, self._writer), self._abandon,
                                 give_up_after=TASK_ATTEMPTS) is _ABANDONED:
                 return
             with self._cond:
@@ -194,12 +213,12 @@ class Committer:
 
     def _commit(self, batch: _Batch) -> bool:
         started = time.monotonic()
-        written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq),
-                                 self._abandon)
+        written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq,
+                                                            received_at=batch.received_at), self._abandon)
         if written is _ABANDONED:
             return False
         committed_at = time.monotonic()
-        crash_point("after_commit")
+        self._crash_points.reach("after_commit")
         stats = self.stats
         if written:
             elapsed = committed_at - started

@@ -5,26 +5,24 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from shardctl.errors import ShardctlError
 from shardctl.private import private_dir, private_open
+from shardctl.report import ReadyReport, WorkerReport, encode_report
 
 
 class Reporter:
-    """JSON lines to the supervisor's pipe; a broken pipe means the supervisor is gone."""
+    """Report lines to the supervisor's pipe; a broken pipe means the supervisor is gone."""
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
         self.broken = False
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, report: ReadyReport | WorkerReport) -> None:
         if self._fd is None or self.broken:
             return
         try:
-            os.write(self._fd, orjson.dumps(message) + b"\n")
+            os.write(self._fd, encode_report(report))
         except OSError:
             self.broken = True
 

@@ -26,9 +26,13 @@ the database could not take stays in the journal for the next start. Exit 1
 means the writer thread failed unexpectedly (the supervisor restarts the
 worker, which replays its journal); exit 2 means the configuration is unusable.
 
+On SIGHUP the worker re-reads its shard's symbols from the config file and
+subscribes and unsubscribes on the open connection: no reconnect, no gap.
+Any other change to the shard is refused there (the supervisor restarts it).
+
 When ``SHARDCTL_REPORT_FD`` names an inherited pipe, the worker writes JSON
-lines to it for the supervisor: ``{"type": "ready"}`` once subscribed, and
-``{"type": "stats", ...}`` every second (which doubles as its heartbeat).
+report lines to it for the supervisor (``shardctl.report``): a ``ReadyReport``
+once subscribed, and a ``WorkerReport`` every second (which doubles as its heartbeat).
 """
 
 from __future__ import annotations
@@ -36,15 +40,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any
 
 from shardctl.config.model import Config, ShardConfig
+from shardctl.db.leases import Fence, LeaseStart
 from shardctl.db.writer import ShardBusy, Writer
-from shardctl.errors import EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError
+from shardctl.errors import EXIT_FENCED, EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError, ShardFenced
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
-from shardctl.journal.journal import Journal, JournalDiskFull, free_bytes
-from shardctl.logs import mask_secrets
+from shardctl.journal.errors import JournalDiskFull
+from shardctl.journal.journal import Journal
+from shardctl.logs import MASK, registered_secrets
+from shardctl.report import ReadyReport, WorkerReport
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
 from shardctl.twelvedata.parse import FrameParser, Kind
 from shardctl.twelvedata.stream import StreamClient
@@ -52,26 +59,33 @@ from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
+from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
+from shardctl.worker.readgate import ReadGate, ReadState
+from shardctl.worker.reporting import ReportParts, worker_report
+from shardctl.worker.switches import Switches
+from shardctl.worker.symbols import ShardSymbols
 
 log = logging.getLogger("shardctl.worker")
 
+MASK_BYTES = MASK.encode()
+
 REPORT_INTERVAL = 1.0
+#: Per-symbol freshness rides on every FRESHNESS_EVERY-th report (the first one included).
+FRESHNESS_EVERY = 3
 #: Journal records re-read per step while catching up.
 CATCH_UP_CHUNK = 2000
 _POLL_SLICE = 0.2
 _BLOCKED_SLICE = 0.01
 #: How long a starting worker waits for another session to release the shard's writer lock.
 SHARD_BUSY_WAIT = 10.0
-#: How often a worker whose disk is full tries to write its buffered frames out again.
-DISK_RETRY = 0.2
 
 
 class Worker:
     """Runs one shard until asked to stop; ``run`` returns the process exit code."""
 
-    def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None) -> None:
-        self.shard = shard
+    def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None,
+                 switches: Switches | None = None, fence: Fence | None = None) -> None:
         self._backfill_rescan = config.backfill.rescan_interval
         self.settings = s = shard.settings
         #: Set by signal handlers and the loop itself; a plain attribute, so a handler never takes a lock.
@@ -85,13 +99,23 @@ class Worker:
         self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
                                 max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
                                 fsync=s.journal_fsync)  # type: ignore[arg-type]
-        latency_path = os.environ.get("SHARDCTL_LATENCY_LOG")
+        switches = switches or Switches()
+        latency_path = switches.latency_log
         #: Per-tick monotonic arrival times of the rows in the batcher, recorded only for benchmarks.
         self._arrivals: list[float] | None = [] if latency_path else None
+        #: Cluster mode: the lease this worker was started under; every batch commits only while it holds.
+        self._fence = fence
+        self._lease: LeaseStart | None = None
+        self._writer = Writer(dsn, config.tables, shard.name, pgcopy_encoder=switches.pgcopy_encoder,
+                              crash_points=switches.crash_points, fence=fence,
+                              direct_compress=config.timescaledb.direct_compress)
+        #: Wall-clock receive time of the frame being processed, and of the last tick parsed.
+        self._frame_received_at = 0.0
+        self._parsed_received_at: float | None = None
         self._committer = Committer(
-            Writer(dsn, config.tables, shard.name, direct_compress=config.timescaledb.direct_compress),
+            self._writer,
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
-            latency_log=LatencyLog(Path(latency_path)) if latency_path else None)
+            latency_log=LatencyLog(latency_path) if latency_path else None, crash_points=switches.crash_points)
         self._dead = DeadLetters(dead_letter_path(config, shard.name), s.dead_letter_log_interval,
                                  max_bytes=s.dead_letter_max_bytes)
         api_key = config.api_key(shard)
@@ -100,9 +124,9 @@ class Worker:
         self._stream = StreamClient(config.source.url, api_key, shard.symbols, s,
                                     api_key_env=shard.api_key_env, on_subscribed=self._subscribed,
                                     before_recv=self._journal.write_buffered)
-        #: Journal offsets: frames up to ``_parsed_to`` are rows (batched or submitted); up to
-        #: ``_submitted_to`` they are with the committer; dead letters were written up to ``_dead_to``.
-        self._parsed_to = self._submitted_to = self._dead_to = 0
+        self._cursor = JournalCursor()
+        #: The configured secrets (registered by load_config), as they would appear in a frame.
+        self._secrets = tuple(secret.encode() for secret in registered_secrets())
         #: False while the journal holds frames not yet parsed (start-up replay, database outage).
         self._live = True
         self._ready_sent = False
@@ -115,14 +139,17 @@ class Worker:
         self.other_events = 0
         self._last_tick_at: float | None = None
         self._last_event_ts: int | None = None
-        self._blocked_logged = False
-        self._blocked_since = 0.0
-        #: While the disk is full: the refusal, and when the worker last read a frame (the gap's start).
-        self._disk_full: JournalDiskFull | None = None
-        self._disk_full_since = 0.0
-        self._disk_retry_at = 0.0
+        self._gate = ReadGate(self._journal)
+        self._symbols = ShardSymbols(shard, config.path, config.source.rest_url, api_key)
+        #: Wall clock minus monotonic clock, refreshed every report: turns an arrival into Unix seconds.
+        self._wall_offset = time.time() - time.monotonic()
+        self._reports = 0
 
     # ------------------------------------------------------------ lifecycle
+
+    def request_symbols_reload(self) -> None:
+        """Ask the main loop to re-read the shard's symbols from the config (safe from a signal handler)."""
+        self._symbols.request_reload()
 
     def request_stop(self, reason: str) -> None:
         """Ask the main loop to stop (safe from a signal handler: it only sets attributes)."""
@@ -135,7 +162,12 @@ class Worker:
         parent = os.getppid()
         # The last frame the journal durably holds: whatever came after it was never read.
         self._books.down_since = self._journal.last_received_at
-        base = self._wait_for_ledger()
+        try:
+            base = self._wait_for_ledger()
+        except ShardFenced as exc:
+            self._journal.close()
+            log.error("%s", exc)
+            return EXIT_FENCED
         if base is None:
             self._journal.close()
             log.info("stopped (%s) before the database answered", self._stop_reason)
@@ -144,28 +176,23 @@ class Worker:
         self._committer.start()
         if self._backfill is not None:
             self._backfill.start(resume=True, rescan=self._backfill_rescan)
+        self._symbols.start()
         log.info("worker started: %d symbol(s), batch_size %d, flush_interval %gs, source %s",
-                 len(self.shard.symbols), self.settings.batch_size, self.settings.flush_interval,
+                 len(self._symbols.shard.symbols), self.settings.batch_size, self.settings.flush_interval,
                  self._stream.url)
         next_report = time.monotonic()
         try:
             while not self.stopping:
                 busy = self._catch_up() if not self._live else False
-                if self._disk_full is not None and not self._disk_has_room():
-                    # Commits give the journal's space back: hand over what is on disk and look again soon.
-                    self._flush()
-                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
-                elif self._journal.full:
-                    # Commits free whole segments: hand over what is batched and look again soon.
-                    self._note_blocked()
-                    self._flush()
-                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
-                else:
-                    if self._blocked_logged:
-                        self._blocked_logged = False
-                        log.info("the journal has room again; reading the socket")
-                        self._books.gaps.append((self._blocked_since, time.time(), "journal full: not reading"))
+                paused = self._gate.state is not ReadState.READING
+                if self._gate.may_read():
+                    if paused:
+                        self._stream.resume_reading()  # the silence was ours, not the server's
                     self._read_socket(busy)
+                else:
+                    # Commits give space back: hand over what is on disk and look again soon.
+                    self._flush()
+                    time.sleep(0.0 if busy else _BLOCKED_SLICE)
                 now = time.monotonic()
                 if self._batcher.due(now):
                     self._flush()
@@ -184,7 +211,10 @@ class Worker:
         busy_until = time.monotonic() + SHARD_BUSY_WAIT
         while not self.stopping:
             try:
-                return self._committer.committed_base()
+                base = self._committer.committed_base()
+                if self._fence is not None:
+                    self._lease = self._writer.lease_start()  # ShardFenced: another host's by now
+                return base
             except ShardBusy:
                 # A predecessor killed a moment ago may still hold the lock until its session ends.
                 if time.monotonic() >= busy_until:
@@ -203,7 +233,20 @@ class Worker:
 
     def _open_journal_at(self, base: int) -> None:
         journal = self._journal
-        if base > journal.end_offset:
+        lease, me = self._lease, self._fence.host_id if self._fence is not None else None
+        if lease is not None and lease.committed_host not in (None, me):
+            # A takeover: the ledger's offset is the previous owner's journal position, and what this
+            # host's journal holds is from an earlier tenure (another host has committed since). Drop it
+            # all; the ticks the previous owner read but never committed are lost, inside the gap from
+            # its last committed frame to our first connection.
+            dropped = journal.backlog_records
+            journal.advance_to(max(base, journal.end_offset + 1))
+            received = lease.committed_received_at
+            self._books.down_since = received.timestamp() if received is not None else None
+            self._books.down_reason = f"takeover from {lease.committed_host}"
+            log.info("taking the shard over from %s at ledger offset %d%s", lease.committed_host, base,
+                     f"; dropped {dropped} journal record(s) of an earlier tenure" if dropped else "")
+        elif base > journal.end_offset:
             log.warning("the journal ends at offset %d but the ledger is at %d (journal replaced?): "
                         "starting a new journal there", journal.end_offset, base)
             journal.advance_to(base)
@@ -212,17 +255,22 @@ class Worker:
                       journal.first_offset, base)
         else:
             journal.commit(base)
-        self._parsed_to = self._submitted_to = self._dead_to = max(base, journal.first_offset)
+        self._cursor.restart_at(max(base, journal.first_offset))
         if journal.backlog_records:
             self._live = False
             log.info("replaying %d journal record(s) not yet in the database", journal.backlog_records)
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.stop_timeout
-        self._flush()
-        self._commit_trailing_frames()
+        fenced = self._exit_code == EXIT_FENCED
+        if not fenced:  # a fenced worker hands nothing more to the database
+            self._flush()
+            self._commit_trailing_frames()
+            # Gaps noticed since the last second's hand-over:
+            self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
+        self._symbols.stop()
         drained = self._committer.drain(deadline - 0.5)
         self._stream.close()
         self._committer.close()
@@ -232,12 +280,15 @@ class Worker:
             log.error("%s: %d byte(s) of frames read since could not be written; they are lost, inside the gap "
                       "the next start records", exc, self._journal.end_offset - self._journal.flushed_offset)
         self._dead.close()
-        self._report()
+        self._report(final=True)
         stats = self._committer.stats
         log.info("stopped: %d tick(s) received, %d row(s) written in %d batch(es) (%s)", self.ticks_received,
                  stats.rows_written, stats.batches, self._stop_reason or "error")
         waiting = self._journal.backlog_records
-        if waiting:
+        if waiting and fenced:
+            log.warning("%d journal record(s) were not committed before another host took the shard over; they "
+                        "are lost, inside the gap its new owner records", waiting)
+        elif waiting:
             log.warning("%d journal record(s) are not in the database yet (%s); they are written at the next start",
                         waiting, stats.last_error or ("stop deadline" if not drained else "not handed over"))
         return self._exit_code
@@ -255,14 +306,18 @@ class Worker:
             return
         if frame is None:
             return
-        offset = self._journal.append(frame, time.time())
+        for secret in self._secrets:  # a server that echoes the key must not put it on the disk
+            if secret in frame:
+                frame = frame.replace(secret, MASK_BYTES)
+        self._frame_received_at = received = time.time()
+        offset = self._journal.append(frame, received)
         if self._live:
             self._process(frame, offset, time.monotonic(), from_socket=True)
         elif b'"price"' not in frame:
             # While catching up, rows come from the journal, but statuses still matter now.
             parsed = self._parser.parse(frame)
             if parsed.kind is Kind.STATUS and parsed.event is not None:
-                self._stream.handle_status(parsed.event)
+                self._on_status(parsed.event)
 
     def _process(self, frame: bytes, offset: int, arrived: float, *, from_socket: bool) -> None:
         parsed = self._parser.parse(frame)
@@ -272,25 +327,26 @@ class Worker:
             assert row is not None
             self.ticks_received += 1
             self._last_tick_at = arrived
+            self._symbols.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
+            self._parsed_received_at = self._frame_received_at
             if row.symbol not in self._books.symbols:
                 self._books.learn_symbol(frame, row.symbol)
             if self._arrivals is not None:
                 self._arrivals.append(arrived)
-            self._parsed_to = offset
+            self._cursor.parsed(offset)
             if self._batcher.add(row, time.monotonic()):
                 self._flush()
             return
+        new = self._cursor.dealt_with(offset)
         if kind is Kind.BAD:
-            if offset > self._dead_to:
+            if new:
                 # The reason says "binary"; the file shows the payload as it came off the wire.
                 self._dead.add(frame.removeprefix(BINARY_FRAME_MARK), parsed.reason or "malformed", time.monotonic())
         elif kind is Kind.STATUS and from_socket:
             assert parsed.event is not None
-            self._stream.handle_status(parsed.event)
+            self._on_status(parsed.event)
         elif kind is Kind.OTHER:
             self.other_events += 1
-        self._dead_to = max(self._dead_to, offset)
-        self._parsed_to = offset
 
     def _flush(self) -> None:
         """Hand the batch to the committer, or, when it has no room, leave its frames to the journal."""
@@ -306,18 +362,20 @@ class Worker:
                             "the backlog is re-read from it when the database catches up",
                             self._committer.pending_rows)
             self._live = False
-            self._parsed_to = self._submitted_to
+            self._cursor.rewind()
             return
         try:
             self._journal.flush()
         except JournalDiskFull as exc:
-            on_disk = self._parsed_to <= self._journal.flushed_offset  # a batch re-read from the journal
+            on_disk = self._cursor.parsed_to <= self._journal.flushed_offset  # a batch re-read from the journal
             self._enter_disk_full(exc)
             if not on_disk:
                 return
         self._last_event_ts = int(rows[-1][0].timestamp())
-        self._committer.submit(rows, self._parsed_to, arrivals=arrivals)
-        self._submitted_to = self._parsed_to
+        received = self._parsed_received_at
+        self._committer.submit(rows, self._cursor.parsed_to, arrivals=arrivals,
+                               received_at=None if received is None else datetime.fromtimestamp(received, timezone.utc))
+        self._cursor.submitted()
 
     def _catch_up(self) -> bool:
         """Turn the next journal records into rows when the committer has room; True if it did work."""
@@ -328,7 +386,7 @@ class Worker:
             self._journal.flush()
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
-        records = self._journal.read(self._parsed_to, min(CATCH_UP_CHUNK, room))
+        records = self._journal.read(self._cursor.parsed_to, min(CATCH_UP_CHUNK, room))
         if not records:
             if self._journal.flushed_offset < self._journal.end_offset:
                 return False  # the rest is still buffered, waiting for room on the disk
@@ -337,16 +395,21 @@ class Worker:
             return False
         wall, mono = time.time(), time.monotonic()
         for record in records:
-            if record.end_offset <= self._parsed_to:
+            if record.end_offset <= self._cursor.parsed_to:
                 continue
+            self._frame_received_at = record.received_at
             self._process(record.frame, record.end_offset, mono - (wall - record.received_at), from_socket=False)
-            if self._parsed_to != record.end_offset:  # the committer filled up: start over from _submitted_to
+            if self._cursor.parsed_to != record.end_offset:  # the committer filled up: rewound to submitted_to
                 break
         return True
 
     # ------------------------------------------------------------ bookkeeping
 
     def _housekeeping(self, now: float) -> None:
+        if self._committer.fenced is not None and self._exit_code != EXIT_FENCED:
+            log.error("stopping: another host holds the shard's lease; closing the websocket")
+            self._exit_code = EXIT_FENCED
+            self.request_stop("fenced")
         if self._committer.failure is not None:
             log.error("stopping: the writer thread failed (%s); the journal is replayed at the next start",
                       self._committer.failure)
@@ -357,96 +420,47 @@ class Worker:
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
         self._commit_trailing_frames()
+        self._symbols.reload_if_requested(self._stream, self._backfill)
         self._report()
         self._dead.flush_log(now)
-        self._books.hand_over(self._stream, self._journal, self._committer)
+        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
 
     def _commit_trailing_frames(self) -> None:
         """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
-        if (self._live and not len(self._batcher) and self._parsed_to > self._submitted_to
-                and self._parsed_to <= self._journal.flushed_offset and not self._committer.pending_rows):
-            self._committer.submit([], self._parsed_to)
-            self._submitted_to = self._parsed_to
+        cursor = self._cursor
+        if (self._live and not len(self._batcher) and cursor.unsubmitted
+                and cursor.parsed_to <= self._journal.flushed_offset and not self._committer.pending_rows):
+            self._committer.submit([], cursor.parsed_to)
+            cursor.submitted()
 
     def _enter_disk_full(self, exc: JournalDiskFull) -> None:
         """Stop reading the socket; what is batched stays in the journal and is re-read once it is on disk."""
-        if self._disk_full is None:
-            self._disk_full_since = self._journal.last_received_at or time.time()
-            log.error("%s: not reading the socket; writing the journal's backlog to the database, which gives "
-                      "the space back; reading again when there is room", exc)
-        self._disk_full = exc
-        self._disk_retry_at = time.monotonic() + DISK_RETRY
+        self._gate.disk_refused(exc)
         self._live = False
-        if self._parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read them later
+        if self._cursor.parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read later
             self._batcher.take()
             if self._arrivals is not None:
                 self._arrivals.clear()
-            self._parsed_to = self._submitted_to
+            self._cursor.rewind()
 
-    def _disk_has_room(self) -> bool:
-        """Try the buffered frames again (at most every DISK_RETRY); True, and reading again, once they fit."""
-        now = time.monotonic()
-        if now < self._disk_retry_at:
-            return False
-        self._disk_retry_at = now + DISK_RETRY
-        try:
-            self._journal.write_buffered()
-        except JournalDiskFull as exc:
-            self._disk_full = exc
-            return False
-        assert self._disk_full is not None
-        log.info("the disk has room again (%s): reading the socket", self._disk_full.directory)
-        self._books.gaps.append((self._disk_full_since, time.time(), "disk full: not reading"))
-        self._disk_full = None
-        self._stream.resume_reading()
-        return True
-
-    def _note_blocked(self) -> None:
-        if not self._blocked_logged:
-            self._blocked_logged = True
-            self._blocked_since = time.time()
-            log.error("journal is full (%d bytes, journal_on_full = \"block\"): not reading the socket until the "
-                      "database takes the backlog", self._journal.size_bytes)
+    def _on_status(self, event: dict[str, Any]) -> None:
+        self._symbols.on_status(self._stream, event)
 
     def _subscribed(self) -> None:
         if not self._ready_sent:
             self._ready_sent = True
-            self._reporter.send({"type": "ready"})
+            self._reporter.send(ReadyReport())
 
-    def stats(self) -> dict[str, Any]:
-        """The counters the supervisor shows and exports (cumulative for this process); ``last_error`` is masked."""
-        commit, journal = self._committer.stats, self._journal
-        oldest = journal.oldest_uncommitted_received_at
-        last_error = (str(self._disk_full) if self._disk_full is not None else commit.last_error
-                      or (None if self._stream.connected else self._stream.last_error))
-        return {
-            "type": "stats",
-            "ticks_received": self.ticks_received,
-            "rows_written": commit.rows_written,
-            "batches": commit.batches,
-            "batch_seconds_sum": round(commit.batch_seconds_sum, 6),
-            "batch_seconds_max": round(commit.batch_seconds_max, 6),
-            "reconnects": self._stream.reconnects,
-            "dead_letters": self._dead.count,
-            "dead_letters_dropped": self._dead.dropped,
-            "other_events": self.other_events,
-            "failed_symbols": sorted(self._stream.failed_symbols),
-            "pending_rows": len(self._batcher) + self._committer.pending_rows,
-            "connected": self._stream.connected,
-            "subscribed": self._stream.subscribed,
-            "catching_up": not self._live,
-            "journal_bytes": journal.size_bytes,
-            "journal_backlog": journal.backlog_records,
-            "journal_full": journal.full,
-            "disk_full": self._disk_full is not None,
-            "disk_free_bytes": free_bytes(journal.directory),
-            "journal_dropped": journal.dropped_records,
-            "seconds_behind": 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3),
-            "last_tick_at": None if self._last_tick_at is None
-            else time.time() - (time.monotonic() - self._last_tick_at),
-            "last_event_ts": self._last_event_ts,
-            "last_error": mask_secrets(last_error) if last_error else None,
-        }
+    def stats(self, *, freshness: bool = False) -> WorkerReport:
+        """This process's report (``shardctl.worker.reporting``); with ``freshness``, every symbol's record too."""
+        return worker_report(
+            ReportParts(ticks_received=self.ticks_received, other_events=self.other_events,
+                        last_tick_at=self._last_tick_at, last_event_ts=self._last_event_ts, live=self._live,
+                        batched_rows=len(self._batcher)),
+            self._committer, self._journal, self._stream, self._dead, self._gate, self._backfill,
+            self._symbols.snapshot() if freshness else None, self._symbols.stale_after)
 
-    def _report(self) -> None:
-        self._reporter.send(self.stats())
+    def _report(self, *, final: bool = False) -> None:
+        self._wall_offset = time.time() - time.monotonic()
+        self._reports += 1
+        self._reporter.send(self.stats(freshness=final or self._reports % FRESHNESS_EVERY == 1))

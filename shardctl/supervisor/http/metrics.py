@@ -1,13 +1,21 @@
 """``/metrics`` (Prometheus text) and ``/healthz`` on a tiny asyncio HTTP server.
 
-The data comes from one callable returning the supervisor's per-shard status
-dicts (the same ones ``shardctl status --json`` prints); a custom prometheus
+The data comes from one callable returning the supervisor's ``ShardStatus``
+list (what ``shardctl status --json`` prints); a custom prometheus
 Collector turns them into families at scrape time, so nothing is copied
 between scrapes. Counters are per-shard totals across worker restarts, so
 they never go down while the supervisor lives.
 
 ``/healthz`` answers 200 ``ok`` when every shard that should run is
 RUNNING, else 503 with one ``shard: STATE (reason)`` line per problem.
+Stale symbols (``shardctl.worker.freshness``) are named after ``ok`` with
+a ``stale:`` line per shard and the answer stays 200, unless the server is
+built with ``fail_on_stale`` (``supervisor.healthz_fails_on_stale``): then
+they are problems and the answer is 503.
+
+Per symbol, three series and no histogram (1,500 symbols → 4,500 series):
+``shardctl_symbol_last_tick_age_seconds`` and ``shardctl_symbol_delay_seconds``
+with ``quantile`` 0.5 and 0.99; per shard, ``shardctl_stale_symbols``.
 
 Every other path goes to an optional ``App`` (the supervisor mounts the
 status page, ``shardctl.supervisor.http.statuspage``, there); requests are bounded
@@ -25,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Awaitable, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -37,37 +45,47 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from shardctl.errors import ShardctlError
+from shardctl.report import ShardStatus
 from shardctl.supervisor.states import ShardState
 
 log = logging.getLogger("shardctl.metrics")
 
-Snapshot = Callable[[], Iterable[Mapping[str, Any]]]
+Snapshot = Callable[[], Iterable[ShardStatus]]
 Health = Callable[[], tuple[bool, list[str]]]
+Reading = Callable[[ShardStatus], float]
 
-#: status key → (metric name without the shardctl_ prefix and _total suffix, help)
-COUNTERS = {
-    "ticks_received": ("ticks_received", "Price events received from the source"),
-    "rows_written": ("rows_written", "Tick rows committed to the database"),
-    "batches": ("batches_written", "Batches committed to the database"),
-    "reconnects": ("reconnects", "Websocket reconnects"),
-    "dead_letters": ("dead_letters", "Events dead-lettered (unparsable or rejected)"),
-    "dead_letters_dropped": ("dead_letters_dropped", "Dead letters deleted at the dead_letter_max_bytes cap"),
-    "restarts": ("restarts", "Worker processes started after the shard's first"),
-    "journal_dropped": ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)"),
-}
-#: status key → (gauge name without the shardctl_ prefix, help)
-JOURNAL_GAUGES = {
-    "journal_backlog": ("journal_backlog_records", "Journal records not yet committed to the database"),
-    "journal_bytes": ("journal_bytes", "Bytes in the shard's journal segments"),
-    "seconds_behind": ("seconds_behind", "Age of the oldest journal record not yet committed"),
-    "journal_full": ("journal_full", "1 while the journal is at its cap and reading has stopped"),
-    "disk_full": ("disk_full", "1 while the journal's disk refuses writes and reading has stopped"),
-    "disk_free_bytes": ("disk_free_bytes", "Bytes free on the filesystem of the shard's journal"),
-}
+#: (metric name without the shardctl_ prefix and _total suffix, help, reading)
+COUNTERS: tuple[tuple[str, str, Reading], ...] = (
+    ("ticks_received", "Price events received from the source", lambda s: s.counters.ticks_received),
+    ("rows_written", "Tick rows committed to the database", lambda s: s.counters.rows_written),
+    ("batches_written", "Batches committed to the database", lambda s: s.counters.batches),
+    ("reconnects", "Websocket reconnects", lambda s: s.counters.reconnects),
+    ("dead_letters", "Events dead-lettered (unparsable or rejected)", lambda s: s.counters.dead_letters),
+    ("dead_letters_dropped", "Dead letters deleted at the dead_letter_max_bytes cap",
+     lambda s: s.counters.dead_letters_dropped),
+    ("restarts", "Worker processes started after the shard's first", lambda s: s.restarts),
+    ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)",
+     lambda s: s.counters.journal_dropped),
+)
+#: (gauge name without the shardctl_ prefix, help, reading) of the current worker
+GAUGES: tuple[tuple[str, str, Reading], ...] = (
+    ("journal_backlog_records", "Journal records not yet committed to the database",
+     lambda s: s.worker.journal_backlog),
+    ("journal_bytes", "Bytes in the shard's journal segments", lambda s: s.worker.journal_bytes),
+    ("seconds_behind", "Age of the oldest journal record not yet committed", lambda s: s.worker.seconds_behind),
+    ("journal_full", "1 while the journal is at its cap and reading has stopped", lambda s: s.worker.journal_full),
+    ("disk_full", "1 while the journal's disk refuses writes and reading has stopped", lambda s: s.worker.disk_full),
+    ("disk_free_bytes", "Bytes free on the filesystem of the shard's journal",
+     lambda s: s.worker.disk_free_bytes or 0),
+    ("batch_seconds_max", "Slowest batch of the current worker process", lambda s: s.worker.batch_seconds_max),
+    ("pending_rows", "Rows received but not yet committed", lambda s: s.worker.pending_rows),
+    ("connected", "1 while the worker's websocket is connected", lambda s: s.worker.connected),
+    ("shard_up", "1 when the shard is RUNNING", lambda s: s.state == ShardState.RUNNING.value),
+)
 
 
 class ShardCollector(Collector):
-    """Renders the supervisor's shard status dicts as Prometheus families."""
+    """Renders the supervisor's shard statuses as Prometheus families."""
 
     def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time) -> None:
         self.snapshot = snapshot
@@ -76,45 +94,89 @@ class ShardCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         shards = list(self.snapshot())
         now = self.clock()
-        counters = {key: CounterMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
-                    for key, (name, doc) in COUNTERS.items()}
+        counters = [(CounterMetricFamily(f"shardctl_{name}", doc, labels=["shard"]), reading)
+                    for name, doc, reading in COUNTERS]
+        gauges = [(GaugeMetricFamily(f"shardctl_{name}", doc, labels=["shard"]), reading)
+                  for name, doc, reading in GAUGES]
         latency = SummaryMetricFamily("shardctl_batch_seconds", "Time to write one batch (COPY + commit)",
                                       labels=["shard"])
-        batch_max = GaugeMetricFamily("shardctl_batch_seconds_max",
-                                      "Slowest batch of the current worker process", labels=["shard"])
         state = GaugeMetricFamily("shardctl_shard_state", "1 for the shard's current state", labels=["shard", "state"])
-        up = GaugeMetricFamily("shardctl_shard_up", "1 when the shard is RUNNING", labels=["shard"])
-        pending = GaugeMetricFamily("shardctl_pending_rows", "Rows received but not yet committed",
-                                    labels=["shard"])
-        connected = GaugeMetricFamily("shardctl_connected", "1 while the worker's websocket is connected",
-                                      labels=["shard"])
         tick_age = GaugeMetricFamily("shardctl_last_tick_age_seconds", "Seconds since the last tick was received",
                                      labels=["shard"])
         lag = GaugeMetricFamily("shardctl_event_lag_seconds",
                                 "Now minus the last tick's own timestamp", labels=["shard"])
-        gauges = {key: GaugeMetricFamily(f"shardctl_{name}", doc, labels=["shard"])
-                  for key, (name, doc) in JOURNAL_GAUGES.items()}
+        hosts = GaugeMetricFamily("shardctl_shard_host", "Cluster mode: 1 per host that streams the shard "
+                                  "(role=streaming) or stands by for it (role=standby), as this host last read it",
+                                  labels=["shard", "host", "role"])
+        epoch = GaugeMetricFamily("shardctl_lease_epoch", "Cluster mode: the epoch of the shard's lease",
+                                  labels=["shard"])
         for shard in shards:
-            name = str(shard["name"])
-            for key, family in counters.items():
-                family.add_metric([name], float(shard.get(key) or 0))
-            for key, gauge in gauges.items():
-                gauge.add_metric([name], float(shard.get(key) or 0))
-            latency.add_metric([name], count_value=int(shard.get("batches") or 0),
-                               sum_value=float(shard.get("batch_seconds_sum") or 0.0))
-            batch_max.add_metric([name], float(shard.get("batch_seconds_max") or 0.0))
+            name = shard.name
+            for counter, reading in counters:
+                counter.add_metric([name], float(reading(shard)))
+            for gauge, reading in gauges:
+                gauge.add_metric([name], float(reading(shard)))
+            latency.add_metric([name], count_value=shard.counters.batches,
+                               sum_value=shard.counters.batch_seconds_sum)
             for candidate in ShardState:
-                state.add_metric([name, candidate.value], 1.0 if shard.get("state") == candidate.value else 0.0)
-            up.add_metric([name], 1.0 if shard.get("state") == ShardState.RUNNING.value else 0.0)
-            pending.add_metric([name], float(shard.get("pending_rows") or 0))
-            connected.add_metric([name], 1.0 if shard.get("connected") else 0.0)
-            if shard.get("last_tick_at") is not None:
-                tick_age.add_metric([name], max(0.0, now - float(shard["last_tick_at"])))
-            if shard.get("last_event_ts") is not None:
-                lag.add_metric([name], max(0.0, now - float(shard["last_event_ts"])))
-        yield from counters.values()
-        yield from gauges.values()
-        yield from (latency, batch_max, state, up, pending, connected, tick_age, lag)
+                state.add_metric([name, candidate.value], 1.0 if shard.state == candidate.value else 0.0)
+            if shard.worker.last_tick_at is not None:
+                tick_age.add_metric([name], max(0.0, now - shard.worker.last_tick_at))
+            if shard.worker.last_event_ts is not None:
+                lag.add_metric([name], max(0.0, now - shard.worker.last_event_ts))
+            if shard.lease_owner:
+                hosts.add_metric([name, shard.lease_owner, "streaming"], 1.0)
+            for standby in shard.standby_hosts:
+                hosts.add_metric([name, standby, "standby"], 1.0)
+            if shard.lease_epoch is not None:
+                epoch.add_metric([name], float(shard.lease_epoch))
+        yield from (family for family, _ in counters)
+        yield from (family for family, _ in gauges)
+        yield from (latency, state, tick_age, lag)
+        if any(s.host_id for s in shards):
+            yield from (hosts, epoch)
+        yield from symbol_families(shards, now)
+
+
+#: Stale symbols named per shard in /healthz; more are counted.
+HEALTHZ_MAX_NAMES = 20
+
+
+def symbol_families(shards: list[ShardStatus], now: float) -> tuple[Metric, ...]:
+    """Per-symbol freshness gauges (last tick age, delay p50/p99) and the per-shard stale count."""
+    age = GaugeMetricFamily("shardctl_symbol_last_tick_age_seconds", "Seconds since the symbol's last tick",
+                            labels=["shard", "symbol"])
+    delay = GaugeMetricFamily("shardctl_symbol_delay_seconds", "Event timestamp to receipt, over the symbol's "
+                              "last ticks (whole-second timestamps: ±1 s)", labels=["shard", "symbol", "quantile"])
+    stale = GaugeMetricFamily("shardctl_stale_symbols", "Symbols whose market is not closed and that have not "
+                              "ticked for stale_after", labels=["shard"])
+    for shard in shards:
+        records = shard.worker.freshness or ()
+        for r in records:
+            if r.last_tick_at is not None:
+                age.add_metric([shard.name, r.symbol], max(0.0, now - r.last_tick_at))
+            if r.delay_p50 is not None and r.delay_p99 is not None:
+                delay.add_metric([shard.name, r.symbol, "0.5"], r.delay_p50)
+                delay.add_metric([shard.name, r.symbol, "0.99"], r.delay_p99)
+        stale.add_metric([shard.name], float(sum(r.stale for r in records)))
+    return age, delay, stale
+
+
+def _quiet(last_tick_at: float | None, now: float) -> str:
+    return "no tick yet" if last_tick_at is None else f"last tick {max(0.0, now - last_tick_at):.0f}s ago"
+
+
+def stale_notes(shards: Iterable[ShardStatus], now: float) -> list[str]:
+    """One ``stale: shard: SYM (last tick 95s ago), ...`` line per shard with stale symbols (at most 20 named)."""
+    notes = []
+    for s in shards:
+        stale = [r for r in s.worker.freshness or () if r.stale]
+        if not stale:
+            continue
+        named = ", ".join(f"{r.symbol} ({_quiet(r.last_tick_at, now)})" for r in stale[:HEALTHZ_MAX_NAMES])
+        more = f" and {len(stale) - HEALTHZ_MAX_NAMES} more" if len(stale) > HEALTHZ_MAX_NAMES else ""
+        notes.append(f"stale: {s.name}: {named}{more} (stale_after {s.worker.stale_after:g}s)")
+    return notes
 
 
 def render(snapshot: Snapshot) -> bytes:
@@ -124,14 +186,17 @@ def render(snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-def health(shards: Iterable[Mapping[str, Any]]) -> tuple[bool, list[str]]:
-    """(healthy, problems): a shard that should run but is not RUNNING, or whose disk is full, is a problem."""
+def health(shards: Iterable[ShardStatus]) -> tuple[bool, list[str]]:
+    """(healthy, problems): a shard that should run but is not RUNNING, or whose disk is full, is a problem.
+
+    Cluster mode: STANDBY is healthy (another host streams the shard; this one is ready to take it).
+    """
     problems = []
     for s in shards:
-        if s.get("wanted") and s.get("state") != ShardState.RUNNING.value:
-            problems.append(f"{s['name']}: {s['state']} ({s.get('reason') or 'no reason'})")
-        elif s.get("disk_full"):
-            problems.append(f"{s['name']}: {s.get('last_error') or 'disk full'}")
+        if s.wanted and s.state not in (ShardState.RUNNING.value, ShardState.STANDBY.value):
+            problems.append(f"{s.name}: {s.state} ({s.reason or 'no reason'})")
+        elif s.worker.disk_full:
+            problems.append(f"{s.name}: {s.worker.last_error or 'disk full'}")
     return (not problems, problems)
 
 
@@ -172,7 +237,10 @@ class MetricsServer:
     and a closed connection.
     """
 
-    def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None) -> None:
+    def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None, *,
+                 fail_on_stale: Callable[[], bool] = lambda: False) -> None:
+        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale).
+        self.fail_on_stale = fail_on_stale
         self.host = host
         self.port = port
         self.snapshot = snapshot
@@ -235,9 +303,13 @@ class MetricsServer:
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
-        ok, problems = health(self.snapshot())
+        shards = list(self.snapshot())
+        ok, problems = health(shards)
+        notes = stale_notes(shards, time.time())
+        if notes and self.fail_on_stale():
+            ok, problems = False, problems + notes
         if ok:
-            return 200, "text/plain", b"ok\n"
+            return 200, "text/plain", ("\n".join(["ok", *notes]) + "\n").encode()
         return 503, "text/plain", ("\n".join(problems) + "\n").encode()
 
 

@@ -64,8 +64,9 @@ import psycopg2
 from shardctl.config.model import Config, SupervisorConfig, parse_duration
 from shardctl.db import candles
 from shardctl.db import connection as database
-from shardctl.errors import ControlError, ShardctlError
-from shardctl.supervisor.control import Request
+from shardctl.db.candlespec import candle_specs
+from shardctl.errors import ControlCode, ControlError, ShardctlError
+from shardctl.supervisor.control import Command, Request
 from shardctl.supervisor.http.metrics import HttpRequest, HttpResponse
 
 log = logging.getLogger("shardctl.supervisor")
@@ -80,8 +81,9 @@ MAX_CANDLES = 2000
 SHARD_ACTIONS = ("restart", "stop", "start")
 _ACTION_PATH = re.compile(r"^/api/shards/([^/]{1,200})/([a-z_]{1,20})$")
 #: ControlError code → HTTP status.
-_CONTROL_STATUS = {"no_such_shard": 404, "busy": 409, "already_running": 409, "not_running": 409,
-                   "shutting_down": 503, "timeout": 504, "bad_request": 400, "forbidden": 403}
+_CONTROL_STATUS = {ControlCode.NO_SUCH_SHARD: 404, ControlCode.BUSY: 409, ControlCode.ALREADY_RUNNING: 409,
+                   ControlCode.NOT_RUNNING: 409, ControlCode.SHUTTING_DOWN: 503, ControlCode.TIMEOUT: 504,
+                   ControlCode.BAD_REQUEST: 400, ControlCode.FORBIDDEN: 403}
 _STATIC_TYPES = {"statuspage.js": "text/javascript; charset=utf-8", "statuspage.css": "text/css; charset=utf-8"}
 _COMMON_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 _PAGE_HEADERS = _COMMON_HEADERS + (
@@ -273,7 +275,7 @@ class StatusPage:
         config = self.config()
         return _json(200, {**self.status(), "now": time.time(),
                            "symbols": {name: list(shard.symbols) for name, shard in config.shards.items()},
-                           "intervals": [spec.interval for spec in candles.candle_specs(config.tables)],
+                           "intervals": [spec.interval for spec in candle_specs(config.tables)],
                            "default_since": DEFAULT_SINCE})
 
     # ------------------------------------------------------------ candles
@@ -282,7 +284,7 @@ class StatusPage:
         config = self.config()
         params = {key: values[-1] for key, values in parse_qs(request.query, max_num_fields=10).items()}
         symbol, interval = params.get("symbol", ""), params.get("interval", "1d")
-        specs = {spec.interval: spec for spec in candles.candle_specs(config.tables)}
+        specs = {spec.interval: spec for spec in candle_specs(config.tables)}
         if interval not in specs:
             return _error(400, "bad_request", f"unknown interval {interval[:20]!r}; configured: {', '.join(specs)}")
         symbols = [s for shard in config.shards.values() for s in shard.symbols]
@@ -332,7 +334,7 @@ class StatusPage:
             return _error(403, "forbidden", f"wrong status token ({self.token_hint})")
         log.info("status page: %s requested from %s", action, request.peer, extra=shown)
         try:
-            result = await self.handle(Request(action, shard=name))
+            result = await self.handle(Request(Command(action), shard=name))
         except ControlError as exc:
             return _error(_CONTROL_STATUS.get(exc.code, 500), exc.code, exc.message)
         return _json(200, {"ok": True, **result})

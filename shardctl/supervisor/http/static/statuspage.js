@@ -92,7 +92,9 @@
     }
     cells.name.textContent = name;
     const badge = document.createElement("span");
-    cells.state.appendChild(badge);
+    const hosts = document.createElement("div");  // cluster mode: who streams the shard, who stands by
+    hosts.className = "hosts muted";
+    cells.state.append(badge, hosts);
     const restart = document.createElement("button");
     restart.className = "restart";
     restart.textContent = "Restart";
@@ -101,7 +103,7 @@
     toggle.className = "toggle";
     toggle.addEventListener("click", () => command(name, toggle.dataset.action, toggle));
     cells.actions.append(restart, toggle);
-    return {tr, cells, badge, restart, toggle};
+    return {tr, cells, badge, hosts, restart, toggle};
   }
 
   function renderShards(data) {
@@ -119,6 +121,9 @@
       row.badge.textContent = s.state;
       row.badge.className = `state ${s.state}`;
       row.badge.title = s.reason || "";
+      row.hosts.textContent = s.host_id ? `streamed by ${s.lease_owner || "nobody"}` +
+        `${s.lease_epoch === null ? "" : ` (epoch ${s.lease_epoch})`} · standing by: ` +
+        `${(s.standby_hosts || []).join(", ") || "none"}` : "";
       c.pid.textContent = s.pid === null ? "—" : String(s.pid);
       c.uptime.textContent = duration(s.uptime);
       c.rate.textContent = Number(s.ticks_per_second || 0).toFixed(1);
@@ -145,6 +150,47 @@
     $("summary").textContent = `supervisor pid ${sup.pid} · ${up}/${data.shards.length} running` +
       `${sup.shutting_down ? " · shutting down" : ""} · updated ${new Date().toLocaleTimeString("en-GB")}`;
     $("summary").className = "muted";
+  }
+
+  // ---------------------------------------------------------------- symbol freshness
+
+  const seconds = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(Math.abs(v) < 100 ? 1 : 0)}s`);
+
+  // Each shard's freshness is columnar ({symbol: [...], last_tick_at: [...], ...}); stale symbols first.
+  function renderSymbols(data) {
+    const records = [];
+    for (const s of data.shards) {
+      const f = s.freshness;
+      if (!f || !Array.isArray(f.symbol)) continue;
+      f.symbol.forEach((symbol, i) => records.push({
+        shard: s.name, symbol, last: f.last_tick_at[i], p50: f.delay_p50[i], p99: f.delay_p99[i],
+        market: f.market[i], stale: f.stale[i], staleAfter: s.stale_after}));
+    }
+    records.sort((a, b) => Number(b.stale) - Number(a.stale));
+    const fragment = document.createDocumentFragment();
+    for (const r of records) {
+      const tr = document.createElement("tr");
+      tr.dataset.symbol = r.symbol;
+      if (r.stale) {
+        tr.className = "stale";
+        tr.title = `no tick for longer than stale_after (${r.staleAfter}s) while its market is ${r.market}`;
+      }
+      const cells = [["shard", r.shard], ["symbol", r.symbol],
+                     ["age", r.last === null ? "never" : duration(data.now - r.last), true],
+                     ["p50", seconds(r.p50), true], ["p99", seconds(r.p99), true],
+                     ["market", r.market], ["stale", r.stale ? "STALE" : ""]];
+      for (const [key, text, num] of cells) {
+        const td = document.createElement("td");
+        td.className = `col-${key}${num ? " num" : ""}${key === "market" ? ` ${r.market}` : ""}`;
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      fragment.appendChild(tr);
+    }
+    document.querySelector("#symbols tbody").replaceChildren(fragment);
+    const stale = records.filter((r) => r.stale).length;
+    $("symbols-note").textContent = `${records.length} symbol(s) · ${stale} stale`;
+    $("symbols-note").className = stale ? "error-text" : "muted";
   }
 
   // ---------------------------------------------------------------- chart selects
@@ -261,6 +307,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const data = await response.json();
       renderShards(data);
+      renderSymbols(data);
       renderSelects(data);
     } catch (error) {
       $("summary").textContent = `cannot reach the supervisor (${error.message}); retrying`;

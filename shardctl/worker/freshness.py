@@ -1,0 +1,80 @@
+"""Per-symbol freshness: when each symbol last ticked, how late its ticks arrive, and which ones are stale.
+
+The worker calls ``FreshnessTracker.observe`` once per price event; it is the
+hot path, so it only stores two floats in the symbol's slot (a ring of the
+last ``RING`` delays). Everything else happens at report time, every few
+seconds: ``snapshot`` sorts each ring for its p50/p99 and judges staleness.
+
+A symbol is stale when its market is not closed and no tick came for
+``stale_after`` seconds: since its last tick, or, when it never ticked,
+since the tracker started watching it. A closed market (``MARKET_CLOSED``,
+from ``shardctl.worker.markets``) is never stale: a stock that does not
+tick at night is fine. Every time comes from the caller, so tests inject a clock.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+from shardctl.report import MARKET_CLOSED, MARKET_UNKNOWN, SymbolFreshness
+
+#: Delays kept per symbol: percentiles are over the symbol's last RING ticks. A power of two (the ring index is masked).
+RING = 128
+_MASK = RING - 1
+
+
+class _Slot:
+    """One symbol's ring of delays; ``count`` is how many ticks it has seen (the ring holds the last RING)."""
+
+    __slots__ = ("last_at", "delays", "count", "since")
+
+    def __init__(self, since: float) -> None:
+        self.last_at: float | None = None
+        self.delays = [0.0] * RING
+        self.count = 0
+        #: When the tracker started watching the symbol: a symbol that never ticks turns stale from here.
+        self.since = since
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q ≤ 1) of a non-empty sorted list."""
+    rank = max(1, -(-len(ordered) * q // 1))  # ceil(n * q), at least 1
+    return ordered[int(rank) - 1]
+
+
+class FreshnessTracker:
+    """Last-tick times and receipt delays of a shard's symbols; ``observe`` per tick, ``snapshot`` per report."""
+
+    def __init__(self, symbols: Iterable[str], stale_after: float, now: float) -> None:
+        self.stale_after = stale_after
+        self._slots: dict[str, _Slot] = {}
+        self.set_symbols(symbols, now)
+
+    def set_symbols(self, symbols: Iterable[str], now: float) -> None:
+        """Watch exactly ``symbols``: new ones start their stale clock at ``now``, removed ones are forgotten."""
+        wanted = list(dict.fromkeys(symbols))
+        self._slots = {s: self._slots.get(s) or _Slot(now) for s in wanted}
+
+    def observe(self, symbol: str, event_ts: float, received_at: float) -> None:
+        """Record one tick: ``event_ts`` is its own timestamp, ``received_at`` when it came (Unix seconds)."""
+        slot = self._slots.get(symbol)
+        if slot is None:  # a symbol the server sends without being asked (or a removed one still in flight)
+            slot = self._slots[symbol] = _Slot(received_at)
+        slot.last_at = received_at
+        slot.delays[slot.count & _MASK] = received_at - event_ts
+        slot.count += 1
+
+    def snapshot(self, now: float, markets: Mapping[str, str] | Callable[[str], str]) -> tuple[SymbolFreshness, ...]:
+        """Every watched symbol's record at ``now``; ``markets`` gives each symbol's MARKET_* value."""
+        market_of = markets if callable(markets) else (lambda s: markets.get(s, MARKET_UNKNOWN))
+        out = []
+        for symbol, slot in self._slots.items():
+            p50 = p99 = None
+            if slot.count:
+                ordered = sorted(slot.delays[:min(slot.count, RING)])
+                p50, p99 = round(percentile(ordered, 0.5), 3), round(percentile(ordered, 0.99), 3)
+            market = market_of(symbol)
+            quiet_since = slot.last_at if slot.last_at is not None else slot.since
+            stale = market != MARKET_CLOSED and now - quiet_since > self.stale_after
+            out.append(SymbolFreshness(symbol, slot.last_at, p50, p99, market, stale))
+        return tuple(out)
