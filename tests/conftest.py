@@ -7,8 +7,11 @@ dropped after the test. ``schema_dsn``: the same with shardctl's schema.
 ``write_config``: writes a TOML config file for a test. ``workers``: the
 worker processes a test started, killed after it.
 
-Tests marked ``@pytest.mark.timescaledb`` are skipped when the server lacks
-the TimescaleDB extension.
+``flavour`` (session): "timescaledb" or "postgresql", the flavour shardctl's
+schema takes on the session's server; a test of a mechanism that differs by
+flavour asserts that flavour's equivalent (``support.postgresql_only`` skips,
+with the reason, what cannot exist on TimescaleDB). Tests marked ``@pytest.mark.timescaledb`` are skipped when
+the server lacks the TimescaleDB extension.
 """
 
 from __future__ import annotations
@@ -122,6 +125,12 @@ def pg_server() -> Iterator[PgServer]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def flavour(pg_server: PgServer) -> str:
+    """"timescaledb" when the test server can run TimescaleDB (shardctl then makes hypertables), else "postgresql"."""
+    return "timescaledb" if pg_server.has_timescaledb() else "postgresql"
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import psycopg2
+import pytest
 
 T = TypeVar("T")
 
@@ -30,6 +31,12 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
         time.sleep(interval)
 
 
+def postgresql_only(flavour: str, what: str) -> None:
+    """Skip the calling test on TimescaleDB, where ``what`` (a plain-PostgreSQL mechanism) does not exist."""
+    if flavour != "postgresql":
+        pytest.skip(f"{what} exists on plain PostgreSQL only")
+
+
 def query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
     conn = psycopg2.connect(dsn)
     try:
@@ -38,6 +45,15 @@ def query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def chunk_placement(dsn: str, table: str = "crypto_ticks") -> list[tuple[str, bool]]:
+    """TimescaleDB: (chunk, whether its range holds the tick's time) of every tick, by time and price."""
+    return [(chunk, inside) for chunk, inside in query(dsn, f"""
+        SELECT t.tableoid::regclass::text, c.range_start <= t.time AND t.time < c.range_end
+        FROM {table} t JOIN timescaledb_information.chunks c
+          ON format('%%I.%%I', c.chunk_schema, c.chunk_name)::regclass = t.tableoid
+        ORDER BY t.time, t.price""")]
 
 
 def row_count(dsn: str, table: str = "crypto_ticks") -> int:

@@ -1,4 +1,10 @@
-"""Candles at 1m/1h/1d on plain PostgreSQL: hand-computed OHLCV, incremental refresh, late ticks, `shardctl candles`."""
+"""Candles at 1m/1h/1d: hand-computed OHLCV, incremental refresh, late ticks, `shardctl candles`.
+
+On plain PostgreSQL shardctl refreshes candle tables itself (row counts,
+watermarks); on TimescaleDB the same tests assert the continuous aggregates'
+equivalent: refreshes over the policy windows (counts -1), ``refresh_range``
+as the catch-up, and ``materialized_only`` for real-time candles.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import psycopg2.extras
 import pytest
 
 from shardctl.config.model import TablesConfig
-from shardctl.db.candles import refresh_all_candles
+from shardctl.db.candles import refresh_all_candles, refresh_range
 from shardctl.db.candlespec import candle_specs, policy_window
 from shardctl.db.connection import connect
 from shardctl.db.readouts import format_candles
@@ -65,6 +71,13 @@ EXPECTED = {
 }
 
 
+#: TimescaleDB's first()/last() keep whichever tied row the scan meets first: its tests use the ticks without ties.
+UNTIED = [t for t in TICKS if t[2] not in (102.0, 101.0)]
+EXPECTED_UNTIED = {**EXPECTED, "1m": [(at(D, 9, 0), "BTC/USD", 100.0, 103.0, 100.0, 103.0, N(2)), *EXPECTED["1m"][1:]]}
+UNKNOWN = {"1m": -1, "1h": -1, "1d": -1}  # what a TimescaleDB refresh returns: no row counts
+BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def insert_ticks(dsn: str, rows: list[tuple], table: str = "crypto_ticks") -> None:
     conn = psycopg2.connect(dsn)
     try:
@@ -100,6 +113,47 @@ def refresh(dsn: str, tables: TablesConfig, now: datetime, **kwargs: Any) -> dic
         conn.close()
 
 
+def apply(dsn: str, tables: TablesConfig) -> None:
+    from shardctl.db.schema import apply_schema
+
+    conn = connect(dsn)
+    try:
+        apply_schema(conn, tables)
+    finally:
+        conn.close()
+
+
+def catch_up(dsn: str, tables: TablesConfig, now: datetime) -> None:
+    """TimescaleDB: materialise every bucket before each policy window's end (what shardctl's first refresh
+    does on PostgreSQL, and what creating the aggregate WITH DATA does for rows already there)."""
+    conn = connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for spec in candle_specs(tables):
+                cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)",
+                            (spec.table, BEGINNING, policy_window(spec, now)[1]))
+    finally:
+        conn.close()
+
+
+def buckets_in_windows(ticks: list[tuple], tables: TablesConfig, now: datetime) -> dict[str, int]:
+    """Per interval, the (bucket, symbol) pairs of ``ticks`` inside the policy window at ``now``."""
+    from shardctl.db.candlespec import floor_bucket
+
+    result = {}
+    for spec in candle_specs(tables):
+        lo, hi = policy_window(spec, now)
+        result[spec.interval] = len({(floor_bucket(t[0], spec.width), t[1]) for t in ticks
+                                     if lo <= floor_bucket(t[0], spec.width) < hi})
+    return result
+
+
+def counts(dsn: str) -> dict[str, int]:
+    return {i: query(dsn, f"SELECT count(*) FROM {t}")[0][0]
+            for i, t in (("1m", "one_minute_candle"), ("1h", "one_hour_candle"), ("1d", "one_day_candle"))}
+
+
 def test_policies_and_windows(tables: TablesConfig) -> None:
     specs = {s.interval: s for s in candle_specs(tables)}
     assert [s.table for s in specs.values()] == ["one_minute_candle", "one_hour_candle", "one_day_candle"]
@@ -113,9 +167,22 @@ def test_policies_and_windows(tables: TablesConfig) -> None:
 
 
 @pytest.mark.parametrize("realtime", [False, True])
-def test_ohlcv_at_each_interval_matches_hand_computed(schema_dsn: str, tables: TablesConfig, realtime: bool) -> None:
-    insert_ticks(schema_dsn, TICKS)
+def test_ohlcv_at_each_interval_matches_hand_computed(schema_dsn: str, tables: TablesConfig, realtime: bool,
+                                                      flavour: str) -> None:
     tables = replace(tables, realtime_candles=realtime)
+    if flavour == "timescaledb":
+        insert_ticks(schema_dsn, UNTIED)
+        apply(schema_dsn, tables)  # realtime_candles: materialized_only = false
+        if not realtime:  # materialise the ticks' buckets; real time reads them straight from the ticks
+            conn = connect(schema_dsn)
+            try:
+                assert refresh_range(conn, tables, D, D + timedelta(days=2)) == UNKNOWN
+            finally:
+                conn.close()
+        for spec in candle_specs(tables):
+            assert candles(schema_dsn, spec.table) == sorted(EXPECTED_UNTIED[spec.interval], key=lambda r: (r[1], r[0]))
+        return
+    insert_ticks(schema_dsn, TICKS)
     # Real time: just after the last tick, so the newest buckets come from the tail (rolled up for 1h/1d).
     now = at(D + timedelta(days=1), 0, 0, 30) if realtime else D + timedelta(days=5)
     counts = refresh(schema_dsn, tables, now)
@@ -124,9 +191,13 @@ def test_ohlcv_at_each_interval_matches_hand_computed(schema_dsn: str, tables: T
         assert candles(schema_dsn, spec.table) == sorted(EXPECTED[spec.interval], key=lambda r: (r[1], r[0]))
 
 
-def test_not_realtime_leaves_the_open_buckets_alone(schema_dsn: str, tables: TablesConfig) -> None:
+def test_not_realtime_leaves_the_open_buckets_alone(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
     insert_ticks(schema_dsn, TICKS)
-    refresh(schema_dsn, tables, at(D + timedelta(days=1), 0, 0, 30))
+    now = at(D + timedelta(days=1), 0, 0, 30)
+    if flavour == "timescaledb":  # the policies have run over all history up to now
+        catch_up(schema_dsn, tables, now)
+    else:
+        refresh(schema_dsn, tables, now)
     assert query(schema_dsn, "SELECT max(bucket) FROM one_minute_candle") == [(at(D, 10, 30),)]
     assert query(schema_dsn, "SELECT count(*) FROM one_day_candle") == [(0,)]  # bucket D ends < 1 day ago
 
@@ -135,9 +206,20 @@ def _minute_ticks(start: datetime, minutes: int, symbols: tuple[str, ...] = ("A"
     return [(start + timedelta(minutes=i, seconds=7), s, 100.0 + i % 17, i) for i in range(minutes) for s in symbols]
 
 
-def test_refresh_rewrites_only_recent_buckets(schema_dsn: str, tables: TablesConfig) -> None:
+def test_refresh_rewrites_only_recent_buckets(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
     now = at(D, 12, 0, 30)
-    insert_ticks(schema_dsn, _minute_ticks(now - timedelta(days=2), 2 * 24 * 60))
+    ticks = _minute_ticks(now - timedelta(days=2), 2 * 24 * 60)
+    insert_ticks(schema_dsn, ticks)
+    if flavour == "timescaledb":
+        # The aggregates were created empty; each refresh materialises exactly its policy window.
+        assert refresh(schema_dsn, tables, now) == UNKNOWN
+        assert counts(schema_dsn) == buckets_in_windows(ticks, tables, now) == {"1m": 2 * 8, "1h": 2, "1d": 2}
+        later = now + timedelta(hours=1)
+        assert refresh(schema_dsn, tables, later) == UNKNOWN
+        seen = {i: a + b for (i, a), b in zip(buckets_in_windows(ticks, tables, now).items(),
+                                               buckets_in_windows(ticks, tables, later).values())}
+        assert counts(schema_dsn) == {**seen, "1d": 2}  # 1m: two disjoint windows; 1h: the next hour; 1d: same day
+        return
     first = refresh(schema_dsn, tables, now)
     assert first["1m"] == 2 * (2 * 24 * 60 - 1)  # the whole history once (no watermark yet), to now - 1 minute
     old = query(schema_dsn, "SELECT xmin::text FROM one_minute_candle WHERE bucket = %s", (at(D, 11, 0),))
@@ -153,9 +235,12 @@ def test_refresh_rewrites_only_recent_buckets(schema_dsn: str, tables: TablesCon
     assert query(schema_dsn, "SELECT count(*) FROM one_minute_candle") == [(2 * (2 * 24 * 60 + 1),)]
 
 
-def test_late_ticks_inside_the_window_count_outside_do_not(schema_dsn: str, tables: TablesConfig) -> None:
+def test_late_ticks_inside_the_window_count_outside_do_not(schema_dsn: str, tables: TablesConfig,
+                                                          flavour: str) -> None:
     now = at(D, 12, 0, 30)
     insert_ticks(schema_dsn, _minute_ticks(now - timedelta(hours=1), 60, ("A",)))
+    if flavour == "timescaledb":
+        catch_up(schema_dsn, tables, now)
     refresh(schema_dsn, tables, now)
     inside, outside = at(D, 11, 55, 1), at(D, 11, 30, 1)  # 5 and 30 minutes late at the next refresh
     insert_ticks(schema_dsn, [(inside, "A", 1000.0, 999), (outside, "A", 1000.0, 999)])
@@ -163,34 +248,52 @@ def test_late_ticks_inside_the_window_count_outside_do_not(schema_dsn: str, tabl
     highs = dict(query(schema_dsn, "SELECT bucket, high FROM one_minute_candle WHERE bucket IN (%s, %s)",
                        (at(D, 11, 55), at(D, 11, 30))))
     assert highs == {at(D, 11, 55): 1000.0, at(D, 11, 30): 100.0 + 30 % 17}
-    # Forgetting the watermark rebuilds the whole table at the next refresh (the manual fix for old buckets).
-    query(schema_dsn, "DELETE FROM shardctl_candle_state WHERE candle_table = 'one_minute_candle'; COMMIT")
-    refresh(schema_dsn, tables, now + timedelta(minutes=2))
+    if flavour == "timescaledb":  # the manual fix for old buckets: refresh_range over them
+        conn = connect(schema_dsn)
+        try:
+            refresh_range(conn, tables, at(D, 11, 30), at(D, 11, 31))
+        finally:
+            conn.close()
+    else:  # forgetting the watermark rebuilds the whole table at the next refresh (the manual fix)
+        query(schema_dsn, "DELETE FROM shardctl_candle_state WHERE candle_table = 'one_minute_candle'; COMMIT")
+        refresh(schema_dsn, tables, now + timedelta(minutes=2))
     assert query(schema_dsn, "SELECT high FROM one_minute_candle WHERE bucket = %s", (at(D, 11, 30),)) == [(1000.0,)]
 
 
-def test_refresh_range_rebuilds_old_buckets_after_a_backfill(schema_dsn: str, tables: TablesConfig) -> None:
+def test_refresh_range_rebuilds_old_buckets_after_a_backfill(schema_dsn: str, tables: TablesConfig,
+                                                             flavour: str) -> None:
     now = at(D, 12, 0, 30)
+    plain = flavour == "postgresql"
     refresh(schema_dsn, tables, now)
     insert_ticks(schema_dsn, [(at(D, 3, 15, 20), "A", 5.0, 1), (at(D, 3, 40), "A", 6.0, 2)])  # backfilled
-    assert refresh(schema_dsn, tables, now + timedelta(minutes=1))["1m"] == 0  # outside every window
+    assert refresh(schema_dsn, tables, now + timedelta(minutes=1))["1m"] == (0 if plain else -1)  # outside every window
+    assert counts(schema_dsn) == {"1m": 0, "1h": 0, "1d": 0}
     conn = connect(schema_dsn)
     try:
-        from shardctl.db.candles import refresh_range
-
-        assert refresh_range(conn, tables, at(D, 3, 15, 20), at(D, 3, 40)) == {"1m": 1, "1h": 1, "1d": 1}
-        assert refresh_range(conn, tables, at(D, 3), at(D, 4)) == {"1m": 2, "1h": 1, "1d": 1}
+        assert refresh_range(conn, tables, at(D, 3, 15, 20), at(D, 3, 40)) == (
+            {"1m": 1, "1h": 1, "1d": 1} if plain else UNKNOWN)
+        assert refresh_range(conn, tables, at(D, 3), at(D, 4)) == ({"1m": 2, "1h": 1, "1d": 1} if plain else UNKNOWN)
     finally:
         conn.close()
     assert query(schema_dsn, "SELECT bucket, \"open\", \"close\" FROM one_hour_candle") == [(at(D, 3), 5.0, 6.0)]
 
 
-def test_catch_up_after_a_pause_skips_no_bucket(schema_dsn: str, tables: TablesConfig) -> None:
+def test_catch_up_after_a_pause_skips_no_bucket(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
     now = at(D, 12, 0, 30)
-    refresh(schema_dsn, tables, now)  # nothing yet; sets the watermarks
+    refresh(schema_dsn, tables, now)  # nothing yet; sets the watermarks (PostgreSQL)
     insert_ticks(schema_dsn, _minute_ticks(now, 120, ("A",)))
-    counts = refresh(schema_dsn, tables, now + timedelta(hours=2))  # refreshes stopped for two hours
-    assert counts["1m"] == 120 - 1 and counts["1h"] == 1
+    written = refresh(schema_dsn, tables, now + timedelta(hours=2))  # refreshes stopped for two hours
+    if flavour == "timescaledb":
+        # A policy refreshes its window only (8 minutes here); refresh_range over the pause is the catch-up.
+        assert written == UNKNOWN and counts(schema_dsn)["1m"] == 8
+        conn = connect(schema_dsn)
+        try:
+            refresh_range(conn, tables, now, now + timedelta(hours=2) - timedelta(minutes=1))
+        finally:
+            conn.close()
+        assert counts(schema_dsn)["1m"] == 120 and counts(schema_dsn)["1h"] == 2
+        return
+    assert written["1m"] == 120 - 1 and written["1h"] == 1
     assert query(schema_dsn, "SELECT count(*) FROM one_minute_candle") == [(119,)]
 
 
@@ -235,7 +338,11 @@ def test_candles_command(schema_dsn: str, tables: TablesConfig, tmp_path: Path,
     d0, d1 = today - timedelta(days=3), today - timedelta(days=2)
     insert_ticks(schema_dsn, [(at(d0, 1), "BTC/USD", 100.0, 5), (at(d0, 9), "BTC/USD", 95.0, 20),
                               (at(d1, 2), "BTC/USD", 110.0, 7), (at(d1, 8), "BTC/USD", 130.5, 15)])
-    refresh(schema_dsn, tables, datetime.now(UTC))
+    conn = connect(schema_dsn)
+    try:
+        refresh_range(conn, tables, d0, d1 + timedelta(days=1))  # both flavours, whatever the hour
+    finally:
+        conn.close()
     config = _config(write_config, tmp_path, schema_dsn)
 
     table = _run(config, "BTC/USD")

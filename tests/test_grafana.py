@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from shardctl.config.model import TablesConfig
-from shardctl.db.candles import refresh_all_candles
+from shardctl.db.candles import refresh_range
 from shardctl.db.connection import connect
 from shardctl.db.schema import upsert_assets
 
@@ -136,7 +136,7 @@ def dsn_with_ticks(schema_dsn: str, tables: TablesConfig) -> str:
                             rows)
         conn.commit()
         upsert_assets(conn, tables, {"BTC/USD": "Bitcoin"})
-        refresh_all_candles(conn, tables, now + timedelta(days=2))
+        refresh_range(conn, tables, now - timedelta(days=4), now + timedelta(days=1))  # either flavour
     finally:
         conn.close()
     return schema_dsn

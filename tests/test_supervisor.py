@@ -459,8 +459,11 @@ def test_feed_section_runs_the_local_feed_as_a_child(tmp_path, schema_dsn, super
     assert gone(feed_pid)
 
 
-def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn) -> None:
+def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn, flavour) -> None:
     import psycopg2
+
+    from shardctl.config.model import TablesConfig
+    from shardctl.db.schema import apply_schema
 
     with psycopg2.connect(schema_dsn) as conn, conn.cursor() as cur:  # commits on leaving the block
         cur.execute("INSERT INTO crypto_ticks (time, symbol, price, day_volume) "
@@ -469,6 +472,12 @@ def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn) -> None:
     config = write_config(tmp_path, "ws://127.0.0.1:9/v1/quotes/price", schema_dsn)
     # Today's bucket is still open: only real-time candles show it before the day ends.
     config.write_text(config.read_text() + "\n[tables]\nrealtime_candles = true\n")
+    if flavour == "timescaledb":  # as the supervisor does at start: real-time aggregates (materialized_only off)
+        conn = psycopg2.connect(schema_dsn)
+        try:
+            apply_schema(conn, TablesConfig(realtime_candles=True))
+        finally:
+            conn.close()
     result = subprocess.run([sys.executable, "-m", "shardctl.supervisor.sidecars", "maintain", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -7,6 +7,7 @@ from decimal import Context, Decimal
 
 import psycopg2
 import pytest
+from support import chunk_placement
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.writer import Writer
@@ -71,12 +72,16 @@ def test_committed_seq_is_never_written_twice(schema_dsn: str, tables: TablesCon
     assert _ledger(schema_dsn, "stocks") == (6, 3, None)
 
 
-def test_days_without_a_partition_get_one(schema_dsn: str, tables: TablesConfig) -> None:
+def test_days_without_a_partition_get_one(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
     past = datetime(1990, 5, 17, 8, 30, tzinfo=UTC)
     future = datetime(2101, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=2)))  # 2100-12-31 22:00 UTC
     with Writer(schema_dsn, tables, "x") as writer:
         assert writer.write(1, [(past, "A", 1.0, None, None, None), (future, "A", 2.0, None, None, None)])
         assert writer.write(2, [(past + timedelta(hours=1), "A", 3.0, None, None, None)])
+    if flavour == "timescaledb":  # chunks instead: each tick in the chunk of its time, 1990 and 2100 apart
+        placed = chunk_placement(schema_dsn)
+        assert [inside for _, inside in placed] == [True] * 3 and placed[0][0] == placed[1][0] != placed[2][0]
+        return
     got = _query(schema_dsn, "SELECT tableoid::regclass::text, price FROM crypto_ticks ORDER BY price")
     assert got == [("crypto_ticks_p19900517", 1.0), ("crypto_ticks_p21001231", 2.0),
                    ("crypto_ticks_p19900517", 3.0)]
@@ -134,7 +139,7 @@ def test_missing_schema_is_a_clear_error(fresh_dsn: str, tables: TablesConfig) -
         Writer(fresh_dsn, tables, "x").last_committed()
 
 
-def test_concurrent_shards_creating_the_same_days(schema_dsn: str, tables: TablesConfig) -> None:
+def test_concurrent_shards_creating_the_same_days(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
     """Several writers that all meet new days at once: no deadlock, no lost or duplicated row."""
     import threading
 
@@ -156,6 +161,10 @@ def test_concurrent_shards_creating_the_same_days(schema_dsn: str, tables: Table
     for thread in threads:
         thread.join(60)
     assert not errors, errors
+    if flavour == "timescaledb":  # the writers created the chunks between them: one copy of each row, placed right
+        assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(4 * 5 * 50,)]
+        assert {inside for _, inside in chunk_placement(schema_dsn)} == {True}
+        return
     assert _query(schema_dsn, "SELECT count(*), count(DISTINCT tableoid) FROM crypto_ticks") == [(4 * 5 * 50, 5)]
     assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks_default") == [(0,)]
 

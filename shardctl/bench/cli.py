@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--soak", metavar="DURATION", help="also one long run at --rate measuring RSS, e.g. 10m")
     p.add_argument("--profile", action="store_true", help="also profile one worker at max throughput")
     p.add_argument("--skip-baseline", action="store_true", help="leave out the tutorial baseline runs")
+    p.add_argument("--direct-compress", choices=("on", "off"), default="on",
+                   help="TimescaleDB: workers and the COPY limit write with direct compress on (default, as "
+                        "[timescaledb] direct_compress) or off")
+    p.add_argument("--storage", action="store_true",
+                   help="also measure the ticks table's size after the replay, before and after the columnstore "
+                        "policy (at each batch size)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the scratch directory (logs, configs)")
     p.set_defaults(func=cmd_bench)
 
@@ -131,14 +137,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       f"latency at {args.rate:g}/s, flush_interval {flush:g}s; scratch {workdir}")
         replay = workdir / "replay.jsonl"
         expected = bench_data.write_replay(replay, args.ticks, bench_data.BENCH_SYMBOLS)
-        ctx = BenchContext(dsn, pg_pid, workdir, replay, expected, flush_interval=flush, progress=progress)
+        ctx = BenchContext(dsn, pg_pid, workdir, replay, expected, flush_interval=flush, progress=progress,
+                           direct_compress=args.direct_compress == "on")
         results, extra = _run_all(ctx, args, sizes, soak, progress)
         rows = bench_report.add_ratios(results)
         meta: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": bench_report.machine_info(dsn),
+            "machine": {**bench_report.machine_info(dsn), **_flavour(ctx)},
             "settings": {"ticks": args.ticks, "rate": args.rate, "batch_sizes": sizes, "shards": args.shards,
                          "flush_interval": flush, "latency_seconds": args.latency_seconds,
+                         "direct_compress": args.direct_compress,
                          "database": "private embedded PostgreSQL" if embedded else "given server",
                          "throughput_definition": "rows stored / (first tick received -> last commit)"},
             **extra,
@@ -151,7 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     progress.line("")
     print(bench_report.format_table(rows))
-    for key in ("soak", "profile"):
+    for key in ("soak", "profile", "storage"):
         if key in extra:
             print(f"\n{key}: {_describe(key, extra[key])}")
     for note in notes + [f"results in {out}/ (results.json, results.csv)"]:
@@ -164,7 +172,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _flavour(ctx: BenchContext) -> dict[str, str]:
+    """The flavour the runs' own databases had (the admin database may lack the extension)."""
+    if ctx.flavour != "timescaledb":
+        return {}
+    import psycopg2
+
+    conn = psycopg2.connect(ctx.admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return {"flavour": f"timescaledb {row[0] if row else '?'} (in each run's database)"}
+
+
 def _describe(key: str, value: dict[str, Any]) -> str:
+    if key == "storage":
+        from shardctl.bench.storage import describe
+
+        return "".join(f"\n  {describe(v)}" for v in value["runs"])
     if key == "soak":
         return ", ".join(f"{k}={v}" for k, v in value.items())
     lines = []
@@ -205,6 +233,11 @@ def _run_all(ctx: BenchContext, args: argparse.Namespace, sizes: list[int], soak
                          **bench_report.soak_summary(run.rss_series or [], min(60.0, soak / 5))}
     if args.profile:
         extra["profile"] = _profile(ctx, max(sizes), args.ticks, progress)
+    if args.storage:
+        from shardctl.bench.storage import run_storage
+
+        extra["storage"] = {"runs": [run_storage(ctx, size) for size in sizes]}
+        progress.line(f"done: storage: {_describe('storage', extra['storage'])}")
     return results, extra
 
 

@@ -128,10 +128,11 @@ class WorkerProcess:
 
 
 def write_config(path: Path, url: str, groups: Sequence[Sequence[str]], *, batch_size: int,
-                 flush_interval: float, state_dir: Path) -> Path:
+                 flush_interval: float, state_dir: Path, direct_compress: bool = False) -> Path:
     """A worker config: shards s0..sK-1 with ``groups`` of symbols, each with its own API-key variable."""
     lines = [f"state_dir = {json.dumps(str(state_dir))}",
              "[source]", f"url = {json.dumps(url)}",
+             "[timescaledb]", f"direct_compress = {'true' if direct_compress else 'false'}",
              "[defaults]", f"batch_size = {batch_size}", f"flush_interval = {flush_interval}",
              "stop_timeout = 60", "watchdog_timeout = 60"]
     for i, symbols in enumerate(groups):

@@ -91,6 +91,10 @@ class BenchContext:
     flush_interval: float = 1.0
     stall_timeout: float = 15.0
     progress: Callable[[str], None] = lambda text: None
+    #: "postgresql" or "timescaledb": what ``run_database`` found on the server (set by its first run).
+    flavour: str = "postgresql"
+    #: TimescaleDB: workers and the COPY limit write with ``timescaledb.enable_direct_compress_copy`` on.
+    direct_compress: bool = False
     _serial: int = 0
 
     def next_name(self, label: str) -> str:
@@ -138,7 +142,7 @@ def run_database(ctx: BenchContext, name: str) -> Iterator[str]:
     try:
         conn = psycopg2.connect(dsn)
         try:
-            schema.apply_schema(conn, TablesConfig())
+            ctx.flavour = schema.apply_schema(conn, TablesConfig())
         finally:
             conn.close()
         yield dsn
@@ -185,7 +189,8 @@ def run_shardctl(ctx: BenchContext, kind: str, batch_size: int, shards: int, tic
         with FeedProcess(ctx.workdir / f"{name}.feed.log",
                          _feed_args(ctx, kind, ticks, rate, shards, sent_log)) as feed:
             config = write_config(ctx.workdir / f"{name}.toml", feed.url, groups, batch_size=batch_size,
-                                  flush_interval=ctx.flush_interval, state_dir=ctx.workdir / f"{name}.state")
+                                  flush_interval=ctx.flush_interval, state_dir=ctx.workdir / f"{name}.state",
+                                  direct_compress=ctx.direct_compress)
             lat_paths = [ctx.workdir / f"{name}.s{i}.lat" for i in range(shards)]
             workers = [WorkerProcess(config, f"s{i}", dsn, lat_paths[i], ctx.workdir / f"{name}.s{i}.log",
                                      profile=None if profile is None else Path(f"{profile}.s{i}"))
@@ -287,14 +292,28 @@ def run_baseline(ctx: BenchContext, kind: str, ticks: int, rate: float | None) -
     return _finish(result, check, span, lossy=True)
 
 
+def prepare_copy(conn: Any, ctx: BenchContext, rows: list[tuple[Any, ...]]) -> None:
+    """Before COPYing ``rows`` as the writer would: day partitions (PostgreSQL) or direct compress (TimescaleDB)."""
+    from shardctl.db.schema import ensure_partition
+    from shardctl.db.writer import DIRECT_COMPRESS_GUC, _utc_day
+
+    if ctx.flavour == "postgresql":
+        for day in sorted({_utc_day(r[0]) for r in rows}):
+            ensure_partition(conn, TablesConfig(), day)
+    elif ctx.direct_compress:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config(%s, 'on', false)", (DIRECT_COMPRESS_GUC,))
+        conn.commit()
+
+
 def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     """The replay rows, pre-encoded by the writer's own pgcopy encoder, COPY'd in ``batch_size`` transactions.
 
     Only the COPY and COMMIT calls are timed (one connection): what the
     database takes, without websocket, parsing or encoding.
     """
-    from shardctl.db.schema import ensure_partition
-    from shardctl.db.writer import COLUMNS, _TickCopyManager, _utc_day
+    from shardctl.db.writer import _TickCopyManager
+    from shardctl.rows import COLUMNS
 
     name = ctx.next_name(f"copy-limit-b{batch_size}")
     result = RunResult("copy-limit", "throughput", batch_size, 1, None, ctx.expected.total, 0, False, "")
@@ -302,8 +321,7 @@ def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     with run_database(ctx, name) as dsn:
         conn = psycopg2.connect(dsn)
         try:
-            for day in sorted({_utc_day(r[0]) for r in rows}):
-                ensure_partition(conn, TablesConfig(), day)
+            prepare_copy(conn, ctx, rows)
             manager = _TickCopyManager(conn, "crypto_ticks", COLUMNS)
             ctx.progress(f"{result.label}: encoding {len(rows):,} rows")
             buffers = []

@@ -193,6 +193,29 @@ class TablesConfig:
     realtime_candles: bool = False
 
 
+#: The tutorial's (and TimescaleDB's) defaults: 7-day chunks, columnstore after 7 days.
+DEFAULT_CHUNK_INTERVAL = 7 * 86400.0
+DEFAULT_COLUMNSTORE_AFTER = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class TimescaleConfig:
+    """``[timescaledb]``: hypertable and policy settings, applied by ``shardctl db init`` (and at start).
+
+    Durations are seconds. Ignored on plain PostgreSQL. ``drop_after`` None keeps
+    ticks forever; ``candle_drop_after`` maps a candle interval ("1m", "1h",
+    "1d") to its retention, and an interval missing from it keeps its candles.
+    """
+
+    chunk_interval: float = DEFAULT_CHUNK_INTERVAL
+    columnstore_after: float = DEFAULT_COLUMNSTORE_AFTER
+    drop_after: float | None = None
+    candle_drop_after: Mapping[str, float] = field(default_factory=dict)
+    #: COPY batches of >= 1,000 rows straight into the columnstore (``timescaledb.enable_direct_compress_copy``,
+    #: TimescaleDB >= 2.24 with continuous aggregates); on by default: benchmarks/README.md has the figures.
+    direct_compress: bool = True
+
+
 @dataclass(frozen=True)
 class SupervisorConfig:
     control_socket: Path = Path()
@@ -251,6 +274,7 @@ class Config:
     feed: FeedConfig | None = None
     backfill: BackfillConfig = BackfillConfig()
     cluster: ClusterConfig | None = None
+    timescaledb: TimescaleConfig = TimescaleConfig()
 
     def shard(self, name: str) -> ShardConfig:
         """Return the named shard or raise a ConfigError that lists the known ones."""

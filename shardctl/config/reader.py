@@ -26,7 +26,6 @@ else:  # pragma: no cover
 
 from shardctl.config.cluster import CLUSTER_KEYS, check_cluster_keys, read_cluster
 from shardctl.config.model import (
-    CANDLE_INTERVALS,
     DEFAULT_API_KEY_ENV,
     DEFAULT_REST_URL,
     DEFAULT_SOURCE_URL,
@@ -34,7 +33,6 @@ from shardctl.config.model import (
     MIN_DEAD_LETTER_BYTES,
     BackfillConfig,
     Config,
-    DatabaseConfig,
     FeedConfig,
     ShardConfig,
     ShardSettings,
@@ -47,6 +45,7 @@ from shardctl.config.model import (
     parse_size,
     resolve_path,
 )
+from shardctl.config.storage import TIMESCALEDB_KEYS, read_database, read_tables, read_timescaledb
 from shardctl.errors import ConfigError
 
 _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
@@ -57,20 +56,20 @@ _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "defaults", "supervisor", "backfill", "cluster",
-             "shards")
+_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
+             "cluster", "shards")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("dsn", "dsn_env", "embedded_dir"),
     "source": ("url", "api_key_env", "rest_url"),
     "feed": ("host", "port", "rate", "symbols"),
     "tables": tuple(f.name for f in fields(TablesConfig)),
+    "timescaledb": TIMESCALEDB_KEYS,
     "defaults": tuple(f.name for f in fields(ShardSettings)),
     "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
     "backfill": tuple(f.name for f in fields(BackfillConfig)),
     "cluster": CLUSTER_KEYS,
 }
 _SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
@@ -218,18 +217,7 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
     state_dir = default_state_dir() if os.environ.get("SHARDCTL_STATE_DIR") or not state_value else (
         resolve_path(base, state_value))
 
-    db_raw = reader.table(raw, "database")
-    dsn = reader.string(db_raw, "dsn", "database.dsn", None)
-    dsn_env = reader.string(db_raw, "dsn_env", "database.dsn_env", None)
-    if dsn and dsn_env:
-        reader.problem("database", "set either dsn or dsn_env, not both")
-    if dsn and re.search(r"://[^/@:]+:[^/@]+@|password\s*=", dsn):
-        reader.warn("database.dsn", "holds a password; put it in the environment (dsn_env) or ~/.pgpass")
-    embedded_value = reader.string(db_raw, "embedded_dir", "database.embedded_dir", None)
-    database = DatabaseConfig(
-        dsn=dsn, dsn_env=dsn_env,
-        embedded_dir=resolve_path(base, embedded_value) if embedded_value else state_dir / "postgres",
-    )
+    database = read_database(reader, reader.table(raw, "database"), base, state_dir)
 
     src_raw = reader.table(raw, "source")
     source = SourceConfig(
@@ -251,7 +239,8 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
     elif url.scheme not in ("ws", "wss"):
         reader.problem("source.url", f"must be a ws:// or wss:// URL, got {source.url!r}")
 
-    tables = _read_tables(reader, reader.table(raw, "tables"))
+    tables = read_tables(reader, reader.table(raw, "tables"))
+    timescaledb = read_timescaledb(reader, reader.table(raw, "timescaledb"), tables)
 
     defaults = reader.settings(reader.table(raw, "defaults"), "defaults", ShardSettings())
     supervisor = _read_supervisor(reader, reader.table(raw, "supervisor"), base, state_dir)
@@ -263,38 +252,11 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
     backfill = _read_backfill(reader, reader.table(raw, "backfill"))
     config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
                     defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed,
-                    backfill=backfill,
+                    backfill=backfill, timescaledb=timescaledb,
                     cluster=read_cluster(reader, reader.table(raw, "cluster")) if "cluster" in raw else None)
     _check_api_keys(reader, config)
     check_cluster_keys(reader, config)
     return config, reader
-
-
-def _read_tables(reader: _Reader, raw: Mapping[str, Any]) -> TablesConfig:
-    values: dict[str, Any] = {}
-    for f in fields(TablesConfig):
-        if f.type != "str":
-            continue
-        name = reader.string(raw, f.name, f"tables.{f.name}", f.default)
-        if name and not _IDENTIFIER.match(name):
-            reader.problem(f"tables.{f.name}", f"{name!r} is not a plain SQL identifier (letters, digits, _)")
-            name = f.default
-        values[f.name] = name
-    for key, name in values.items():
-        if list(values.values()).index(name) != list(values).index(key):
-            reader.problem(f"tables.{key}", f"{name!r} is already the name of another table; choose another")
-    candles = raw.get("candles", list(CANDLE_INTERVALS))
-    if not isinstance(candles, list) or any(c not in CANDLE_INTERVALS for c in candles) or "1d" not in candles:
-        reader.problem("tables.candles", f"must be a list of intervals from {list(CANDLE_INTERVALS)} that "
-                                         f"includes \"1d\" (the tutorial's one_day_candle), got {candles!r}")
-        candles = list(CANDLE_INTERVALS)
-    values["candles"] = tuple(c for c in CANDLE_INTERVALS if c in candles)
-    realtime = raw.get("realtime_candles", False)
-    if not isinstance(realtime, bool):
-        reader.problem("tables.realtime_candles", f"must be true or false, got {realtime!r}")
-        realtime = False
-    values["realtime_candles"] = realtime
-    return TablesConfig(**values)
 
 
 def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> SupervisorConfig:

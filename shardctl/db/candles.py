@@ -50,7 +50,7 @@ from shardctl.db.candlespec import (
     floor_bucket,
     policy_window,
 )
-from shardctl.db.connection import map_error
+from shardctl.db.connection import map_error, transaction
 from shardctl.errors import DatabaseError
 
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)  # lower bound of a first, full refresh
@@ -115,7 +115,7 @@ def refresh_range(conn: Any, tables: TablesConfig, lo: datetime, hi: datetime) -
                 _refresh_timescaledb(conn, spec, start, end)
                 result[spec.interval] = -1
                 continue
-            with schema.transaction(conn) as cur:
+            with transaction(conn) as cur:
                 result[spec.interval] = refresh_buckets(cur, tables, spec, start, end)
     except psycopg2.Error as exc:
         raise map_error(exc, conn.dsn, action="cannot refresh the candles", conn=conn) from None
@@ -175,7 +175,7 @@ def refresh_all_candles(conn: Any, config_or_tables: Config | TablesConfig, now:
                 _refresh_timescaledb(conn, spec, *policy_window(spec, now))
                 result[spec.interval] = -1
                 continue
-            with schema.transaction(conn) as cur:
+            with transaction(conn) as cur:
                 result[spec.interval] = _refresh_one(cur, tables, spec, finer, now, force)
             finer = spec
     except psycopg2.Error as exc:

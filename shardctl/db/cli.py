@@ -27,6 +27,7 @@ from shardctl.db.connection import (
     resolve_target,
 )
 from shardctl.db.embedded import EmbeddedPostgres
+from shardctl.db.policies import describe
 from shardctl.db.schema import SCHEMA_VERSION, apply_schema, recorded_schema
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, EmbeddedServerError
 
@@ -49,19 +50,23 @@ def _where(target: DsnTarget) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Apply the schema; print the flavour and the tables."""
+    """Apply the schema and ``[timescaledb]``; print the flavour, the tables, every candle relation and policy."""
     config = load_config(args.config)
     target = _target(config, start=True)
     conn = connect(target.dsn, application_name="shardctl db init")
     try:
-        flavour = apply_schema(conn, config.tables)
+        flavour = apply_schema(conn, config.tables, config.timescaledb)
+        lines = describe(conn, config.tables, flavour)
+    except psycopg2.Error as exc:
+        raise map_error(exc, target.dsn, action="cannot read the policies", conn=conn) from None
     finally:
         conn.close()
     t = config.tables
     kind = "hypertable" if flavour == "timescaledb" else "partitioned by day"
-    candles = "continuous aggregate" if flavour == "timescaledb" else "table, refreshed by shardctl"
     print(f"schema ready on {_where(target)}: flavour {flavour}, schema version {SCHEMA_VERSION}")
-    print(f"  {t.ticks} ({kind}), {t.assets}, {t.day_candle} ({candles}), {t.ledger}")
+    print(f"  {t.ticks} ({kind}), {t.assets}, {t.ledger}")
+    for line in lines:
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -97,6 +102,7 @@ def _status_lines(conn: Any, tables: TablesConfig) -> list[str]:
                     .format(sql.Identifier(tables.ledger)))
         ledger = cur.fetchall()
     conn.rollback()
+    lines += describe(conn, tables, flavour)
     if not ledger:
         lines.append(f"{tables.ledger}: no batches committed yet")
     for shard, seq, total, offset, updated in ledger:

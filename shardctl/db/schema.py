@@ -14,8 +14,9 @@ TimescaleDB flavour: the tutorial's hypertable, asset table and candle
 continuous aggregates with refresh policies (``one_day_candle`` verbatim from
 ``reference/seed-schema.md``; the finer ones the same query with their own
 bucket width and window, see ``shardctl.db.candlespec.CANDLE_POLICIES``), plus nullable ``bid``/
-``ask`` and an index. ``[tables] realtime_candles`` sets
-``timescaledb.materialized_only`` on every candle view.
+``ask``, an index and ``symbol NOT NULL`` (as on PostgreSQL). ``[tables] realtime_candles`` sets
+``timescaledb.materialized_only`` on every candle view; ``[timescaledb]`` settings, when given,
+become the policies in force (``shardctl.db.policies``).
 
 PostgreSQL flavour: ticks range-partitioned by UTC day with a DEFAULT
 partition (so no tick is ever rejected), daily partitions created ahead by
@@ -38,7 +39,8 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from shardctl.config.model import TablesConfig
+from shardctl.config.model import TablesConfig, TimescaleConfig
+from shardctl.db import policies
 from shardctl.db.candlespec import CANDLE_TABLE_FIELD, CandleSpec, candle_specs
 from shardctl.db.connection import map_error, transaction
 from shardctl.errors import DatabaseError
@@ -88,12 +90,7 @@ def _regclass(conn: Any, name: str) -> sql.Composable:
 
 def interval_text(delta: timedelta) -> str:
     """PostgreSQL interval text in the largest whole unit: '1 day', '3 hours', '10 minutes', '30 seconds'."""
-    seconds = int(delta.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds % size == 0:
-            count = seconds // size
-            return f"{count} {unit}{'' if count == 1 else 's'}"
-    raise ValueError(f"not a whole number of seconds: {delta}")  # pragma: no cover
+    return policies.interval_text(delta.total_seconds())
 
 
 def candle_names(conn: Any, spec: CandleSpec) -> dict[str, sql.Composable]:
@@ -161,20 +158,17 @@ def _relkind(cur: Any, name: str) -> str | None:
     return row[0] if row else None
 
 
-def _timescaledb_version(cur: Any) -> tuple[int, ...]:
-    cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
-    text = cur.fetchone()[0]
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+def _apply_timescaledb(conn: Any, tables: TablesConfig, settings: TimescaleConfig | None) -> None:
+    """Autocommit, statement by statement: a continuous aggregate WITH DATA cannot run in a transaction.
 
-
-def _apply_timescaledb(conn: Any, tables: TablesConfig) -> None:
-    """Autocommit, statement by statement: a continuous aggregate WITH DATA cannot run in a transaction."""
+    ``settings`` None keeps the policies as they are (the tutorial's on a new database).
+    """
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         kind = _relkind(cur, tables.ticks)
         if kind is None:
-            variant = "tables.sql" if _timescaledb_version(cur) >= (2, 23) else "tables_legacy.sql"
+            variant = "tables.sql" if policies.timescaledb_version(cur) >= (2, 23) else "tables_legacy.sql"
             for stmt in statements(conn, f"timescaledb/{variant}", tables):
                 cur.execute(stmt)
         else:
@@ -184,7 +178,12 @@ def _apply_timescaledb(conn: Any, tables: TablesConfig) -> None:
                 raise DatabaseError(f"table {tables.ticks} exists but is not a hypertable; convert it with "
                                     f"create_hypertable or set [tables] ticks to another name")
         for stmt in statements(conn, "timescaledb/extras.sql", tables):
-            cur.execute(stmt)
+            try:
+                cur.execute(stmt)
+            except psycopg2.errors.NotNullViolation:
+                raise DatabaseError(f"{tables.ticks} holds rows without a symbol; shardctl keeps symbol NOT NULL "
+                                    f"on both flavours: delete them (DELETE FROM {tables.ticks} WHERE symbol IS "
+                                    f"NULL) and run `shardctl db init` again") from None
         for spec in candle_specs(tables):
             names = candle_names(conn, spec)
             if _relkind(cur, spec.table) is None:
@@ -199,6 +198,8 @@ def _apply_timescaledb(conn: Any, tables: TablesConfig) -> None:
             if row[0] != (not tables.realtime_candles):
                 cur.execute(sql.SQL("ALTER MATERIALIZED VIEW {} SET (timescaledb.materialized_only = {})")
                             .format(names["candle"], sql.SQL("false" if tables.realtime_candles else "true")))
+        if settings is not None:
+            policies.apply_settings(cur, tables, settings)
 
 
 def _apply_postgresql(conn: Any, tables: TablesConfig) -> None:
@@ -217,8 +218,11 @@ def _apply_postgresql(conn: Any, tables: TablesConfig) -> None:
                 cur.execute(stmt)
 
 
-def apply_schema(conn: Any, tables: TablesConfig) -> str:
+def apply_schema(conn: Any, tables: TablesConfig, settings: TimescaleConfig | None = None) -> str:
     """Create every missing table, view, policy and partition; return the flavour. Safe to call repeatedly.
+
+    TimescaleDB: ``settings`` (``[timescaledb]``) are made the policies in
+    force (see ``shardctl.db.policies``); None leaves them as they are.
 
     Leaves ``conn`` with its autocommit setting and no open transaction.
     Raises DatabaseError (one line) if the database refuses a statement.
@@ -235,7 +239,7 @@ def apply_schema(conn: Any, tables: TablesConfig) -> str:
         recorded = recorded_schema(conn, tables)
         flavour = recorded[0] if recorded else detect_flavour(conn)
         if flavour == TIMESCALEDB:
-            _apply_timescaledb(conn, tables)
+            _apply_timescaledb(conn, tables, settings)
         else:
             _apply_postgresql(conn, tables)
         with transaction(conn) as cur:

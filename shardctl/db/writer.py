@@ -38,6 +38,13 @@ from shardctl.rows import COLUMNS
 log = logging.getLogger("shardctl.writer")
 
 #: Column order of a row tuple: (time, symbol, price, day_volume, bid, ask).
+#: Environment variable: "pgcopy" makes every CopyManager use pgcopy's own per-field formatters.
+ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
+#: TimescaleDB >= 2.21: COPY compresses rows in memory and writes columnstore batches.
+DIRECT_COMPRESS_GUC = "timescaledb.enable_direct_compress_copy"
+#: Smaller batches are written as rows even with direct compress: a columnstore batch is built for ~1,000
+#: rows, and tiny compressed batches cost more time and space than rows (benchmarks/README.md).
+DIRECT_COMPRESS_MIN_ROWS = 1000
 Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)
 
 
@@ -107,12 +114,16 @@ class Writer:
 
     def __init__(self, dsn: str, tables: TablesConfig, shard: str, *, application_name: str | None = None,
                  pgcopy_encoder: bool = False, crash_points: CrashPoints = NO_CRASHES,
-                 fence: Fence | None = None) -> None:
+                 fence: Fence | None = None, direct_compress: bool = False) -> None:
+        """``direct_compress``: on TimescaleDB >= 2.24, COPY batches of at least ``DIRECT_COMPRESS_MIN_ROWS``
+        rows straight into the columnstore."""
         self.dsn = dsn
         #: Cluster mode: every batch commits only while this is still the shard's lease (``shardctl.db.leases``).
         self.fence = fence
         self._pgcopy_encoder = pgcopy_encoder
         self._crash_points = crash_points
+        self.direct_compress = direct_compress
+        self._compress_copies = False  # direct_compress asked for, and this server has it
         self.tables = tables
         self.shard = shard
         self.application_name = application_name or f"shardctl:{shard}"
@@ -136,6 +147,7 @@ class Writer:
             if row is None:
                 raise DatabaseError(f"table {self.tables.ticks} does not exist; run `shardctl db init CONFIG`")
             self._partitioned = row[0] == "p"
+            self._compress_copies = self.direct_compress and not self._partitioned and self._has_direct_compress(conn)
             # One writer per shard and database, across hosts: two would interleave journal offsets
             # in one ledger row and skip each other's batches. The lock lives as long as the session.
             # In cluster mode the lease epoch, checked in every batch's transaction, is that guarantee
@@ -160,6 +172,20 @@ class Writer:
             raise
         self._conn = conn
         return conn
+
+    def _has_direct_compress(self, conn: Any) -> bool:
+        """True on TimescaleDB >= 2.24 (direct compress COPY into a hypertable with continuous aggregates,
+        as shardctl's always has; older versions refuse it with a warning per COPY); else a warning."""
+        from shardctl.db.policies import timescaledb_version
+
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_settings WHERE name = %s", (DIRECT_COMPRESS_GUC,))
+            known = cur.fetchone() is not None
+            if known and timescaledb_version(cur) >= (2, 24):
+                return True
+        log.warning("shard %s: direct_compress needs TimescaleDB >= 2.24 (%s with continuous aggregates); "
+                    "writing rows uncompressed", self.shard, DIRECT_COMPRESS_GUC, extra={"shard": self.shard})
+        return False
 
     def _drop(self) -> None:
         """Forget the connection (closing it if still open); the next call reconnects."""
@@ -282,6 +308,8 @@ class Writer:
                     return False
                 if rows:
                     assert self._copy is not None
+                    if self._compress_copies and len(rows) >= DIRECT_COMPRESS_MIN_ROWS:
+                        cur.execute("SELECT set_config(%s, 'on', true)", (DIRECT_COMPRESS_GUC,))  # this transaction
                     self._copy.copy(rows, io.BytesIO)
                 self._crash_points.reach("after_copy")
                 cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "

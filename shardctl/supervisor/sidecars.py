@@ -56,7 +56,7 @@ class DatabaseSetup:
         log.info("database: %s (%s)", database.mask_dsn(self.dsn), self._target.source)
         conn = database.connect(self.dsn, application_name="shardctl-supervisor", autocommit=True)
         try:
-            self.flavour = schema.apply_schema(conn, self.config.tables)
+            self.flavour = schema.apply_schema(conn, self.config.tables, self.config.timescaledb)
             if self.flavour == schema.POSTGRESQL:
                 candles.refresh_all_candles(conn, self.config)
         finally:
@@ -165,12 +165,19 @@ async def port_open(host: str, port: int) -> bool:
 
 
 def maintain(config_path: str | Path) -> int:
-    """One maintenance pass (plain PostgreSQL): partitions ahead, candle refresh. Returns 0 on success."""
+    """One maintenance pass: partitions ahead (plain PostgreSQL), candle refresh. Returns 0 on success.
+
+    On TimescaleDB there are no partitions to create (chunks come by
+    themselves) and the refresh runs the policies' windows once more.
+    """
     config = load_config(config_path)
     conn = database.connect(database.resolve_dsn(config, start_embedded=False),
                             application_name="shardctl-maintenance", autocommit=True)
     try:
-        created = schema.ensure_partitions(conn, config.tables)
+        recorded = schema.recorded_schema(conn, config.tables)
+        created = []
+        if recorded is None or recorded[0] == schema.POSTGRESQL:
+            created = schema.ensure_partitions(conn, config.tables)
         rewritten = candles.refresh_all_candles(conn, config)
     finally:
         conn.close()

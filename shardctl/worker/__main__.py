@@ -83,7 +83,7 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Sw
         # Run by hand: make sure the tables exist (the supervisor does this otherwise).
         conn = connect(dsn, application_name=f"shardctl-{shard.name}")
         try:
-            apply_schema(conn, config.tables)
+            apply_schema(conn, config.tables, config.timescaledb)
         finally:
             conn.close()
     worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches, fence=fence)

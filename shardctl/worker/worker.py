@@ -108,7 +108,8 @@ class Worker:
         self._fence = fence
         self._lease: LeaseStart | None = None
         self._writer = Writer(dsn, config.tables, shard.name, pgcopy_encoder=switches.pgcopy_encoder,
-                              crash_points=switches.crash_points, fence=fence)
+                              crash_points=switches.crash_points, fence=fence,
+                              direct_compress=config.timescaledb.direct_compress)
         #: Wall-clock receive time of the frame being processed, and of the last tick parsed.
         self._frame_received_at = 0.0
         self._parsed_received_at: float | None = None

@@ -1,4 +1,4 @@
--- What shardctl adds to the tutorial's tables (both TimescaleDB variants).
+-- What shardctl adds to the tutorial's tables (both TimescaleDB variants): bid, ask, an index, NOT NULL symbol.
 
 ALTER TABLE {ticks} ADD COLUMN IF NOT EXISTS bid DOUBLE PRECISION;
 
@@ -10,3 +10,8 @@ CREATE TABLE IF NOT EXISTS {assets} (
     symbol TEXT UNIQUE,
     "name" TEXT
 );
+
+-- The tutorial leaves symbol nullable; shardctl refuses a tick without a
+-- symbol on both flavours (plain PostgreSQL declares it NOT NULL), so the
+-- same bad row fails the same way everywhere. A no-op once in force.
+ALTER TABLE {ticks} ALTER COLUMN symbol SET NOT NULL;
