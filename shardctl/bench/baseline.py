@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 import psycopg2
 import psycopg2.extras
+from psycopg2.extensions import connection as Connection
 from twelvedata import websocket as td_websocket
 from twelvedata.websocket import TDWebSocket
 
@@ -99,7 +100,7 @@ class TutorialPipeline:
     DB_TABLE = "crypto_ticks"
     DB_COLUMNS = ["time", "symbol", "price", "day_volume"]
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.current_batch: list[tuple[Any, ...]] = []
         self.arrivals: list[float] = []

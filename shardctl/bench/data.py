@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import orjson
+from psycopg2.extensions import connection as Connection
 
 from shardctl.feed.catalog import Catalog, builtin_instruments
 from shardctl.twelvedata.parse import FrameParser, Kind
@@ -129,7 +130,7 @@ def expected_from_sent_log(path: Path) -> Expected:
     return expected
 
 
-def stored(conn: Any, table: str = "crypto_ticks") -> dict[str, tuple[int, float]]:
+def stored(conn: Connection, table: str = "crypto_ticks") -> dict[str, tuple[int, float]]:
     """Per-symbol (count, sum(price)) in ``table``."""
     from psycopg2 import sql
 

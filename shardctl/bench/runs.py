@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import orjson
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extensions import connection as Connection
 
 from shardctl.bench import data as bench_data
 from shardctl.bench.monitor import (
@@ -292,7 +293,7 @@ def run_baseline(ctx: BenchContext, kind: str, ticks: int, rate: float | None) -
     return _finish(result, check, span, lossy=True)
 
 
-def prepare_copy(conn: Any, ctx: BenchContext, rows: list[tuple[Any, ...]]) -> None:
+def prepare_copy(conn: Connection, ctx: BenchContext, rows: list[tuple[Any, ...]]) -> None:
     """Before COPYing ``rows`` as the writer would: day partitions (PostgreSQL) or direct compress (TimescaleDB)."""
     from shardctl.db.schema import ensure_partition
     from shardctl.db.writer import DIRECT_COMPRESS_GUC, _utc_day

@@ -14,6 +14,7 @@ import io
 from typing import Any
 
 import psycopg2
+from psycopg2.extensions import connection as Connection
 
 from shardctl.bench import data as bench_data
 from shardctl.bench.runs import BenchContext, prepare_copy, run_database
@@ -27,7 +28,7 @@ _SIZE = {
 }
 
 
-def _size(conn: Any, flavour: str) -> int:
+def _size(conn: Connection, flavour: str) -> int:
     with conn.cursor() as cur:
         size = int(scalar(cur, _SIZE[flavour]) or 0)
     conn.commit()

@@ -263,31 +263,32 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
     values: dict[str, Any] = {}
     for f in fields(SupervisorConfig):
         where = f"supervisor.{f.name}"
+        default: Any = f.default  # every SupervisorConfig field has one
         if f.name in ("control_socket", "pidfile"):
             value = reader.string(raw, f.name, where, None)
             default = state_dir / "run" / ("control.sock" if f.name == "control_socket" else "shardctl.pid")
             values[f.name] = resolve_path(base, value) if value else default
         elif f.name == "metrics_host":
-            values[f.name] = reader.string(raw, f.name, where, f.default)
+            values[f.name] = reader.string(raw, f.name, where, default)
         elif f.name == "metrics_port":
             values[f.name] = reader.number(raw, f.name, where, 0, integer=True, minimum=0)
             if values[f.name] > 65535:
                 reader.problem(where, "must be a TCP port (1-65535), or 0 to turn metrics off")
         elif f.name == "max_failures":
-            values[f.name] = reader.number(raw, f.name, where, f.default, integer=True, minimum=1)
+            values[f.name] = reader.number(raw, f.name, where, default, integer=True, minimum=1)
         elif f.name == "allowed_hosts":
             values[f.name] = _read_hosts(reader, raw.get(f.name, []), where)
         elif f.name == "healthz_fails_on_stale":
-            values[f.name] = raw.get(f.name, f.default)
+            values[f.name] = raw.get(f.name, default)
             if not isinstance(values[f.name], bool):
                 reader.problem(where, f"must be true or false, got {values[f.name]!r}")
-                values[f.name] = f.default
+                values[f.name] = default
         elif f.name == "status_token_env":
             values[f.name] = reader.string(raw, f.name, where, None)
             if values[f.name] and not _ENV_NAME.match(values[f.name]):
                 reader.problem(where, f"{values[f.name]!r} is not an environment variable name (letters, digits, _)")
         else:
-            values[f.name] = reader.duration(raw, f.name, where, f.default)
+            values[f.name] = reader.duration(raw, f.name, where, default)
     sock = values["control_socket"]
     if len(str(sock)) > 100:
         # Only the supervisor binds it (workers and one-off commands never do): a warning here,

@@ -39,6 +39,7 @@ from typing import Any
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
 
 from shardctl.config.model import Config, TablesConfig
 from shardctl.db import schema
@@ -50,7 +51,7 @@ from shardctl.db.candlespec import (
     floor_bucket,
     policy_window,
 )
-from shardctl.db.connection import map_error, transaction
+from shardctl.db.connection import map_error, scalar, transaction
 from shardctl.errors import DatabaseError
 
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)  # lower bound of a first, full refresh
@@ -78,14 +79,14 @@ def refresh_buckets(cur: Any, tables: TablesConfig, spec: CandleSpec, lo: dateti
     return written
 
 
-def _flavour(conn: Any, tables: TablesConfig) -> str:
+def _flavour(conn: Connection, tables: TablesConfig) -> str:
     recorded = schema.recorded_schema(conn, tables)  # also ends any open transaction
     if recorded is None:
         raise DatabaseError(f"no shardctl schema for {tables.ticks}; run `shardctl db init CONFIG` first")
     return recorded[0]
 
 
-def _refresh_timescaledb(conn: Any, spec: CandleSpec, lo: datetime, hi: datetime) -> None:
+def _refresh_timescaledb(conn: Connection, spec: CandleSpec, lo: datetime, hi: datetime) -> None:
     was_autocommit = conn.autocommit
     conn.rollback()
     conn.autocommit = True  # refresh_continuous_aggregate cannot run inside a transaction
@@ -97,7 +98,7 @@ def _refresh_timescaledb(conn: Any, spec: CandleSpec, lo: datetime, hi: datetime
         conn.autocommit = was_autocommit
 
 
-def refresh_range(conn: Any, tables: TablesConfig, lo: datetime, hi: datetime) -> dict[str, int]:
+def refresh_range(conn: Connection, tables: TablesConfig, lo: datetime, hi: datetime) -> dict[str, int]:
     """Rewrite every configured interval's buckets overlapping [lo, hi) now; return {interval: rows written}.
 
     For ticks the policy windows no longer cover: a gap backfill, late data, a
@@ -151,7 +152,7 @@ def _refresh_one(cur: Any, tables: TablesConfig, spec: CandleSpec, finer: Candle
     return written
 
 
-def refresh_all_candles(conn: Any, config_or_tables: Config | TablesConfig, now: datetime | None = None,
+def refresh_all_candles(conn: Connection, config_or_tables: Config | TablesConfig, now: datetime | None = None,
                         *, force: bool = False) -> dict[str, int]:
     """Refresh every configured interval as its policy would at ``now``; return {interval: rows rewritten}.
 
@@ -185,7 +186,7 @@ def refresh_all_candles(conn: Any, config_or_tables: Config | TablesConfig, now:
 
 # ------------------------------------------------------------------ queries
 
-def fetch_candles(conn: Any, tables: TablesConfig, symbol: str, interval: str = "1d",
+def fetch_candles(conn: Connection, tables: TablesConfig, symbol: str, interval: str = "1d",
                   since: timedelta = timedelta(days=14)) -> list[tuple]:
     """The seed query for ``interval``: rows (bucket UTC, symbol, open, high, low, close, day_volume) by bucket.
 
@@ -198,8 +199,7 @@ def fetch_candles(conn: Any, tables: TablesConfig, symbol: str, interval: str = 
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TimeZone = 'UTC'")
-            cur.execute("SELECT to_regclass(%s)", (sql.Identifier(spec.table).as_string(conn),))
-            if cur.fetchone()[0] is None:
+            if scalar(cur, "SELECT to_regclass(%s)", (sql.Identifier(spec.table).as_string(conn),)) is None:
                 raise DatabaseError(f"no candle table {spec.table}; run `shardctl db init CONFIG` first")
             cur.execute(query, (symbol, since))
             return cur.fetchall()
@@ -210,7 +210,7 @@ def fetch_candles(conn: Any, tables: TablesConfig, symbol: str, interval: str = 
             conn.rollback()
 
 
-def known_symbols(conn: Any, tables: TablesConfig) -> list[str]:
+def known_symbols(conn: Connection, tables: TablesConfig) -> list[str]:
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT symbol FROM {} UNION SELECT DISTINCT symbol FROM {}")

@@ -15,6 +15,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
 
 from shardctl.config import load_config
 from shardctl.config.model import Config, TablesConfig
@@ -25,6 +26,7 @@ from shardctl.db.connection import (
     map_error,
     mask_dsn,
     resolve_target,
+    scalar,
 )
 from shardctl.db.embedded import EmbeddedPostgres
 from shardctl.db.policies import describe
@@ -88,7 +90,7 @@ def _count(cur: Any, table: str) -> str:
     return f"~{cur.fetchone()[0]} (estimate)"
 
 
-def _status_lines(conn: Any, tables: TablesConfig) -> list[str]:
+def _status_lines(conn: Connection, tables: TablesConfig) -> list[str]:
     recorded = recorded_schema(conn, tables)
     if recorded is None:
         return []
@@ -120,8 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         print(f"server: {_where(target)}")
         with conn.cursor() as cur:
-            cur.execute("SHOW server_version")
-            print(f"postgresql: {cur.fetchone()[0]}")
+            print(f"postgresql: {scalar(cur, 'SHOW server_version')}")
         conn.rollback()
         lines = _status_lines(conn, config.tables)
     except psycopg2.Error as exc:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extensions import connection as Connection
 
 from shardctl import logs
 from shardctl.config.model import Config
@@ -154,7 +155,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def is_retryable(exc: BaseException, conn: Any = None) -> bool:
+def is_retryable(exc: BaseException, conn: Connection | None = None) -> bool:
     """True if ``exc`` means the database is (temporarily) out of reach, so the same work may be retried."""
     if conn is not None and getattr(conn, "closed", False):
         return True
@@ -166,7 +167,8 @@ def is_retryable(exc: BaseException, conn: Any = None) -> bool:
     return isinstance(exc, psycopg2.OperationalError)
 
 
-def map_error(exc: BaseException, dsn: str, *, action: str = "database error", conn: Any = None) -> DatabaseError:
+def map_error(exc: BaseException, dsn: str, *, action: str = "database error",
+              conn: Connection | None = None) -> DatabaseError:
     """Turn a psycopg2 exception into DatabaseUnavailable (retryable) or DatabaseError, one line, DSN masked."""
     reason = mask_dsn(_first_line(exc))
     where = mask_dsn(dsn)
@@ -209,7 +211,7 @@ def connect_params(dsn: str, *, application_name: str, cluster: bool = False) ->
 
 
 def connect(dsn: str, *, application_name: str = "shardctl", autocommit: bool = False,
-            cluster: bool = False) -> Any:
+            cluster: bool = False) -> Connection:
     """Open a psycopg2 connection to ``dsn``, or raise DatabaseUnavailable / DatabaseError (one line, masked).
 
     Adds ``connect_timeout`` and TCP keepalives unless the DSN sets them, so a
@@ -232,7 +234,7 @@ def connect(dsn: str, *, application_name: str = "shardctl", autocommit: bool = 
 
 
 @contextmanager
-def transaction(conn: Any, action: str | None = None) -> Iterator[Any]:
+def transaction(conn: Connection, action: str | None = None) -> Iterator[Any]:
     """Run the block in one committed transaction on ``conn``; roll back on error; autocommit restored.
 
     Commits a transaction the caller left open on a non-autocommit

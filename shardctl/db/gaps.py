@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, Sequence
 
 from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
 from psycopg2.extras import execute_values
 
 from shardctl.db.connection import transaction
@@ -74,7 +75,7 @@ def _aware(moment: datetime, name: str) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
-def ensure_gap_tables(conn: Any) -> None:
+def ensure_gap_tables(conn: Connection) -> None:
     """Create ``shardctl_gaps`` and ``shardctl_bars`` if missing (idempotent, safe to run concurrently)."""
     with transaction(conn, "cannot create the gap tables") as cur:
         _create_tables(cur)
@@ -90,7 +91,7 @@ def _gaps_exist(cur: Any) -> bool:
     return bool(cur.fetchone()[0])
 
 
-def record_gap(conn: Any, shard: str, gap_from: datetime, gap_to: datetime, reason: str, *,
+def record_gap(conn: Connection, shard: str, gap_from: datetime, gap_to: datetime, reason: str, *,
                backfill_status: str | None = None) -> int | None:
     """Record that ``shard`` may have missed ticks in [gap_from, gap_to); return the gap's id.
 
@@ -118,7 +119,7 @@ def _gap(row: Sequence[Any]) -> Gap:
                row[5].astimezone(utc), row[6], row[7])
 
 
-def list_gaps(conn: Any, shard: str | None = None, since: datetime | timedelta | None = None, *,
+def list_gaps(conn: Connection, shard: str | None = None, since: datetime | timedelta | None = None, *,
               statuses: Sequence[str | None] | None = None) -> list[Gap]:
     """Gaps oldest first; only ``shard``'s if given; only those ending at or after ``since`` if given.
 
@@ -149,7 +150,7 @@ def list_gaps(conn: Any, shard: str | None = None, since: datetime | timedelta |
         return [_gap(row) for row in cur.fetchall()]
 
 
-def get_gap(conn: Any, gap_id: int) -> Gap | None:
+def get_gap(conn: Connection, gap_id: int) -> Gap | None:
     """The gap with ``gap_id``, or None."""
     query = sql.SQL("SELECT {cols} FROM {t} WHERE id = %s").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)), t=sql.Identifier(GAPS_TABLE))
@@ -161,7 +162,7 @@ def get_gap(conn: Any, gap_id: int) -> Gap | None:
     return _gap(row) if row else None
 
 
-def set_backfill_status(conn: Any, gap_id: int, status: str, bars: int | None = None) -> None:
+def set_backfill_status(conn: Connection, gap_id: int, status: str, bars: int | None = None) -> None:
     """Set a gap's ``backfill_status`` (and ``backfilled_bars`` unless None); commits."""
     query = sql.SQL("UPDATE {t} SET backfill_status = %s, backfilled_bars = COALESCE(%s, backfilled_bars) "
                     "WHERE id = %s").format(t=sql.Identifier(GAPS_TABLE))
@@ -184,7 +185,7 @@ def bar_row(symbol: str, row: Any) -> BarRow | None:
     return (symbol, bucket, o, h, lo, c, volume)
 
 
-def upsert_bars(conn: Any, bars: Sequence[BarRow]) -> int:
+def upsert_bars(conn: Connection, bars: Sequence[BarRow]) -> int:
     """Insert or replace one-minute REST bars ``(symbol, bucket, open, high, low, close, volume)``; return how many.
 
     Stored with ``interval='1min'``, ``source='rest'`` and ``fetched_at=now()``, in one transaction.

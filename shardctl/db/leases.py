@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extensions import connection as Connection
 
 from shardctl.db.connection import connect_params, map_error
 from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardFenced
@@ -109,7 +110,7 @@ def fence(cur: Any, shard: str, fence: Fence, received_at: datetime | None) -> N
                           "(another host took the shard over); committing nothing more")
 
 
-def lease_start(conn: Any, shard: str, fence: Fence) -> LeaseStart:
+def lease_start(conn: Connection, shard: str, fence: Fence) -> LeaseStart:
     """Check that ``fence`` is still the shard's lease and say who committed last; ShardFenced otherwise.
 
     Commits its (read-only) transaction. psycopg2 errors propagate to the caller.
@@ -135,7 +136,7 @@ class LeaseStore:
         self.dsn = dsn
         self.host_id = host_id
         self.timeout = timeout
-        self._conn: Any = None
+        self._conn: Connection | None = None
 
     async def _open(self) -> Any:
         params = connect_params(self.dsn, application_name=f"shardctl-lease:{self.host_id}", cluster=True)
@@ -230,7 +231,7 @@ class LeaseStore:
         return str(rows[0][0])
 
 
-async def _wait(conn: Any) -> None:
+async def _wait(conn: Connection) -> None:
     """Drive an asynchronous psycopg2 connection until its current operation is done, on the running loop."""
     loop = asyncio.get_running_loop()
     while True:

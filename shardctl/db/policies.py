@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
 
 from shardctl.config.model import TablesConfig, TimescaleConfig
 from shardctl.db.candlespec import candle_specs
@@ -98,7 +99,7 @@ def _every(delta: timedelta) -> str:
     return interval_text(delta.total_seconds())
 
 
-def describe(conn: Any, tables: TablesConfig, flavour: str) -> list[str]:
+def describe(conn: Connection, tables: TablesConfig, flavour: str) -> list[str]:
     """One line per candle relation and per policy (what runs, on what schedule), for ``db init``/``db status``."""
     lines: list[str] = []
     specs = candle_specs(tables)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Sequence
 
 import orjson
+from psycopg2.extensions import connection as Connection
 
 from shardctl.config import load_config
 from shardctl.config.model import TablesConfig, parse_duration
@@ -106,7 +107,7 @@ def cmd_candles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _hint(conn: Any, tables: TablesConfig, symbol: str) -> str:
+def _hint(conn: Connection, tables: TablesConfig, symbol: str) -> str:
     known = known_symbols(conn, tables)
     if symbol in known:
         return ""

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
 
 from shardctl.config.model import TablesConfig, TimescaleConfig
 from shardctl.db import policies
@@ -71,7 +72,7 @@ def default_partition_name(tables: TablesConfig) -> str:
     return _identifier(f"{tables.ticks}_default")
 
 
-def _names(conn: Any, tables: TablesConfig) -> dict[str, sql.Composable]:
+def _names(conn: Connection, tables: TablesConfig) -> dict[str, sql.Composable]:
     return {
         "ticks": sql.Identifier(tables.ticks),
         "assets": sql.Identifier(tables.assets),
@@ -84,7 +85,7 @@ def _names(conn: Any, tables: TablesConfig) -> dict[str, sql.Composable]:
     }
 
 
-def _regclass(conn: Any, name: str) -> sql.Composable:
+def _regclass(conn: Connection, name: str) -> sql.Composable:
     return sql.Literal(sql.Identifier(name).as_string(conn))
 
 
@@ -93,7 +94,7 @@ def interval_text(delta: timedelta) -> str:
     return policies.interval_text(delta.total_seconds())
 
 
-def candle_names(conn: Any, spec: CandleSpec) -> dict[str, sql.Composable]:
+def candle_names(conn: Connection, spec: CandleSpec) -> dict[str, sql.Composable]:
     """The placeholders of the candle SQL files for ``spec`` (identifiers and interval literals)."""
     return {
         "candle": sql.Identifier(spec.table),
@@ -106,7 +107,7 @@ def candle_names(conn: Any, spec: CandleSpec) -> dict[str, sql.Composable]:
     }
 
 
-def statements(conn: Any, path: str, tables: TablesConfig,
+def statements(conn: Connection, path: str, tables: TablesConfig,
                extra: Mapping[str, sql.Composable] | None = None) -> list[sql.Composed]:
     """The statements of ``sql/<path>`` with table names quoted as identifiers (``extra`` adds names)."""
     text = resources.files("shardctl.sql").joinpath(*path.split("/")).read_text(encoding="utf-8")
@@ -119,11 +120,11 @@ def statements(conn: Any, path: str, tables: TablesConfig,
     return result
 
 
-def _fail(conn: Any, exc: Exception, action: str) -> DatabaseError:
+def _fail(conn: Connection, exc: Exception, action: str) -> DatabaseError:
     return map_error(exc, conn.dsn, action=action, conn=conn)
 
 
-def detect_flavour(conn: Any) -> str:
+def detect_flavour(conn: Connection) -> str:
     """"timescaledb" if the extension is installed, or available, preloaded and creatable by us; else "postgresql"."""
     with transaction(conn) as cur:
         cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
@@ -140,7 +141,7 @@ def detect_flavour(conn: Any) -> str:
     return TIMESCALEDB if superuser or (trusted and can_create) else POSTGRESQL
 
 
-def recorded_schema(conn: Any, tables: TablesConfig) -> tuple[str, int] | None:
+def recorded_schema(conn: Connection, tables: TablesConfig) -> tuple[str, int] | None:
     """(flavour, version) recorded by ``apply_schema`` for these tables, or None if never applied."""
     with transaction(conn) as cur:
         cur.execute("SELECT to_regclass('shardctl_schema') IS NOT NULL")
@@ -158,7 +159,7 @@ def _relkind(cur: Any, name: str) -> str | None:
     return row[0] if row else None
 
 
-def _apply_timescaledb(conn: Any, tables: TablesConfig, settings: TimescaleConfig | None) -> None:
+def _apply_timescaledb(conn: Connection, tables: TablesConfig, settings: TimescaleConfig | None) -> None:
     """Autocommit, statement by statement: a continuous aggregate WITH DATA cannot run in a transaction.
 
     ``settings`` None keeps the policies as they are (the tutorial's on a new database).
@@ -202,7 +203,7 @@ def _apply_timescaledb(conn: Any, tables: TablesConfig, settings: TimescaleConfi
             policies.apply_settings(cur, tables, settings)
 
 
-def _apply_postgresql(conn: Any, tables: TablesConfig) -> None:
+def _apply_postgresql(conn: Connection, tables: TablesConfig) -> None:
     with transaction(conn) as cur:
         kind = _relkind(cur, tables.ticks)
         if kind not in (None, "p"):
@@ -218,7 +219,7 @@ def _apply_postgresql(conn: Any, tables: TablesConfig) -> None:
                 cur.execute(stmt)
 
 
-def apply_schema(conn: Any, tables: TablesConfig, settings: TimescaleConfig | None = None) -> str:
+def apply_schema(conn: Connection, tables: TablesConfig, settings: TimescaleConfig | None = None) -> str:
     """Create every missing table, view, policy and partition; return the flavour. Safe to call repeatedly.
 
     TimescaleDB: ``settings`` (``[timescaledb]``) are made the policies in
@@ -279,7 +280,7 @@ def _has_partition(cur: Any, tables: TablesConfig, name: str) -> bool:
     return cur.fetchone() is not None
 
 
-def ensure_partition(conn: Any, tables: TablesConfig, day: date) -> bool:
+def ensure_partition(conn: Connection, tables: TablesConfig, day: date) -> bool:
     """Make sure ``day`` (UTC) has its own ticks partition; return True if this call created it. Commits.
 
     If the DEFAULT partition already holds ticks of that day, they are moved
@@ -324,7 +325,7 @@ def ensure_partition(conn: Any, tables: TablesConfig, day: date) -> bool:
         raise _fail(conn, exc, f"cannot create partition {name}") from None
 
 
-def ensure_partitions(conn: Any, tables: TablesConfig, days_ahead: int = 7, days_back: int = 1,
+def ensure_partitions(conn: Connection, tables: TablesConfig, days_ahead: int = 7, days_back: int = 1,
                       *, today: date | None = None) -> list[str]:
     """Create the daily partitions from ``today - days_back`` to ``today + days_ahead`` (UTC); return new names."""
     today = today or datetime.now(timezone.utc).date()
@@ -336,7 +337,7 @@ def ensure_partitions(conn: Any, tables: TablesConfig, days_ahead: int = 7, days
     return created
 
 
-def upsert_assets(conn: Any, tables: TablesConfig, names: Mapping[str, str | None], *,
+def upsert_assets(conn: Connection, tables: TablesConfig, names: Mapping[str, str | None], *,
                   replace: bool = True) -> int:
     """Record ``{symbol: name}`` in the assets table in one committed transaction; return rows added or changed.
 

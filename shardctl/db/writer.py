@@ -23,11 +23,12 @@ import psycopg2
 from pgcopy import CopyManager, inspect
 from pgcopy.copy import numeric as _pgcopy_numeric
 from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import encodings
 
 from shardctl.config.model import TablesConfig
 from shardctl.crashpoints import NO_CRASHES, CrashPoints
-from shardctl.db.connection import connect, map_error
+from shardctl.db.connection import connect, map_error, scalar
 from shardctl.db.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
 from shardctl.db.gaps import record_gap
 from shardctl.db.leases import Fence, LeaseStart, fence, lease_start
@@ -80,7 +81,7 @@ class _TickCopyManager(CopyManager):
     type_formatters = {"numeric": _numeric}
     _fast = True
 
-    def __init__(self, conn: Any, table: str, cols: Sequence[str], *, fast: bool = True) -> None:
+    def __init__(self, conn: Connection, table: str, cols: Sequence[str], *, fast: bool = True) -> None:
         self._fast = fast
         super().__init__(conn, table, cols)
 
@@ -127,7 +128,7 @@ class Writer:
         self.tables = tables
         self.shard = shard
         self.application_name = application_name or f"shardctl:{shard}"
-        self._conn: Any = None
+        self._conn: Connection | None = None
         self._copy: _TickCopyManager | None = None
         self._partitioned = False
         self._days: set[date] = set()  # days known to have their own partition (plain PostgreSQL)
@@ -155,9 +156,8 @@ class Writer:
             locked = True
             if self.fence is None:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                                (f"shardctl {self.tables.ledger} {self.shard}",))
-                    locked = cur.fetchone()[0]
+                    locked = scalar(cur, "SELECT pg_try_advisory_lock(hashtext(%s))",
+                                    (f"shardctl {self.tables.ledger} {self.shard}",))
             if not locked:
                 raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
                                 "worker (another host, or a second supervisor); stop that one first")
@@ -173,7 +173,7 @@ class Writer:
         self._conn = conn
         return conn
 
-    def _has_direct_compress(self, conn: Any) -> bool:
+    def _has_direct_compress(self, conn: Connection) -> bool:
         """True on TimescaleDB >= 2.24 (direct compress COPY into a hypertable with continuous aggregates,
         as shardctl's always has; older versions refuse it with a warning per COPY); else a warning."""
         from shardctl.db.policies import timescaledb_version
@@ -196,7 +196,7 @@ class Writer:
             except psycopg2.Error:
                 pass
 
-    def _error(self, exc: BaseException, conn: Any, action: str) -> DatabaseError:
+    def _error(self, exc: BaseException, conn: Connection | None, action: str) -> DatabaseError:
         if isinstance(exc, psycopg2.Error):
             return map_error(exc, self.dsn, action=f"shard {self.shard}: {action}", conn=conn)
         return DatabaseError(f"shard {self.shard}: {action}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
@@ -267,6 +267,7 @@ class Writer:
                     days.add(_utc_day(moment))
         days -= self._days
         for day in sorted(days):
+            assert self._conn is not None, "write() holds a connection"
             ensure_partition(self._conn, self.tables, day)  # raises DatabaseError; commits its own transaction
             self._days.add(day)
 

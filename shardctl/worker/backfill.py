@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
 import requests
+from psycopg2.extensions import connection as Connection
 
 from shardctl.backoff import Backoff
 from shardctl.db import gaps
@@ -128,7 +129,7 @@ class Backfiller:
         self._sleep = sleep or self._stop.wait
         self._lock, self._run_lock = threading.Lock(), threading.Lock()  # the queue; one run_pending at a time
         self._queue: list[_Item] = []
-        self._conn: Any = None
+        self._conn: Connection | None = None
         self._td: Any = None  # the TDClient, built on first use
         self._thread: threading.Thread | None = None
         self.requests = 0  #: HTTP requests made (retries included)
@@ -350,7 +351,7 @@ class Backfiller:
             self._td = rest_client(self.rest_url, self._api_key)
         return self._td
 
-    def _db(self) -> Any:
+    def _db(self) -> Connection:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn, application_name=f"shardctl-backfill-{self.shard}")
             gaps.ensure_gap_tables(self._conn)
