@@ -20,7 +20,6 @@ A fill that fails (no key, no network) is logged and tried again next time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -31,6 +30,7 @@ from shardctl.config.model import LOCAL_FEED_API_KEY
 from shardctl.db import connection as database
 from shardctl.db.schema import upsert_assets
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, ShardctlError
+from shardctl.supervisor.children import run_child
 from shardctl.twelvedata.reference import check_symbols
 
 __all__ = ["FILL_INTERVAL", "FILL_TIMEOUT", "asset_names_loop", "fill_asset_names"]
@@ -71,26 +71,7 @@ async def asset_names_loop(config_path: Path, dsn: str, interval: float = FILL_I
     Cancelling the loop kills a fill in progress.
     """
     while True:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shardctl.supervisor.assets", str(config_path),
-                env={**os.environ, "SHARDCTL_DSN": dsn}, start_new_session=True, stdin=asyncio.subprocess.DEVNULL)
-        except OSError as exc:
-            log.warning("cannot start the asset-name fill: %s; retrying in %gs", exc, interval)
-        else:
-            try:
-                code = await asyncio.wait_for(process.wait(), timeout=timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                log.warning("the asset-name fill took longer than %gs and was stopped; retrying in %gs",
-                            timeout, interval)
-            else:
-                if code != 0:
-                    log.warning("the asset-name fill failed (exit code %d); retrying in %gs", code, interval)
+        await run_child(["shardctl.supervisor.assets", str(config_path)], dsn, timeout, "the asset-name fill")
         await asyncio.sleep(interval)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from shardctl.config.model import Config, FeedConfig
 from shardctl.db import candles, schema
 from shardctl.db import connection as database
 from shardctl.errors import ShardctlError
+from shardctl.supervisor.children import run_child
 
 log = logging.getLogger("shardctl.supervisor")
 
@@ -84,27 +84,8 @@ class DatabaseSetup:
         while True:
             await asyncio.sleep(delay)
             delay = interval
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "shardctl.supervisor.sidecars", "maintain", str(self.config.path),
-                    env={**os.environ, "SHARDCTL_DSN": self.dsn}, start_new_session=True,
-                    stdin=asyncio.subprocess.DEVNULL)
-            except OSError as exc:
-                log.warning("cannot start maintenance (partitions, candles): %s; retrying in %gs", exc, interval)
-                continue
-            try:
-                code = await asyncio.wait_for(process.wait(), timeout=interval)
-            except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                log.warning("maintenance took longer than %gs and was stopped; retrying next time", interval)
-                continue
-            if code != 0:
-                log.warning("maintenance (partitions, candles) failed with exit code %d; retrying in %gs",
-                            code, interval)
+            await run_child(["shardctl.supervisor.sidecars", "maintain", str(self.config.path)], self.dsn,
+                            interval, "maintenance (partitions, candles)")
 
 
 class LocalFeed:
