@@ -16,7 +16,8 @@ from shardctl.config.model import (
     ShardSettings,
     parse_duration,
 )
-from shardctl.config.reader import _SECTION_KEYS, _SHARD_KEYS, _TOP_KEYS
+from shardctl.config.reader import _SECTION_KEYS, _SHARD_KEYS
+from shardctl.config.values import TOP_KEYS
 from shardctl.errors import EXIT_CONFIG, ConfigError, ConfigErrors, ShardctlError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_unknown_top_level_key_without_close_match_lists_allowed(tmp_path):
         symbols = ["A"]
         """)
     problem = only(problems_of(path))
-    assert_names(problem, path, "pineapple", "unknown key", "allowed keys: " + ", ".join(_TOP_KEYS))
+    assert_names(problem, path, "pineapple", "unknown key", "allowed keys: " + ", ".join(TOP_KEYS))
 
 
 def test_top_level_key_below_a_section_says_move_it(tmp_path):
@@ -698,7 +699,7 @@ def test_commented_keys_in_shipped_configs_are_real_keys(path):
         elif section:
             allowed = _SECTION_KEYS[section]
         else:
-            allowed = _TOP_KEYS
+            allowed = TOP_KEYS
         assert key in allowed, (path.name, section, key)
 
 

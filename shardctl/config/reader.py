@@ -8,8 +8,6 @@ and ``load_config`` are the public entry points.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 import sys
@@ -30,7 +28,6 @@ from shardctl.config.model import (
     DEFAULT_REST_URL,
     DEFAULT_SOURCE_URL,
     MAX_CONNECTIONS_PER_KEY,
-    MIN_DEAD_LETTER_BYTES,
     BackfillConfig,
     Config,
     FeedConfig,
@@ -40,24 +37,12 @@ from shardctl.config.model import (
     SupervisorConfig,
     TablesConfig,
     default_state_dir,
-    parse_duration,
     parse_host,
-    parse_size,
     resolve_path,
 )
 from shardctl.config.storage import TIMESCALEDB_KEYS, read_database, read_tables, read_timescaledb
-from shardctl.errors import ConfigError
+from shardctl.config.values import TOP_KEYS, ValueReader
 
-_SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
-_CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "journal_on_full": ("block", "drop_oldest"),
-    "journal_fsync": ("never", "flush", "always"),
-    "market_hours": ("auto", "24/7"),
-}
-
-
-_TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
-             "cluster", "shards")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "database": ("dsn", "dsn_env", "embedded_dir"),
     "source": ("url", "api_key_env", "rest_url"),
@@ -74,121 +59,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
-class _Reader:
-    """Collects every problem while converting the raw TOML tree."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.problems: list[ConfigError] = []
-        self.warnings: list[ConfigError] = []
-        #: Unset environment variables: warnings for `validate`, errors for `start`.
-        self.missing_env: list[ConfigError] = []
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(ConfigError(str(self.path), key, message))
-
-    def warn(self, key: str, message: str) -> None:
-        self.warnings.append(ConfigError(str(self.path), key, message))
-
-    def env_missing(self, key: str, message: str) -> None:
-        self.missing_env.append(ConfigError(str(self.path), key, message))
-
-    def table(self, raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-        value = raw.get(key.rsplit(".", 1)[-1], {})
-        if not isinstance(value, dict):
-            self.problem(key, f"must be a table ([{key}]), got {type(value).__name__}")
-            return {}
-        return value
-
-    def unknown_keys(self, raw: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-        for key in raw:
-            if key in allowed:
-                continue
-            where = f"{prefix}.{key}" if prefix else key
-            close = difflib.get_close_matches(key, allowed, n=1)
-            if close:
-                hint = f"did you mean '{close[0]}'?"
-            elif prefix and key in _TOP_KEYS and not isinstance(raw[key], dict):
-                # TOML puts every key after [section] into that section.
-                hint = f"'{key}' is a top-level key: move it above the first [section] of the file"
-            else:
-                hint = f"allowed keys: {', '.join(allowed)}"
-            self.problem(where, f"unknown key; {hint}")
-
-    def string(self, raw: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
-        value = raw.get(key, default)
-        if value is not None and not (isinstance(value, str) and value.strip()):
-            self.problem(where, f"must be a non-empty string, got {value!r}")
-            return default
-        return value
-
-    def number(self, raw: Mapping[str, Any], key: str, where: str, default: float, *, integer: bool,
-               minimum: float) -> Any:
-        value = raw.get(key, default)
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type:
-            kind = "an integer" if integer else "a number"
-            self.problem(where, f"must be {kind}, got {value!r}")
-            return default
-        if not math.isfinite(value):
-            self.problem(where, f"must be a finite number, got {value!r}")
-            return default
-        if value < minimum:
-            self.problem(where, f"must be at least {minimum:g}, got {value!r}")
-            return default
-        return value
-
-    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
-        if key not in raw:
-            return default
-        try:
-            seconds = parse_duration(raw[key])
-        except ValueError as exc:
-            self.problem(where, str(exc))
-            return default
-        if seconds <= 0:
-            self.problem(where, f"must be longer than zero, got {raw[key]!r}")
-            return default
-        return seconds
-
-    def settings(self, raw: Mapping[str, Any], prefix: str, base: ShardSettings) -> ShardSettings:
-        values: dict[str, Any] = {}
-        for f in fields(ShardSettings):
-            if f.name not in raw:
-                continue
-            where = f"{prefix}.{f.name}"
-            if f.name in ("batch_size", "max_pending_rows"):
-                values[f.name] = self.number(raw, f.name, where, getattr(base, f.name), integer=True, minimum=1)
-            elif f.name in _SIZE_SETTINGS:
-                try:
-                    values[f.name] = parse_size(raw[f.name])
-                except ValueError as exc:
-                    self.problem(where, str(exc))
-            elif f.name in _CHOICE_SETTINGS:
-                if raw[f.name] not in _CHOICE_SETTINGS[f.name]:
-                    self.problem(where, f"must be one of {', '.join(map(repr, _CHOICE_SETTINGS[f.name]))}, "
-                                        f"got {raw[f.name]!r}")
-                else:
-                    values[f.name] = raw[f.name]
-            else:
-                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
-        result = ShardSettings(**{**base.__dict__, **values})
-        if result.journal_max_bytes < 2 * result.journal_segment_bytes and (
-                "journal_max_bytes" in raw or "journal_segment_bytes" in raw):
-            self.problem(f"{prefix}.journal_max_bytes", "must be at least twice journal_segment_bytes")
-        if "dead_letter_max_bytes" in values and result.dead_letter_max_bytes < MIN_DEAD_LETTER_BYTES:
-            self.problem(f"{prefix}.dead_letter_max_bytes", "must be at least 64KiB (a single dead letter may "
-                                                            f"take up to 26 KiB), got {raw['dead_letter_max_bytes']!r}")
-        # Report the pair only where it is set, not again in every shard that inherits it.
-        if result.reconnect_max < result.reconnect_initial and (
-                "reconnect_max" in raw or "reconnect_initial" in raw):
-            self.problem(f"{prefix}.reconnect_max", "must not be shorter than reconnect_initial")
-        return result
-
-
-def read_config(path: Path) -> tuple[Config | None, _Reader]:
+def read_config(path: Path) -> tuple[Config | None, ValueReader]:
     """Convert the file at ``path``; the reader holds problems, warnings and unset variables."""
-    reader = _Reader(path)
+    reader = ValueReader(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -207,7 +80,7 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
         return None, reader
 
     base = path.parent.resolve()
-    reader.unknown_keys(raw, _TOP_KEYS, "")
+    reader.unknown_keys(raw, TOP_KEYS, "")
     for section, allowed in _SECTION_KEYS.items():
         if isinstance(raw.get(section), dict):  # a non-table is reported once, where the section is read
             reader.unknown_keys(raw[section], allowed, section)
@@ -259,7 +132,7 @@ def read_config(path: Path) -> tuple[Config | None, _Reader]:
     return config, reader
 
 
-def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> SupervisorConfig:
+def _read_supervisor(reader: ValueReader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> SupervisorConfig:
     values: dict[str, Any] = {}
     for f in fields(SupervisorConfig):
         where = f"supervisor.{f.name}"
@@ -299,7 +172,7 @@ def _read_supervisor(reader: _Reader, raw: Mapping[str, Any], base: Path, state_
     return SupervisorConfig(**values)
 
 
-def _read_hosts(reader: _Reader, value: Any, where: str) -> tuple[str, ...]:
+def _read_hosts(reader: ValueReader, value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         reader.problem(where, 'must be a list of host names, e.g. ["shardctl.internal"]')
         return ()
@@ -312,7 +185,7 @@ def _read_hosts(reader: _Reader, value: Any, where: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def _read_backfill(reader: _Reader, raw: Mapping[str, Any]) -> BackfillConfig:
+def _read_backfill(reader: ValueReader, raw: Mapping[str, Any]) -> BackfillConfig:
     default = BackfillConfig()
     enabled = raw.get("enabled", False)
     if not isinstance(enabled, bool):
@@ -332,7 +205,7 @@ def _read_backfill(reader: _Reader, raw: Mapping[str, Any]) -> BackfillConfig:
     )
 
 
-def _read_shards(reader: _Reader, raw: Mapping[str, Any], source: SourceConfig,
+def _read_shards(reader: ValueReader, raw: Mapping[str, Any], source: SourceConfig,
                  defaults: ShardSettings) -> dict[str, ShardConfig]:
     shards_raw = raw.get("shards")
     if shards_raw is None:
@@ -374,7 +247,7 @@ def _read_shards(reader: _Reader, raw: Mapping[str, Any], source: SourceConfig,
     return shards
 
 
-def _read_feed(reader: _Reader, raw: Mapping[str, Any], shards: Mapping[str, ShardConfig]) -> FeedConfig:
+def _read_feed(reader: ValueReader, raw: Mapping[str, Any], shards: Mapping[str, ShardConfig]) -> FeedConfig:
     body = reader.table(raw, "feed")
     port = reader.number(body, "port", "feed.port", 8765, integer=True, minimum=1)
     if port > 65535:
@@ -392,7 +265,7 @@ def _read_feed(reader: _Reader, raw: Mapping[str, Any], shards: Mapping[str, Sha
     return FeedConfig(host=host, port=port, rate=float(rate), symbols=tuple(symbols))
 
 
-def _check_feed_matches_source(reader: _Reader, feed: FeedConfig, source: SourceConfig) -> None:
+def _check_feed_matches_source(reader: ValueReader, feed: FeedConfig, source: SourceConfig) -> None:
     """`start` runs the [feed]; warn when the workers would not read from it."""
     url = urlparse(source.url)
     if not source.is_local:
@@ -408,7 +281,7 @@ def _check_feed_matches_source(reader: _Reader, feed: FeedConfig, source: Source
                                  "make them the same")
 
 
-def _check_api_keys(reader: _Reader, config: Config) -> None:
+def _check_api_keys(reader: ValueReader, config: Config) -> None:
     by_key: dict[str, list[str]] = {}
     for shard in config.shards.values():
         by_key.setdefault(shard.api_key_env, []).append(shard.name)

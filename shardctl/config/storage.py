@@ -11,7 +11,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from shardctl.config.model import (
     CANDLE_INTERVALS,
@@ -21,9 +21,7 @@ from shardctl.config.model import (
     parse_duration,
     resolve_path,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from shardctl.config.reader import _Reader
+from shardctl.config.values import ValueReader
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -35,7 +33,7 @@ TIMESCALEDB_KEYS = tuple(f.name for f in fields(TimescaleConfig))
 _REFRESH_REACH = {"1m": 600.0, "1h": 3 * 3600.0, "1d": 3 * 86400.0}
 
 
-def read_database(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> DatabaseConfig:
+def read_database(reader: ValueReader, raw: Mapping[str, Any], base: Path, state_dir: Path) -> DatabaseConfig:
     """``[database]``: a DSN, a variable holding one, or the embedded server's directory."""
     dsn = reader.string(raw, "dsn", "database.dsn", None)
     dsn_env = reader.string(raw, "dsn_env", "database.dsn_env", None)
@@ -50,7 +48,7 @@ def read_database(reader: _Reader, raw: Mapping[str, Any], base: Path, state_dir
     )
 
 
-def read_tables(reader: _Reader, raw: Mapping[str, Any]) -> TablesConfig:
+def read_tables(reader: ValueReader, raw: Mapping[str, Any]) -> TablesConfig:
     """``[tables]``: relation names (plain identifiers, all different) and the candle intervals to keep."""
     values: dict[str, Any] = {}
     defaults = TablesConfig()
@@ -80,7 +78,7 @@ def read_tables(reader: _Reader, raw: Mapping[str, Any]) -> TablesConfig:
     return TablesConfig(**values)
 
 
-def _whole_duration(reader: _Reader, raw: Mapping[str, Any], key: str, default: float | None,
+def _whole_duration(reader: ValueReader, raw: Mapping[str, Any], key: str, default: float | None,
                     where: str = "") -> float | None:
     """A duration of at least one second, in whole seconds (what a PostgreSQL interval policy takes)."""
     where = where or f"timescaledb.{key}"
@@ -102,7 +100,7 @@ def _days(seconds: float) -> str:
         f"{seconds / 60:g}m")
 
 
-def read_timescaledb(reader: _Reader, raw: Mapping[str, Any], tables: TablesConfig) -> TimescaleConfig:
+def read_timescaledb(reader: ValueReader, raw: Mapping[str, Any], tables: TablesConfig) -> TimescaleConfig:
     """``[timescaledb]``: chunk interval, columnstore ``after``, retentions, direct compress (tutorial defaults)."""
     default = TimescaleConfig()
     chunk = _whole_duration(reader, raw, "chunk_interval", default.chunk_interval)
