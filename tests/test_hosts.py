@@ -19,6 +19,7 @@ The cut-link scenarios, which need network namespaces, are not here yet
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -83,7 +84,13 @@ def start_pair(hosts, feed: TimedFeed, dsn: str) -> tuple[Host, Host]:
     return a, b
 
 
-@pytest.mark.parametrize("reps", [2, pytest.param(10, marks=[pytest.mark.slow, pytest.mark.timeout(420)])])
+#: The issue's figure (median and max over 10 takeovers) needs SHARDCTL_TAKEOVER_REPS=10, about 2 minutes
+#: on its own; the default run kills and takes over twice, which covers the same paths.
+TAKEOVER_REPS = int(os.environ.get("SHARDCTL_TAKEOVER_REPS", "2"))
+
+
+@pytest.mark.timeout(60 + 30 * TAKEOVER_REPS)
+@pytest.mark.parametrize("reps", [TAKEOVER_REPS])
 def test_kill_every_process_of_the_active_host(hosts, schema_dsn, reps) -> None:
     """kill -9 of the active host's supervisor and workers; the other takes over; the killed one comes back
     as a standby (no flapping), and is the next victim's successor."""

@@ -139,3 +139,9 @@ def test_a_padded_price_event_is_bad_and_a_large_status_is_not() -> None:
     many = [{"symbol": f"S{i}", "exchange": "NASDAQ"} for i in range(5000)]  # a 1,500-symbol shard's answer
     status = orjson.dumps({"event": "subscribe-status", "status": "ok", "success": many, "fails": []})
     assert len(status) > MAX_PRICE_FRAME and parser.parse(status).kind is Kind.STATUS
+
+
+@pytest.mark.parametrize("name", [[], {}, ["price"], 1, None, True])
+def test_an_event_field_that_is_not_a_string_is_bad_never_an_exception(name: object) -> None:
+    parsed = FrameParser().parse(orjson.dumps({"event": name, "symbol": "AAPL", "price": 1.0}))
+    assert parsed.kind is Kind.BAD and parsed.reason == 'no "event" field'

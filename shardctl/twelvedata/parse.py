@@ -81,6 +81,8 @@ class FrameParser:
         if type(event) is not dict:
             return Parsed(Kind.BAD, reason=f"not a JSON object: {type(event).__name__}")
         name = event.get("event")
+        if type(name) is not str:  # a list or an object here would not even hash
+            return Parsed(Kind.BAD, reason="no \"event\" field")
         if name == "price":
             if len(frame) > MAX_PRICE_FRAME:
                 return Parsed(Kind.BAD, reason=f"price event of {len(frame):,} bytes (the limit is "
@@ -90,8 +92,6 @@ class FrameParser:
             return _HEARTBEAT
         if name in _STATUS_EVENTS:
             return Parsed(Kind.STATUS, event=event)
-        if not isinstance(name, str):
-            return Parsed(Kind.BAD, reason="no \"event\" field")
         return Parsed(Kind.OTHER, event=event)
 
     def _price(self, event: dict[str, Any]) -> Parsed:
