@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -493,15 +494,25 @@ def test_reload_changes_symbols_on_the_open_connection(tmp_path, schema_dsn, fee
     wait_until(lambda: db_rows(schema_dsn, ("BTC/USD",)) > 0, 20, what="BTC/USD rows")
     connections = len(feed.stats().per_connection)
 
-    write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": CRYPTO})
+    write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": (*CRYPTO, "NOPE/XYZ")})
+    reloaded_at = time.monotonic()
     added = run_cli("reload", str(config))
     assert added.returncode == 0 and "re-subscribed ['crypto']" in added.stdout, added.stdout + added.stderr
     wait_until(lambda: db_rows(schema_dsn, ("ETH/USD",)) > 0, 20, what="the added symbol's rows")
+    print(f"\nlive symbol change: the added symbol's first row committed {time.monotonic() - reloaded_at:.2f}s "
+          "after `shardctl reload` (flush_interval 200ms)")
+    # The server refuses a symbol it does not know ("fails"): logged once, shown, the others unaffected.
+    refused = wait_until(lambda: (s := sup.status()["crypto"])["failed_symbols"] and s, 20, what="the refusal")
+    assert refused["failed_symbols"] == ["NOPE/XYZ"] and refused["pid"] == before["crypto"]["pid"]
+    assert sup.log().count("Twelve Data refused symbol NOPE/XYZ") == 1
+    eth = db_rows(schema_dsn, ("ETH/USD",))
+    wait_until(lambda: db_rows(schema_dsn, ("ETH/USD",)) > eth, 20, what="ETH/USD still streaming")
 
     write_config(tmp_path, feed.url, schema_dsn, shards={"stocks": STOCKS, "crypto": ("ETH/USD",)})
     removed = run_cli("reload", str(config))
     assert removed.returncode == 0 and "re-subscribed ['crypto']" in removed.stdout
     wait_until(lambda: "unsubscribed from 1 symbol(s)" in sup.log(), 20, what="the server's unsubscribe answer")
+    assert sup.status()["crypto"]["failed_symbols"] == [], "a removed symbol is no longer a refused one"
     eth = db_rows(schema_dsn, ("ETH/USD",))
     wait_until(lambda: db_rows(schema_dsn, ("ETH/USD",)) > eth + 20, 20, what="ETH/USD rows after it")
     btc = db_rows(schema_dsn, ("BTC/USD",))  # every BTC/USD tick the server sent is committed by now
