@@ -30,6 +30,9 @@ from shardctl.report import ShardStatus
 from shardctl.supervisor.cli import format_status
 from shardctl.supervisor.http.metrics import health, render
 
+#: Two real supervisors per test, takeovers of several seconds: not in the quick loop (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 #: The issue's bound for a kill; the design's is ttl 8 s + 1 s (rounds) + 1 s (watch granularity) + start.
 TAKEOVER_BOUND = 15.0
 RATE = 200  # ticks/s per connection
