@@ -144,3 +144,15 @@ class WorkerProcess:
         if self._report_fd is not None:
             os.close(self._report_fd)
             self._report_fd = None
+
+
+def terminate_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process still running, wait up to 30 s for each, SIGKILL what is left (fixture teardown)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support import query, wait_until
+from support import query, terminate_all, wait_until
 
 from shardctl.config import load_config
 
@@ -129,14 +129,7 @@ def _outside_env(state_dir: Path) -> dict[str, str]:
 def demo_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    terminate_all(started)
 
 
 @pytest.mark.slow

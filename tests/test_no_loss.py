@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support import query, row_count, wait_until
+from support import query, row_count, terminate_all, wait_until
 from test_worker import start_worker, write_config
 
 from shardctl.feed.server import FeedServer
@@ -190,13 +190,7 @@ def test_torn_journal_tail_is_cut_and_the_worker_goes_on(tmp_path, schema_dsn, w
 def supervisor_run(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
     procs: list[subprocess.Popen] = []
     yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    terminate_all(procs)
 
 
 def status_json(config: Path) -> dict:

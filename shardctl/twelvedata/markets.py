@@ -16,8 +16,7 @@ from typing import Any
 import requests
 
 from shardctl.errors import ShardctlError
-from shardctl.logs import mask_secrets
-from shardctl.twelvedata.rest import RestCallError, rest_client
+from shardctl.twelvedata.rest import RestCallError, refused, rest_client, server_text
 
 __all__ = ["ExchangeState", "MarketStateUnavailable", "fetch_market_state", "parse_market_state"]
 
@@ -55,10 +54,7 @@ def fetch_market_state(rest_url: str, api_key: str) -> tuple[ExchangeState, ...]
     try:
         data = rest_client(rest_url, api_key).get_market_state().as_json()
     except RestCallError as exc:
-        why = "the API key was refused" if exc.code == 401 else f"error {exc.code}"
-        raise MarketStateUnavailable(f"Twelve Data ({rest_url}) refused /market_state: {why}: "
-                                     f"{mask_secrets(str(exc)).replace(api_key, '***')[:160]}") from None
+        raise MarketStateUnavailable(refused(rest_url, "/market_state", exc, api_key)) from None
     except (requests.RequestException, OSError, ValueError) as exc:
-        raise MarketStateUnavailable(f"cannot reach {rest_url}/market_state: "
-                                     f"{mask_secrets(str(exc)).replace(api_key, '***')[:160]}") from None
+        raise MarketStateUnavailable(f"cannot reach {rest_url}/market_state: {server_text(exc, api_key)}") from None
     return parse_market_state(data)

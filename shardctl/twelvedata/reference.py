@@ -33,8 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import requests
 
 from shardctl.errors import ReferenceUnavailable
-from shardctl.logs import mask_secrets
-from shardctl.twelvedata.rest import RestCallError, rest_client
+from shardctl.twelvedata.rest import RestCallError, refused, rest_client
 
 __all__ = ["OTHER_LISTS", "PAIR_LISTS", "Listing", "SymbolCheck", "UnknownSymbol", "check_symbols"]
 
@@ -124,9 +123,7 @@ def _fetcher(rest_url: str, api_key: str, retries_429: int, wait_429: float,
                     log.warning("reference %s: this minute's API credits are spent; retrying in %gs", path, wait_429)
                     sleep(wait_429)
                     continue
-                why = "the API key was refused" if exc.code == 401 else f"error {exc.code}"
-                raise ReferenceUnavailable(f"Twelve Data ({rest_url}) refused {path}: {why}: "
-                                           f"{mask_secrets(str(exc)).replace(api_key, '***')[:160]}") from None
+                raise ReferenceUnavailable(refused(rest_url, path, exc, api_key)) from None
             except (requests.RequestException, OSError, ValueError) as exc:
                 raise ReferenceUnavailable(f"cannot reach Twelve Data at {rest_url} ({path}): "
                                            f"{type(exc).__name__}") from None

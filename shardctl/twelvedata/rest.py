@@ -18,6 +18,8 @@ from twelvedata import TDClient
 from twelvedata.exceptions import TwelveDataError
 from twelvedata.http_client import DefaultHttpClient
 
+from shardctl.logs import MASK, mask_secrets
+
 __all__ = ["HeaderKeyClient", "RestCallError", "rest_client"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -54,3 +56,14 @@ class HeaderKeyClient(DefaultHttpClient):
 def rest_client(rest_url: str, api_key: str) -> Any:
     """A ``TDClient`` for ``rest_url`` that sends ``api_key`` in a header (one blocking request to build)."""
     return TDClient(api_key, base_url=rest_url, http_client=HeaderKeyClient(rest_url, api_key))
+
+
+def refused(rest_url: str, path: str, exc: RestCallError, api_key: str) -> str:
+    """One line saying why Twelve Data refused ``path``; the key is masked even when the server echoes it."""
+    why = "the API key was refused" if exc.code == 401 else f"error {exc.code}"
+    return f"Twelve Data ({rest_url}) refused {path}: {why}: {server_text(exc, api_key)}"
+
+
+def server_text(exc: BaseException, api_key: str) -> str:
+    """The start of an error's text, with every secret and ``api_key`` masked."""
+    return mask_secrets(str(exc)).replace(api_key, MASK)[:160]
