@@ -106,7 +106,9 @@ def test_worker_reconnects_after_faults_and_keeps_writing(tmp_path, schema_dsn, 
         feed.inject(fault)
         if fault == "garbage":
             deadletters = tmp_path / "state" / "shards" / "s1" / "deadletters.jsonl"
-            wait_until(deadletters.exists, what="the dead-letter file")
+            # the file is created before its first line is written: wait for a whole line
+            wait_until(lambda: deadletters.exists() and b"\n" in deadletters.read_bytes(),
+                       what="the first dead letter")
             entry = json.loads(deadletters.read_text().splitlines()[0])
             assert "not JSON" in entry["reason"] and entry["frame"]
         else:
