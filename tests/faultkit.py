@@ -49,7 +49,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -115,6 +115,8 @@ class TimedFeed(FeedServer):
         self._written: dict[int, int] = {}
         self._transports: dict[int, Any] = {}
         self._peer_port: dict[int, int] = {}
+        #: Per connection: the peer's address and when the feed accepted it (wall clock).
+        self.peers: dict[int, tuple[str, float]] = {}
 
     def _register(self, ws: ServerConnection):  # type: ignore[override]
         session = super()._register(ws)
@@ -123,6 +125,7 @@ class TimedFeed(FeedServer):
         self._transports[cid] = transport
         if ws.remote_address:
             self._peer_port[cid] = ws.remote_address[1]
+            self.peers[cid] = (ws.remote_address[0], time.time())
         write = transport.write
 
         def counting_write(data: Any) -> None:  # loop thread only
@@ -390,13 +393,15 @@ class SupervisorRun:
     """``python -m shardctl start CONFIG``; its output (and the workers' stderr) in ``log_path``."""
 
     def __init__(self, config: Path, log_path: Path, *, env: dict[str, str] | None = None,
-                 umask: int = -1) -> None:
+                 umask: int = -1, prefix: Sequence[str] = ()) -> None:
         self.config_path = config
         self.config = load_config(config)
         self.log_path = log_path
         self._log = open(log_path, "ab")
         base = {k: v for k, v in os.environ.items() if k != "SHARDCTL_DSN"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "shardctl", "start", str(config)], stdout=self._log,
+        # prefix: e.g. ``ip netns exec NS``, which execs: the pid is still the supervisor's
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "shardctl", "start", str(config)],
+                                     stdout=self._log,
                                      stderr=subprocess.STDOUT, env={**base, **(env or {})}, umask=umask)
         self.client = ControlClient(self.config.supervisor.control_socket, config)
 

@@ -7,6 +7,13 @@
 * ``SocketWatch``: samples the feed's open connections per API key every
   10 ms and keeps the largest count seen (Twelve Data allows 3).
 * ``Scenario``: what each test reports: takeover times, the tally, sockets.
+* ``NamespaceSite`` / ``LoopbackSite``: where the hosts run. In network
+  namespaces (``netkit``: root only) each host reaches the feed and the
+  database over links of its own, which a test can cut; on loopback (any
+  user) the hosts share the machine's loopback and the session's database,
+  and nothing can be cut.
+* ``superseded``: the ticks the feed sent to a host after another host's
+  connection for the same shard had opened (see its doc).
 """
 
 from __future__ import annotations
@@ -21,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faultkit import SupervisorRun, TimedFeed, write_config
+import psycopg2
+from faultkit import SentTick, SupervisorRun, TimedFeed, write_config
+from netkit import LinkPostgres, Network
+
+from shardctl.config.model import TablesConfig
+from shardctl.db.connection import connect
+from shardctl.db.schema import apply_schema
 
 SHARDS: dict[str, tuple[str, ...]] = {"crypto": ("BTC/USD", "ETH/USD"), "stocks": ("AAPL", "MSFT")}
 KEYS = {name: f"HOSTS_KEY_{name.upper()}" for name in SHARDS}
@@ -30,18 +43,30 @@ SYMBOLS = tuple(s for syms in SHARDS.values() for s in syms)
 SHARD_OF = {s: name for name, syms in SHARDS.items() for s in syms}.__getitem__
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where one host runs: the feed's and the database's addresses as it sees them, and its command prefix."""
+
+    feed_url: str
+    rest_url: str
+    dsn: str
+    prefix: tuple[str, ...] = ()
+
+
 class Host:
     """One host of the cluster: a supervisor with its own config and state directory."""
 
-    def __init__(self, host_id: str, root: Path, feed_url: str, dsn: str, *, cluster: str = "") -> None:
+    def __init__(self, host_id: str, root: Path, place: Place, *, cluster: str = "") -> None:
         self.host_id = host_id
+        self.place = place
         self.dir = root / host_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = write_config(
-            self.dir, feed_url, dsn,
+            self.dir, place.feed_url, place.dsn,
             {name: {"symbols": syms, "api_key_env": KEYS[name]} for name, syms in SHARDS.items()},
             defaults={"batch_size": 200, "flush_interval": "200ms"},
-            supervisor={"max_failures": 100, "stop_timeout": "15s"})
+            supervisor={"max_failures": 100, "stop_timeout": "15s"},
+            source={"rest_url": place.rest_url})
         with self.config.open("a") as f:
             f.write("[cluster]\n" + cluster)
         self.run: SupervisorRun | None = None
@@ -50,7 +75,7 @@ class Host:
     def start(self) -> SupervisorRun:
         self.starts += 1
         self.run = SupervisorRun(self.config, self.dir / f"supervisor-{self.starts}.log",
-                                 env={**KEY_VALUES, "SHARDCTL_HOST_ID": self.host_id})
+                                 env={**KEY_VALUES, "SHARDCTL_HOST_ID": self.host_id}, prefix=self.place.prefix)
         return self.run
 
     def status(self) -> dict[str, dict[str, Any]] | None:
@@ -140,3 +165,139 @@ class Scenario:
         text = f"[hosts:{self.name}] {tally_line.split('] ', 1)[-1]}, max sockets per key {sockets}{times}"
         print("\n" + text, flush=True)
         return text
+
+
+def superseded(sent: list[SentTick], feed: TimedFeed, host_of: Any,
+               new_owner: str) -> tuple[list[SentTick], list[SentTick]]:
+    """Split ``sent`` into (kept, superseded).
+
+    A tick is superseded when the feed sent it to another host than
+    ``new_owner`` after ``new_owner``'s first connection for the tick's shard
+    had opened: a host cut off from the database keeps its socket (it cannot
+    tell a cut from an outage), and may reconnect once its link is back, until
+    it learns it lost the lease, while the new owner streams the same
+    seconds. Twelve Data sends every socket the same events; this feed sends
+    each its own, so the cut-off host's are not market data the database
+    lacks. They must never be stored: the caller leaves them out of the sent
+    ticks, so a stored one counts as a duplicate.
+    """
+    shard_of_conn: dict[int, str] = {}
+    for tick in sent:
+        shard_of_conn.setdefault(tick.conn, SHARD_OF(tick.key[0]))
+    host_of_conn = {cid: host_of(address) for cid, (address, _) in feed.peers.items()}
+    took_over: dict[str, float] = {}
+    for cid, (_, opened) in feed.peers.items():
+        shard = shard_of_conn.get(cid)
+        if host_of_conn[cid] == new_owner and shard is not None:
+            took_over[shard] = min(opened, took_over.get(shard, opened))
+    kept, dropped = [], []
+    for tick in sent:
+        since = took_over.get(shard_of_conn[tick.conn])
+        late = since is not None and tick.sent_at >= since and host_of_conn.get(tick.conn) != new_owner
+        (dropped if late else kept).append(tick)
+    return kept, dropped
+
+
+class Site:
+    """Where the hosts run: the feed and the database, as the test and each host reach them."""
+
+    name = ""
+    #: Why links cannot be cut here (None: they can).
+    cut_unavailable: str | None = None
+    dsn = ""  # the test's own DSN to the scenario's database
+
+    def feed(self, **kwargs: Any) -> TimedFeed:
+        raise NotImplementedError
+
+    def place(self, host_id: str, feed: TimedFeed) -> Place:
+        raise NotImplementedError
+
+    def host_of(self, address: str) -> str | None:
+        """The host a feed connection came from (None: cannot tell)."""
+        return None
+
+    def cut(self, host_id: str, *, db: bool, feed: bool) -> None:
+        raise NotImplementedError
+
+    def heal(self) -> None:
+        pass
+
+    def stop_database(self) -> None:
+        raise NotImplementedError
+
+    def start_database(self) -> None:
+        raise NotImplementedError
+
+
+class LoopbackSite(Site):
+    """Both hosts on this machine's loopback, against the session's database (unix socket)."""
+
+    name = "loopback"
+
+    def __init__(self, dsn: str, pg_server: Any, why: str) -> None:
+        self.dsn, self.pg_server = dsn, pg_server
+        self.cut_unavailable = f"cutting a link needs network namespaces: {why}"
+
+    def feed(self, **kwargs: Any) -> TimedFeed:
+        return TimedFeed(**kwargs)
+
+    def place(self, host_id: str, feed: TimedFeed) -> Place:
+        return Place(feed.url, feed.rest_url, self.dsn)
+
+    def stop_database(self) -> None:
+        self.pg_server.stop()  # skips the test when the server is not ours to stop
+
+    def start_database(self) -> None:
+        self.pg_server.start()
+
+
+class NamespaceSite(Site):
+    """Each host in a network namespace with links of its own to the feed and the database (``netkit``)."""
+
+    name = "network namespaces"
+
+    def __init__(self, network: Network, postgres: LinkPostgres, dbname: str) -> None:
+        self.network, self.postgres, self.dbname = network, postgres, dbname
+        postgres.create_database(dbname)
+        self.dsn = postgres.dsn(dbname)
+        conn = connect(self.dsn)
+        try:
+            apply_schema(conn, TablesConfig())
+        finally:
+            conn.close()
+
+    def feed(self, **kwargs: Any) -> TimedFeed:
+        first, *others = self.network.feed_addresses
+        return TimedFeed(host=first, also_on=others, **kwargs)
+
+    def place(self, host_id: str, feed: TimedFeed) -> Place:
+        host = self.network.hosts[host_id]
+        return Place(feed.url_on(host.feed.root_addr), feed.rest_url_on(host.feed.root_addr),
+                     self.postgres.dsn(self.dbname, host.db.root_addr), tuple(host.prefix))
+
+    def host_of(self, address: str) -> str | None:
+        return self.network.host_of_peer(address)
+
+    def cut(self, host_id: str, *, db: bool, feed: bool) -> None:
+        host = self.network.hosts[host_id]
+        for link in ([host.db] if db else []) + ([host.feed] if feed else []):
+            link.down()
+
+    def heal(self) -> None:
+        self.network.heal()
+
+    def stop_database(self) -> None:
+        self.postgres.stop()
+
+    def start_database(self) -> None:
+        self.postgres.start()
+
+    def close(self) -> None:
+        self.heal()
+        try:
+            conn = self.postgres.admin()
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+            conn.close()
+        except psycopg2.Error:
+            pass

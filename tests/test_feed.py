@@ -361,8 +361,11 @@ def test_port_in_use_is_one_line_error(feeds: Any) -> None:
 
 
 def test_non_loopback_host_is_refused() -> None:
-    with pytest.raises(ValueError):
-        FeedServer(host="0.0.0.0")
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        with pytest.raises(ValueError, match="loopback"):
+            FeedServer(host=host)
+    with pytest.raises(ValueError, match="link-local"):
+        FeedServer(also_on=["169.254.7.1", "192.168.0.1"])  # the tests' network namespaces: link-local only
     proc = subprocess.run([*_feed_command(), "--host", "0.0.0.0"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--host" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -3,28 +3,50 @@
 Each host is a ``shardctl start`` with its own config file, state directory
 and ``$SHARDCTL_HOST_ID``, against one database, with ``[cluster]`` at the
 documented defaults (lease_ttl 8 s, renew_interval 1 s). Two shards, each
-with its own API key. Each scenario compares what the feed sent with what
-the database holds, tick by tick (``faultkit.tally``), samples the feed's
-open sockets per key every 10 ms, and prints one line::
+with its own API key.
+
+Where: as root (CI), each host runs in a network namespace of the test's own
+and reaches the feed and a PostgreSQL of the test's own over two veth links
+of its own (``netkit``), which the cut-link scenarios cut. Elsewhere, and
+with ``SHARDCTL_TEST_DSN`` (the TimescaleDB run), both hosts share loopback
+and the session's database, and the cut-link scenarios skip with the reason.
+
+Each scenario compares what the feed sent with what the database holds,
+tick by tick (``faultkit.tally``), samples the feed's open sockets per key
+every 10 ms, and prints one line::
 
     [hosts:NAME] sent S, stored N, lost inside gaps I, lost outside gaps O, duplicated D, ...,
                  max sockets per key K, takeover median M max X over R
 
-Promises checked: duplicated == 0, lost outside gaps == 0, at most 1 socket
-per key while the hosts agree (2 during a takeover at most), standbys open
-none, takeover within 15 s of a kill -9 of every process of the active host.
-The cut-link scenarios, which need network namespaces, are not here yet
-(see the README, "Across hosts").
+Promises checked: duplicated == 0, lost outside gaps == 0, at most 3
+sockets per key (1 while the hosts agree, 2 while a cut-off host still
+holds its socket), standbys open none; takeover within 15 s of a kill -9 of
+every process of the active host and within 30 s of a cut link.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 import time
+from pathlib import Path
 
+import netkit
 import pytest
 from faultkit import TimedFeed, gap_rows, settle, stored_keys, tally
-from hostkit import SHARD_OF, SHARDS, SYMBOLS, Host, Scenario, SocketWatch
+from hostkit import (
+    SHARD_OF,
+    SHARDS,
+    SYMBOLS,
+    Host,
+    LoopbackSite,
+    NamespaceSite,
+    Scenario,
+    Site,
+    SocketWatch,
+    superseded,
+)
 
 from shardctl.report import ShardStatus
 from shardctl.supervisor.cli import format_status
@@ -38,27 +60,70 @@ TAKEOVER_BOUND = 15.0
 RATE = 200  # ticks/s per connection
 
 
+@pytest.fixture(scope="module")
+def network():
+    """Two hosts' network namespaces and a PostgreSQL on their links, or None where that cannot be made."""
+    why = netkit.unavailable()
+    if os.environ.get("SHARDCTL_TEST_DSN"):
+        why = "the hosts use SHARDCTL_TEST_DSN's server over loopback (only a server of the test's own can " \
+              "listen on the namespaces' links; the embedded run cuts them)"
+    if why:
+        yield why
+        return
+    net = netkit.Network()
+    postgres = netkit.LinkPostgres(Path(tempfile.mkdtemp(prefix="shardctl-")), net.db_addresses)
+    try:
+        postgres.start()
+        yield net, postgres
+    finally:
+        postgres.close()
+        net.close()
+
+
 @pytest.fixture
-def hosts(tmp_path):
+def site(request, network):
+    if isinstance(network, str):
+        yield LoopbackSite(request.getfixturevalue("schema_dsn"), request.getfixturevalue("pg_server"), network)
+        return
+    made = NamespaceSite(*network, f"t_{secrets.token_hex(6)}")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def hosts(tmp_path, site):
     made: list[Host] = []
 
-    def make(host_id: str, url: str, dsn: str) -> Host:
-        host = Host(host_id, tmp_path, url, dsn)
+    def make(host_id: str, feed: TimedFeed) -> Host:
+        host = Host(host_id, tmp_path, site.place(host_id, feed))
         made.append(host)
         return host
 
     yield make
+    site.heal()
     for host in made:
         host.close()
 
 
-def finish(feed: TimedFeed, dsn: str, scenario: Scenario, watch: SocketWatch) -> None:
-    """Silence the feed, wait until every tick on the open connections is stored, tally and assert."""
+def finish(feed: TimedFeed, site: Site, scenario: Scenario, watch: SocketWatch, *,
+           cut_off: tuple[str, str] | None = None) -> None:
+    """Silence the feed, wait until every tick on the open connections is stored, tally and assert.
+
+    ``cut_off``: (the host that was cut off, the host that took over): what the feed sent the cut-off host
+    after the new owner connected is counted apart (``hostkit.superseded``).
+    """
     feed.inject("silence", standing=True, seconds=600)
+    dsn = site.dsn
 
     def current():
-        return tally(scenario.name, feed.sent_ticks(), stored_keys(dsn), gap_rows(dsn), SHARD_OF,
-                     open_conns=feed.connection_ids())
+        kept, dropped = feed.sent_ticks(), []
+        if cut_off:
+            kept, dropped = superseded(kept, feed, site.host_of, cut_off[1])
+        result = tally(scenario.name, kept, stored_keys(dsn), gap_rows(dsn), SHARD_OF,
+                       open_conns=feed.connection_ids())
+        if dropped:
+            result.extra["sent to the cut-off host after the new owner connected"] = len(dropped)
+        return result
 
     def complete():
         t = current()
@@ -78,8 +143,8 @@ def finish(feed: TimedFeed, dsn: str, scenario: Scenario, watch: SocketWatch) ->
     assert not problems, "; ".join(problems) + "\n" + line + "\n" + result.details()
 
 
-def start_pair(hosts, feed: TimedFeed, dsn: str) -> tuple[Host, Host]:
-    a, b = hosts("host-a", feed.url, dsn), hosts("host-b", feed.url, dsn)
+def start_pair(hosts, feed: TimedFeed) -> tuple[Host, Host]:
+    a, b = hosts("host-a", feed), hosts("host-b", feed)
     a.start()
     a.wait(a.streams(), 30, "streaming both shards")
     b.start()
@@ -94,12 +159,12 @@ TAKEOVER_REPS = int(os.environ.get("SHARDCTL_TAKEOVER_REPS", "2"))
 
 @pytest.mark.timeout(60 + 30 * TAKEOVER_REPS)
 @pytest.mark.parametrize("reps", [TAKEOVER_REPS])
-def test_kill_every_process_of_the_active_host(hosts, schema_dsn, reps) -> None:
+def test_kill_every_process_of_the_active_host(hosts, site, reps) -> None:
     """kill -9 of the active host's supervisor and workers; the other takes over; the killed one comes back
     as a standby (no flapping), and is the next victim's successor."""
     scenario = Scenario(f"kill x{reps}")
-    with TimedFeed(rate=RATE, symbols=SYMBOLS, seed=13) as feed, SocketWatch(feed) as watch:
-        active, standby = start_pair(hosts, feed, schema_dsn)
+    with site.feed(rate=RATE, symbols=SYMBOLS, seed=13) as feed, SocketWatch(feed) as watch:
+        active, standby = start_pair(hosts, feed)
         assert watch.now() == {"key-crypto": 1, "key-stocks": 1}  # the standby opened no socket
         for _ in range(reps):
             time.sleep(1.5)  # some ticks committed, some in flight
@@ -111,17 +176,59 @@ def test_kill_every_process_of_the_active_host(hosts, schema_dsn, reps) -> None:
             active.wait(active.stands_by(standby.host_id), 30, "standing by after its return")
             assert watch.now() == {"key-crypto": 1, "key-stocks": 1}
             active, standby = standby, active
-        finish(feed, schema_dsn, scenario, watch)
+        finish(feed, site, scenario, watch)
     assert max(scenario.takeovers) <= TAKEOVER_BOUND, scenario.takeovers
-    reasons = {g[2] for gaps in gap_rows(schema_dsn).values() for g in gaps}
+    reasons = {g[2] for gaps in gap_rows(site.dsn).values() for g in gaps}
     assert any(r.startswith("takeover from host-") for r in reasons), reasons
 
 
-def test_operator_moves_a_shard_gracefully(hosts, schema_dsn) -> None:
+#: The issue's bound for a cut link, and how long a cut lasts (the issue's 60 s by default).
+CUT_BOUND = 30.0
+CUT_SECONDS = float(os.environ.get("SHARDCTL_CUT_SECONDS", "60"))
+
+
+@pytest.mark.timeout(CUT_SECONDS + 150)
+@pytest.mark.parametrize("links", ["database", "database and feed"], ids=["db", "db-and-feed"])
+def test_cut_the_active_hosts_links(hosts, site, links) -> None:
+    """host-a's link to the database (and to the feed, in the second case) goes dark for 60 s, then comes back.
+    host-b takes over within 30 s; host-a commits nothing after the cut, closes its socket on its own once it
+    reaches the database again, and stands by."""
+    if site.cut_unavailable:
+        pytest.skip(site.cut_unavailable)
+    scenario = Scenario(f"cut {links} {CUT_SECONDS:g}s")
+    with site.feed(rate=RATE, symbols=SYMBOLS, seed=17) as feed, SocketWatch(feed) as watch:
+        a, b = start_pair(hosts, feed)
+        time.sleep(1.5)
+        cut_wall = time.time()
+        site.cut("host-a", db=True, feed=links != "database")
+        cut_at = time.monotonic()
+        b.wait(b.streams(), CUT_BOUND + 15, "taking over")
+        scenario.takeovers.append(time.monotonic() - cut_at)
+        time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut_at)))
+        during = dict(watch.max_per_key)
+        site.heal()
+        healed_at = time.monotonic()
+        a.wait(a.stands_by("host-b"), 40, "standing by once its link is back")
+        settle(lambda: watch.now() == {"key-crypto": 1, "key-stocks": 1}, 20)
+        closed = time.monotonic() - healed_at
+        assert watch.now() == {"key-crypto": 1, "key-stocks": 1}, "host-a closed its sockets"
+        finish(feed, site, scenario, watch, cut_off=("host-a", "host-b"))
+        stored = stored_keys(site.dsn)
+        from_a_after_cut = [t for t in feed.sent_ticks() if t.sent_at > cut_wall and stored[t.key]
+                            and site.host_of(feed.peers[t.conn][0]) == "host-a"]
+        print(f"[hosts:{scenario.name}] sockets per key during the cut {during}; host-a stood by and closed its "
+              f"sockets {closed:.1f}s after the link came back", flush=True)
+    assert not from_a_after_cut, f"host-a committed {len(from_a_after_cut)} tick(s) it received after the cut"
+    assert scenario.takeovers[0] <= CUT_BOUND, scenario.takeovers
+    reasons = {g[2] for gaps in gap_rows(site.dsn).values() for g in gaps}
+    assert "takeover from host-a" in reasons, reasons
+
+
+def test_operator_moves_a_shard_gracefully(hosts, site) -> None:
     """``shardctl move crypto --to host-b``: a drains and commits, then b streams it; stocks stay on a."""
     scenario = Scenario("move")
-    with TimedFeed(rate=RATE, symbols=SYMBOLS, seed=14) as feed, SocketWatch(feed) as watch:
-        a, b = start_pair(hosts, feed, schema_dsn)
+    with site.feed(rate=RATE, symbols=SYMBOLS, seed=14) as feed, SocketWatch(feed) as watch:
+        a, b = start_pair(hosts, feed)
         time.sleep(1.5)
         assert b.run is not None
         started = time.monotonic()
@@ -133,37 +240,37 @@ def test_operator_moves_a_shard_gracefully(hosts, schema_dsn) -> None:
                and s["stocks"]["lease_owner"] == "host-a", 20, "standing by for crypto only")
         time.sleep(1.0)
         scenario.lines.append(f"move took {moved:.1f}s")
-        finish(feed, schema_dsn, scenario, watch)
+        finish(feed, site, scenario, watch)
         print(f"[hosts:move] the move took {moved:.1f}s", flush=True)
     assert watch.peak == 1  # the old owner closed its socket before the new one opened
-    gaps = gap_rows(schema_dsn).get("crypto", [])
+    gaps = gap_rows(site.dsn).get("crypto", [])
     assert [g[2] for g in gaps if g[2].startswith("takeover")] == ["takeover from host-a"]
 
 
-def test_a_database_outage_is_not_a_death(hosts, schema_dsn, pg_server) -> None:
+def test_a_database_outage_is_not_a_death(hosts, site) -> None:
     """The database goes away for everyone for longer than the TTL: nobody takes over, the owner keeps its
     shards, its journal holds the backlog, and nothing is lost."""
     scenario = Scenario("database restart")
-    with TimedFeed(rate=RATE, symbols=SYMBOLS, seed=15) as feed, SocketWatch(feed) as watch:
-        a, b = start_pair(hosts, feed, schema_dsn)
+    with site.feed(rate=RATE, symbols=SYMBOLS, seed=15) as feed, SocketWatch(feed) as watch:
+        a, b = start_pair(hosts, feed)
         epochs = {n: s["lease_epoch"] for n, s in a.wait(a.streams(), 10, "streaming").items()}
         time.sleep(1.0)
-        pg_server.stop()
+        site.stop_database()
         time.sleep(15.0)  # ~2 × the TTL
-        pg_server.start()
+        site.start_database()
         time.sleep(12.0)  # the TTL again, with the database answering: still no takeover
         status = a.wait(a.streams(), 30, "still streaming both shards")
         assert {n: s["lease_epoch"] for n, s in status.items()} == epochs
         b.wait(b.stands_by("host-a"), 10, "still standing by")
-        finish(feed, schema_dsn, scenario, watch)
+        finish(feed, site, scenario, watch)
     assert watch.peak == 1
-    assert not [g for gaps in gap_rows(schema_dsn).values() for g in gaps if g[2].startswith("takeover")]
+    assert not [g for gaps in gap_rows(site.dsn).values() for g in gaps if g[2].startswith("takeover")]
 
 
-def test_shards_are_listed_in_status_metrics_and_healthz(hosts, schema_dsn) -> None:
+def test_shards_are_listed_in_status_metrics_and_healthz(hosts, site) -> None:
     """Every host's status names the streaming host and the standbys; /healthz is 200 on a standby too."""
-    with TimedFeed(rate=50, symbols=SYMBOLS, seed=16) as feed:
-        a, b = hosts("host-a", feed.url, schema_dsn), hosts("host-b", feed.url, schema_dsn)
+    with site.feed(rate=50, symbols=SYMBOLS, seed=16) as feed:
+        a, b = hosts("host-a", feed), hosts("host-b", feed)
         a.start()
         a.wait(a.streams(), 30, "streaming")
         b.start()

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import concurrent.futures
 import hmac
+import ipaddress
 import logging
 import os
 import threading
@@ -48,6 +49,18 @@ __all__ = ["FeedServer", "FeedStats", "FeedError", "CLOSE_EVICTED", "PATH"]
 log = logging.getLogger("shardctl.feed")
 PATH = "/v1/quotes/price"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _local_only(host: str) -> str:
+    """``host`` if it is loopback or link-local (a test's own network namespaces), else ValueError."""
+    try:
+        link_local = ipaddress.ip_address(host).is_link_local
+    except ValueError:
+        link_local = False
+    if host not in LOOPBACK_HOSTS and not link_local:
+        raise ValueError(f"the feed only listens on loopback ({', '.join(LOOPBACK_HOSTS)}) or link-local "
+                         f"addresses, not {host!r}")
+    return host
 
 
 
@@ -80,9 +93,10 @@ class FeedServer:
                  api_key: str | None = None, sent_log: str | os.PathLike[str] | None = None,
                  replay: str | os.PathLike[str] | None = None, replay_fast: bool = False,
                  seed: int | None = None, faults: Iterable[Fault] = (), keep_sent: int = 100_000,
-                 close_timeout: float = 2.0) -> None:
-        if host not in LOOPBACK_HOSTS:
-            raise ValueError(f"the feed only listens on loopback ({', '.join(LOOPBACK_HOSTS)}), not {host!r}")
+                 close_timeout: float = 2.0, also_on: Iterable[str] = ()) -> None:
+        _local_only(host)
+        #: Further addresses served on the same port (link-local ones: a test's network namespaces).
+        self.also_on = tuple(_local_only(h) for h in also_on)
         if rate is not None and rate < 0:
             raise ValueError("rate cannot be negative")
         self.host, self.port = host, port
@@ -122,14 +136,22 @@ class FeedServer:
     @property
     def url(self) -> str:
         """``ws://HOST:PORT/v1/quotes/price`` (valid once started)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        return self.url_on(self.host)
+
+    def url_on(self, address: str) -> str:
+        """The websocket URL on one of the addresses the feed listens on (``host`` or ``also_on``)."""
+        host = f"[{address}]" if ":" in address else address
         return f"ws://{host}:{self.port}{PATH}"
+
+    def rest_url_on(self, address: str) -> str:
+        """The REST base URL on one of the addresses the feed listens on."""
+        host = f"[{address}]" if ":" in address else address
+        return f"http://{host}:{self.port}"
 
     @property
     def rest_url(self) -> str:
         """``http://HOST:PORT``: the REST base URL (``TDClient(base_url=...)``), valid once started."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self.rest_url_on(self.host)
 
     @property
     def symbol_count(self) -> int:
@@ -215,22 +237,30 @@ class FeedServer:
         self._stop_event = asyncio.Event()
         ws_logger = logging.getLogger("shardctl.feed.ws")
         ws_logger.setLevel(logging.WARNING)  # its DEBUG lines would print request headers (the key)
+
+        async def listen(host: str) -> Server:
+            try:
+                return await serve(
+                    self._handler, host, self.port, process_request=self._process_request,
+                    compression=None, ping_interval=None, close_timeout=self.close_timeout,
+                    max_size=2**20, write_limit=2**18, logger=ws_logger, server_header=None)
+            except OSError as exc:
+                reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
+                raise FeedError(f"cannot listen on {host}:{self.port}: {reason}; choose another --port") from None
+
+        servers = [await listen(self.host)]
+        self.port = servers[0].sockets[0].getsockname()[1]
         try:
-            server: Server = await serve(
-                self._handler, self.host, self.port, process_request=self._process_request,
-                compression=None, ping_interval=None, close_timeout=self.close_timeout,
-                max_size=2**20, write_limit=2**18, logger=ws_logger, server_header=None)
-        except OSError as exc:
-            reason = "address already in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
-            raise FeedError(f"cannot listen on {self.host}:{self.port}: {reason}; choose another --port") from None
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
+            for host in self.also_on:  # the same port on every address
+                servers.append(await listen(host))
+            self._ready.set()
             await self._stop_event.wait()
         finally:
-            server.close(close_connections=True)
+            for server in servers:
+                server.close(close_connections=True)
             try:
-                await asyncio.wait_for(server.wait_closed(), self.close_timeout + 1.0)
+                await asyncio.wait_for(asyncio.gather(*(server.wait_closed() for server in servers)),
+                                       self.close_timeout + 1.0)
             except TimeoutError:
                 for conn in list(self._conns.values()):
                     conn.ws.transport.abort()
