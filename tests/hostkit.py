@@ -68,6 +68,9 @@ class Host:
             supervisor={"max_failures": 100, "stop_timeout": "15s"},
             source={"rest_url": place.rest_url})
         with self.config.open("a") as f:
+            # backfill fills every gap of a second or more (a takeover gap is about 10 s) from the feed's REST
+            f.write('[backfill]\nenabled = true\nmin_gap = "1s"\nsettle = "1s"\nrescan_interval = "2s"\n'
+                    'credits_per_minute = 600\n')
             f.write("[cluster]\n" + cluster)
         self.run: SupervisorRun | None = None
         self.starts = 0
