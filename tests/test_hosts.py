@@ -323,6 +323,30 @@ def test_a_database_outage_is_not_a_death(hosts, site) -> None:
     assert not [g for gaps in gap_rows(site.dsn).values() for g in gaps if g[2].startswith("takeover")]
 
 
+def test_an_operator_stop_on_the_owner_stops_the_shard_for_the_cluster(hosts, site) -> None:
+    """``stop crypto`` on the streaming host: it keeps the lease, so no standby starts crypto, even after
+    the TTL; ``start crypto`` there resumes it under the same epoch. ``stop`` on a standby keeps it out."""
+    with site.feed(rate=50, symbols=SYMBOLS, seed=18) as feed, SocketWatch(feed) as watch:
+        a, b = start_pair(hosts, feed)
+        assert a.run is not None and b.run is not None
+        epoch = a.status()["crypto"]["lease_epoch"]  # type: ignore[index]
+        assert a.run.client.request("stop", "crypto")["shard"]["state"] == "STOPPED"
+        b.run.client.request("stop", "stocks")  # the standby leaves stocks alone from now on
+        time.sleep(12.0)  # longer than the TTL (8 s): a standby would have taken crypto by now
+        status = b.wait(lambda s: s["crypto"]["lease_owner"] == "host-a", 10, "seeing host-a own crypto")
+        assert status["crypto"]["state"] == "STANDBY" and status["crypto"]["lease_epoch"] == epoch
+        assert watch.now() == {"key-stocks": 1}, "crypto has no socket anywhere"
+        assert a.run.client.request("start", "crypto", timeout=30)
+        status = a.wait(a.streams(["crypto"]), 20, "streaming crypto again")
+        assert status["crypto"]["lease_epoch"] == epoch
+        a.kill_everything()  # the owner dies: crypto goes to b, stocks stays without a host (b stopped it)
+        b.wait(lambda s: s["crypto"]["state"] == "RUNNING" and s["crypto"]["lease_owner"] == "host-b", 30,
+               "taking crypto over")
+        time.sleep(2.0)  # b's rounds go on; it must not take stocks
+        assert b.status()["stocks"]["state"] == "STOPPED"  # type: ignore[index]
+        assert watch.now() == {"key-crypto": 1}
+
+
 def test_shards_are_listed_in_status_metrics_and_healthz(hosts, site) -> None:
     """Every host's status names the streaming host and the standbys; /healthz is 200 on a standby too."""
     with site.feed(rate=50, symbols=SYMBOLS, seed=16) as feed:

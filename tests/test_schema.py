@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import psycopg2
 import pytest
-from support import chunk_placement
+from support import chunk_placement, wait_until
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.candles import refresh_range
@@ -125,6 +127,41 @@ def test_rows_in_the_default_partition_move_when_their_day_gets_one(schema_dsn: 
 def refresh_days(conn: object, tables: TablesConfig, lo: datetime, hi: datetime) -> int:
     """Rewrite the daily candles of the days overlapping [lo, hi); the rows written."""
     return refresh_range(conn, replace(tables, candles=("1d",)), lo, hi)["1d"]
+
+
+@pytest.mark.timescaledb
+def test_a_refresh_that_meets_a_concurrent_one_tries_again(schema_dsn: str, tables: TablesConfig,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """TimescaleDB refuses at once a refresh overlapping one in progress (its policy job's): refresh_range
+    tries again until the other is done, instead of failing the caller."""
+    holder = psycopg2.connect(schema_dsn)
+    holder.autocommit = True
+    conn = connect(schema_dsn)
+    try:
+        with holder.cursor() as cur:  # what a refresh in progress registers: a live backend's window
+            cur.execute("INSERT INTO _timescaledb_catalog.continuous_aggs_jobs_refresh_ranges "
+                        "SELECT mat_hypertable_id, %s, %s, pg_backend_pid(), 0, now() "
+                        "FROM _timescaledb_catalog.continuous_agg WHERE user_view_name = %s",
+                        (-2**62, 2**62, tables.day_candle))
+            assert cur.rowcount == 1
+
+        def finish_the_other_refresh() -> None:
+            with holder.cursor() as cur:
+                cur.execute("DELETE FROM _timescaledb_catalog.continuous_aggs_jobs_refresh_ranges "
+                            "WHERE pid = pg_backend_pid()")
+
+        caplog.set_level(logging.INFO, logger="shardctl.candles")
+        day = datetime(2024, 1, 1, tzinfo=UTC)
+        finishing = threading.Thread(target=lambda: (wait_until(
+            lambda: "another refresh of one_day_candle is in progress" in caplog.text, 20,
+            what="the first refusal"), finish_the_other_refresh()))
+        finishing.start()
+        assert refresh_days(conn, tables, day, day + timedelta(days=1)) == -1
+        finishing.join(10)
+    finally:
+        conn.close()
+        holder.close()
+    assert caplog.text.count("another refresh of one_day_candle is in progress") >= 1
 
 
 def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:

@@ -34,6 +34,8 @@ agree whenever a bucket's first and last timestamps are unique per symbol.
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +56,7 @@ from shardctl.db.candlespec import (
 from shardctl.db.connection import map_error, scalar, transaction
 from shardctl.errors import DatabaseError
 
+log = logging.getLogger("shardctl.candles")
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)  # lower bound of a first, full refresh
 
 # ------------------------------------------------------------------ refresh
@@ -86,14 +89,28 @@ def _flavour(conn: Connection, tables: TablesConfig) -> str:
     return recorded[0]
 
 
+#: TimescaleDB (2.2x) refuses at once a refresh whose window overlaps one in progress, its own policy
+#: job's say, with lock_not_available. Such a refresh is tried again after these waits (about 25 s in all).
+CONCURRENT_REFRESH_WAITS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0)
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
 def _refresh_timescaledb(conn: Connection, spec: CandleSpec, lo: datetime, hi: datetime) -> None:
     was_autocommit = conn.autocommit
     conn.rollback()
     conn.autocommit = True  # refresh_continuous_aggregate cannot run inside a transaction
     try:
-        with conn.cursor() as cur:
-            cur.execute("CALL refresh_continuous_aggregate(%s::regclass, %s, %s)",
-                        (sql.Identifier(spec.table).as_string(conn), lo, hi))
+        for wait in (*CONCURRENT_REFRESH_WAITS, None):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("CALL refresh_continuous_aggregate(%s::regclass, %s, %s)",
+                                (sql.Identifier(spec.table).as_string(conn), lo, hi))
+                return
+            except psycopg2.Error as exc:
+                if exc.pgcode != _LOCK_NOT_AVAILABLE or wait is None:
+                    raise
+                log.info("another refresh of %s is in progress; trying again in %gs", spec.table, wait)
+                time.sleep(wait)
     finally:
         conn.autocommit = was_autocommit
 
