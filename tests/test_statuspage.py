@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import psycopg2
 import pytest
 import websocket
-from support import wait_until
+from support import terminate_all, wait_until
 from test_supervisor import CRYPTO, STOCKS, Supervisor, free_port, write_config
 
 from shardctl.config import check_config
@@ -67,13 +67,8 @@ def launch(tmp_path: Path, schema_dsn: str, feed: FeedServer) -> Iterator[Any]:
         return sup, port
 
     yield run
+    terminate_all([sup.proc for sup in started])
     for sup in started:
-        if sup.proc.poll() is None:
-            sup.proc.send_signal(signal.SIGTERM)
-            try:
-                sup.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
         sup.close()
 
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import re
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from support import wait_until
+from support import terminate_all, wait_until
 from test_statuspage import APT_BUDGET, Browser, chromium, http  # noqa: F401 (chromium is a fixture)
 from test_supervisor import CRYPTO, STOCKS, Supervisor, free_port, run_cli, write_config
 
@@ -44,12 +42,7 @@ def supervisor(tmp_path: Path, schema_dsn: str, feed: FeedServer) -> Iterator[tu
         sup.wait_states("RUNNING")
         yield sup, port
     finally:
-        if sup.proc.poll() is None:
-            sup.proc.send_signal(signal.SIGTERM)
-            try:
-                sup.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
+        terminate_all([sup.proc])
         sup.close()
 
 
