@@ -18,6 +18,7 @@ message (never a traceback) and exits with its ``exit_code``.
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -80,6 +81,19 @@ class ShardFenced(ShardctlError):
     """This worker's lease epoch is no longer the shard's: another host owns it. Commit nothing more."""
 
     exit_code = EXIT_FENCED
+
+
+class LedgerRolledBack(ShardctlError):
+    """The shard's ledger is behind what this worker saw committed: the database went back in time."""
+
+    def __init__(self, shard: str, ledger_offset: int, known_offset: int,
+                 ledger_received_at: datetime | None = None) -> None:
+        self.ledger_offset, self.known_offset = ledger_offset, known_offset
+        #: The receive time of the last frame the older ledger holds (None: not known).
+        self.ledger_received_at = ledger_received_at
+        super().__init__(f"shard {shard}: the database went back in time: its ledger is at journal offset "
+                         f"{ledger_offset}, but offset {known_offset} was committed (a failover to an asynchronous "
+                         f"standby, or a restore)")
 
 
 class EmbeddedServerError(ShardctlError):

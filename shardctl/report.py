@@ -56,6 +56,8 @@ class Counters:
     dead_letters_dropped: int = 0
     journal_dropped: int = 0
     other_events: int = 0
+    #: Times the database was found behind what the shard had committed (failover, restore).
+    database_rollbacks: int = 0
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -137,6 +139,8 @@ class WorkerReport:
     last_tick_at: float | None = None
     last_event_ts: float | None = None
     last_error: str | None = None
+    #: The last time the database went back in time, in one line (None: never in this process).
+    last_rollback: str | None = None
     #: Per-symbol freshness, sent every few reports (None in the others: the reader keeps the last one).
     freshness: tuple[SymbolFreshness, ...] | None = None
     #: The shard's stale_after (seconds) that ``freshness`` was judged by.

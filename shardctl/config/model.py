@@ -72,6 +72,8 @@ class ShardSettings:
     reconnect_reset_after: float = 60.0
     bad_key_backoff: float = 300.0
     stop_timeout: float = 10.0
+    #: A graceful stop says goodbye on the websocket and reads what the server still sends for at most this long.
+    stop_drain: float = 2.0
     dead_letter_log_interval: float = 10.0
     #: Cap of the dead-letter file; at the cap it is rotated to deadletters.jsonl.1 (at most twice this on disk).
     dead_letter_max_bytes: int = 8 * 1024 * 1024
@@ -80,6 +82,8 @@ class ShardSettings:
     journal_max_bytes: int = 2 * 1024 * 1024 * 1024
     journal_on_full: str = "block"
     journal_fsync: str = "never"
+    #: Committed journal records are kept this long, to write them again if the database goes back in time.
+    journal_retain: float = 300.0
     #: A symbol whose market is not closed and that has not ticked for this long is stale (status, /healthz).
     stale_after: float = 120.0
     #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades.

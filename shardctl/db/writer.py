@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
@@ -33,7 +34,7 @@ from shardctl.db.copyformat import TickEncoder, fast_path_types_ok, pgcopy_row
 from shardctl.db.gaps import record_gap
 from shardctl.db.leases import Fence, LeaseStart, fence, lease_start
 from shardctl.db.schema import ensure_partition, upsert_assets
-from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardctlError, ShardFenced
+from shardctl.errors import DatabaseError, DatabaseUnavailable, LedgerRolledBack, ShardctlError, ShardFenced
 from shardctl.rows import COLUMNS
 
 log = logging.getLogger("shardctl.writer")
@@ -60,6 +61,14 @@ def _numeric(value: Any) -> Any:
     if isinstance(value, float):
         return _pgcopy_numeric(Decimal(repr(value)))
     return _pgcopy_numeric(value)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPosition:
+    """The shard's ledger row: the journal offset committed last, and its last frame's receive time."""
+
+    offset: int
+    received_at: datetime | None
 
 
 class ShardBusy(ShardctlError):
@@ -132,6 +141,8 @@ class Writer:
         self._copy: _TickCopyManager | None = None
         self._partitioned = False
         self._days: set[date] = set()  # days known to have their own partition (plain PostgreSQL)
+        #: The highest offset this writer saw committed (read or written): a ledger below it went back in time.
+        self.known_offset = 0
 
     # ------------------------------------------------------------ connection
 
@@ -231,6 +242,22 @@ class Writer:
             raise self._fail(exc, "cannot read the ledger") from None
         return int(row[0]) if row else 0
 
+    def ledger_position(self) -> LedgerPosition:
+        """The shard's committed offset (0 if none) and receive time; remembered as ``known_offset``."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT greatest(last_seq, coalesce(journal_offset, 0)), "
+                                    "coalesce(received_at, updated_at) FROM {} WHERE shard = %s")
+                            .format(sql.Identifier(self.tables.ledger)), (self.shard,))
+                row = cur.fetchone()
+            conn.commit()
+        except psycopg2.Error as exc:
+            raise self._fail(exc, "cannot read the ledger") from None
+        position = LedgerPosition(int(row[0]), row[1]) if row else LedgerPosition(0, None)
+        self.known_offset = position.offset
+        return position
+
     def last_journal_offset(self) -> int | None:
         """The journal offset committed with the last batch (None if none was given)."""
         conn = self._connection()
@@ -292,16 +319,19 @@ class Writer:
             with conn.cursor() as cur:
                 if self.fence is not None:
                     fence(cur, self.shard, self.fence, received_at)
-                cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s FOR UPDATE").format(ledger),
-                            (self.shard,))
+                cur.execute(sql.SQL("SELECT last_seq, coalesce(received_at, updated_at) FROM {} WHERE shard = %s "
+                                    "FOR UPDATE").format(ledger), (self.shard,))
                 row = cur.fetchone()
                 if row is None:
                     cur.execute(sql.SQL("INSERT INTO {} (shard, last_seq, rows_total, updated_at) "
                                         "VALUES (%s, 0, 0, now()) ON CONFLICT (shard) DO NOTHING").format(ledger),
                                 (self.shard,))
-                    cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s FOR UPDATE").format(ledger),
-                                (self.shard,))
+                    cur.execute(sql.SQL("SELECT last_seq, received_at FROM {} WHERE shard = %s FOR UPDATE")
+                                .format(ledger), (self.shard,))
                     row = cur.fetchone()
+                if row[0] < self.known_offset:
+                    conn.rollback()
+                    raise LedgerRolledBack(self.shard, int(row[0]), self.known_offset, row[1])
                 if seq <= row[0]:
                     conn.rollback()
                     log.info("batch %d already committed (ledger at %d); skipped", seq, row[0],
@@ -314,15 +344,19 @@ class Writer:
                     self._copy.copy(rows, io.BytesIO)
                 self._crash_points.reach("after_copy")
                 cur.execute(sql.SQL("UPDATE {} SET last_seq = %s, rows_total = rows_total + %s, "
-                                    "journal_offset = %s, updated_at = now() WHERE shard = %s").format(ledger),
-                            (seq, len(rows), journal_offset, self.shard))
+                                    "journal_offset = %s, received_at = coalesce(%s, received_at), updated_at = now() "
+                                    "WHERE shard = %s").format(ledger),
+                            (seq, len(rows), journal_offset, received_at, self.shard))
             conn.commit()
+            self.known_offset = seq
             return True
         except DatabaseUnavailable:
             self._drop()
             raise
         except ShardFenced:
             self._drop()  # rolls back: nothing of this batch is committed
+            raise
+        except LedgerRolledBack:
             raise
         except DatabaseError:
             if self._conn is not None and not self._conn.closed:

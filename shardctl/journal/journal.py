@@ -39,6 +39,15 @@ cap is soft by one record; ``commit`` frees space. "drop_oldest": ``append``
 deletes the oldest segments, each uncommitted loss becoming a ``DroppedRange`` in
 ``gaps`` and counted in ``dropped_records``/``dropped_bytes``.
 
+Retention (``retain``, seconds; 0: none): committed segments are kept this
+long after they stop being written, so that a database that goes back in time
+(a failover to an asynchronous standby, a restore) can be written again from
+the journal (``uncommit``). Retained bytes never count against the cap: they
+go first when room is needed, at ``max_bytes`` less one segment, and at once
+when the disk is full. Under retention, a fully committed active segment is
+rolled (kept) rather than reclaimed. ``committed.mark`` (``shardctl.journal.mark``)
+keeps the committed offset and the last receive time across reclaims and restarts.
+
 Threads: any method from any thread (one lock; cursors read files outside
 it). In the worker the main thread appends, flushes and re-reads the backlog
 with ``read``; the committer thread calls ``commit``. One process owns a
@@ -52,6 +61,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +84,7 @@ from shardctl.journal.format import (
     Record,
     _scan,
 )
+from shardctl.journal.mark import Mark, MarkFile
 from shardctl.journal.space import free_bytes
 
 log = logging.getLogger("shardctl.journal")
@@ -100,6 +111,7 @@ class _Segment:
     first_seq: int
     size: int  # bytes handed to the OS (for the active segment, its buffer is not counted)
     path: Path
+    closed_at: float | None = None  # wall clock when the next segment took over (None: active)
 
     @property
     def end(self) -> int:
@@ -120,7 +132,7 @@ class Journal:
     """
 
     def __init__(self, directory: Path | str, *, segment_bytes: int = 64 * MIB, max_bytes: int | None = None,
-                 on_full: OnFull = "block", fsync: FsyncPolicy = "flush") -> None:
+                 on_full: OnFull = "block", fsync: FsyncPolicy = "flush", retain: float = 0.0) -> None:
         if segment_bytes < 256:
             raise ValueError(f"segment_bytes must be at least 256 (got {segment_bytes})")
         if max_bytes is not None and max_bytes < 2 * segment_bytes:
@@ -131,6 +143,7 @@ class Journal:
             raise ValueError(f"fsync must be 'never', 'flush' or 'always' (got {fsync!r})")
         self.directory = Path(directory)
         self.segment_bytes, self.max_bytes, self.on_full, self.fsync = segment_bytes, max_bytes, on_full, fsync
+        self.retain = retain
         self._lock = threading.Lock()
         self._buf = bytearray()
         self._segments: list[_Segment] = []
@@ -140,6 +153,9 @@ class Journal:
         #: True from a write the disk refused until one succeeds.
         self.disk_full = False
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._mark = MarkFile(self.directory)
+        #: The committed offset the mark file held at open (None: no mark): what the database had confirmed.
+        self.marked_committed: int | None = None
         self._recover()
 
     def _recover(self) -> None:
@@ -150,7 +166,8 @@ class Journal:
                 magic, first_seq = _SEG.unpack(f.read(SEG_HEADER).ljust(SEG_HEADER, b"\0"))
             if magic != MAGIC:
                 raise JournalCorrupt(path, int(path.stem), "bad segment header")
-            seg = _Segment(int(path.stem), first_seq, path.stat().st_size, path)
+            st = path.stat()
+            seg = _Segment(int(path.stem), first_seq, st.st_size, path, st.st_mtime)
             if self._segments and self._segments[-1].end != seg.base:
                 raise JournalCorrupt(path, seg.base, f"segment gap: the previous one ends at {self._segments[-1].end}")
             self._segments.append(seg)
@@ -171,11 +188,22 @@ class Journal:
             os.truncate(last.path, pos)
             last.size = pos
         assert seq is not None
+        last.closed_at = None
         self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
         self.end_offset = self.flushed_offset = last.end
         self._next_seq = seq
         self.size_bytes = sum(s.size for s in self._segments)
         self.committed_offset = self._segments[0].base
+        mark = self._mark.read()
+        self._marked = 0 if mark is None else mark.committed_offset
+        if mark is not None:
+            self.marked_committed = mark.committed_offset
+            if mark.last_received_at is not None and (self.last_received_at is None
+                                                      or mark.last_received_at > self.last_received_at):
+                self.last_received_at = mark.last_received_at
+            if self.committed_offset < mark.committed_offset <= self.end_offset and self._is_boundary(
+                    mark.committed_offset):
+                self.committed_offset = mark.committed_offset  # the retained records before it are committed
         self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(self.committed_offset)
 
     def _create(self, base: int, first_seq: int) -> _Segment:
@@ -277,6 +305,7 @@ class Journal:
         self._write_out(self.fsync != "never")
         seg = self._create_or_raise(base, self._next_seq)
         os.close(self._fd)
+        self._segments[-1].closed_at = time.time()
         self._segments.append(seg)
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
         self.end_offset = self.flushed_offset = seg.end
@@ -312,6 +341,9 @@ class Journal:
 
     def _make_room(self, size: int) -> None:
         assert self.max_bytes is not None
+        self._drop_retained(force=True)
+        if self.size_bytes + size <= self.max_bytes:
+            return
         if self.on_full == "block":
             if self.size_bytes >= self.max_bytes:
                 raise JournalFull(f"journal {self.directory} is full ({self.size_bytes} of {self.max_bytes} bytes, "
@@ -351,13 +383,65 @@ class Journal:
                 return
             self.committed_offset = offset
             self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(offset)
-            while len(self._segments) > 1 and self._segments[0].end <= offset:
-                seg = self._segments.pop(0)
-                self.size_bytes -= seg.size
-                seg.path.unlink(missing_ok=True)
+            self._drop_retained(force=self.disk_full)
             if (offset == self.flushed_offset and self._fd >= 0 and self._segments[-1].size > SEG_HEADER
                     and (self.disk_full or self._segments[-1].size - SEG_HEADER >= RECLAIM_BYTES)):
-                self._reclaim()
+                if self.retain and not self.disk_full:
+                    with contextlib.suppress(JournalDiskFull):
+                        self._roll(self.flushed_offset)  # kept for the retention window, deleted by a later commit
+                else:
+                    self._reclaim()
+            self._marked = offset
+            self._mark.write(Mark(offset, self.last_received_at))
+
+    def _drop_retained(self, *, force: bool) -> None:
+        """Delete committed segments past the retention window (all of them with ``force``). Lock held.
+
+        Retained bytes also go while they would leave less than a segment's room under ``max_bytes``.
+        """
+        limit = None if self.max_bytes is None else self.max_bytes - self.segment_bytes
+        expired = time.time() - self.retain
+        segs = self._segments
+        while len(segs) > 1 and segs[0].end <= self.committed_offset:
+            closed_at = segs[0].closed_at
+            if not (force or not self.retain or (closed_at is not None and closed_at <= expired)
+                    or (limit is not None and self.size_bytes > limit)):
+                break
+            seg = segs.pop(0)
+            self.size_bytes -= seg.size
+            seg.path.unlink(missing_ok=True)
+
+    def uncommit(self, offset: int) -> int:
+        """The database lost what was committed after ``offset`` (it went back in time): hold it uncommitted again.
+
+        Returns where the journal's records now start being uncommitted: ``offset`` when it still holds
+        every record after it, a later offset when the records in between were reclaimed (they are lost).
+        """
+        with self._lock:
+            start = min(max(offset, self._segments[0].base), self.end_offset)
+            if start >= self.committed_offset:
+                return start
+            self.committed_offset = start
+            self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(start)
+            self._marked = start
+            self._mark.write(Mark(start, self.last_received_at))
+            return start
+
+    def _is_boundary(self, offset: int) -> bool:
+        """True when a segment starts or ends at ``offset``, or an intact record starts there (at open)."""
+        for seg in self._segments:
+            if offset in (seg.base, seg.end):
+                return True
+            if seg.base + SEG_HEADER < offset < seg.end:
+                with open(seg.path, "rb") as f:
+                    f.seek(offset - seg.base)
+                    head = f.read(REC_HEADER)
+                    if len(head) < REC_HEADER:
+                        return False
+                    data = head + f.read(min(_REC.unpack(head)[0], MAX_FRAME))
+                with memoryview(data) as view:
+                    return _scan(view, 0, None, 1, None, 0).pos == len(data)
+        return False
 
     def advance_to(self, offset: int) -> None:
         """Discard every segment and go on at ``offset``: at startup, when the ledger is past ``end_offset``.
@@ -443,6 +527,8 @@ class Journal:
                 finally:
                     os.close(self._fd)
                     self._fd = -1
+                    self._mark.write(Mark(self._marked, self.last_received_at))
+                    self._mark.close()
 
     def __enter__(self) -> Journal:
         return self

@@ -7,7 +7,9 @@ dead-lettered live and on journal replay alike), or None after at most
 heartbeat every ``heartbeat_interval``, reconnects when the watchdog sees no
 frame for ``watchdog_timeout``, backs off (capped, jittered, reset after a
 healthy period) and resubscribes after every reconnect. Network trouble
-never raises out of ``poll``. The API key is never logged: only the URL
+never raises out of ``poll``. A graceful stop says goodbye first
+(``say_goodbye``: unsubscribe, then a close frame); ``poll`` goes on returning
+what the server sent before its answering close, then ``connected`` is False. The API key is never logged: only the URL
 without its query string is.
 """
 
@@ -89,6 +91,8 @@ class StreamClient:
         self.gaps: list[tuple[float, float, str]] = []
         self._down_since: float | None = None
         self._down_reason = ""
+        #: True from ``say_goodbye`` on: the close frame is sent, the server's answer not read yet.
+        self.closing = False
 
     def change_symbols(self, symbols: Sequence[str]) -> tuple[list[str], list[str]]:
         """Stream ``symbols`` from now on: (added, removed).
@@ -139,6 +143,8 @@ class StreamClient:
             self._connect(now)
             return None
         ws = self._ws
+        if self.closing:
+            return self._read_before_close(ws, timeout)
         if now >= self._next_heartbeat:
             self._send({"action": "heartbeat"})
             self._next_heartbeat = now + self.settings.heartbeat_interval
@@ -170,6 +176,54 @@ class StreamClient:
         self._last_frame_at = self._clock()
         return BINARY_FRAME_MARK + data if opcode == OP_BINARY else data
 
+    def say_goodbye(self) -> bool:
+        """Unsubscribe every symbol and send a close frame (1001); False when no connection is open.
+
+        ``poll`` then returns the frames the server sent before its own close frame, and
+        ``connected`` turns False when that arrives (or the connection fails).
+        """
+        if self._ws is None or self.closing:
+            return False
+        for start in range(0, len(self.symbols), SUBSCRIBE_CHUNK):
+            self._send({"action": "unsubscribe",
+                        "params": {"symbols": ",".join(self.symbols[start:start + SUBSCRIBE_CHUNK])}})
+        if self._ws is None:
+            return False
+        try:
+            self._ws.send_close(STATUS_GOING_AWAY, b"")
+        except (websocket.WebSocketException, OSError) as exc:
+            self._lost(self._clock(), f"send failed: {exc or type(exc).__name__}")
+            return False
+        self.closing = True
+        return True
+
+    def _read_before_close(self, ws: websocket.WebSocket, timeout: float) -> bytes | None:
+        """After the goodbye: the next data frame, or None; the server's close frame ends the connection."""
+        if ws.sock is not None and timeout != self._timeout:
+            ws.sock.settimeout(max(0.001, timeout))
+            self._timeout = timeout
+        assert self._reader is not None
+        try:
+            message = self._reader.read()
+        except (ProtocolError, websocket.WebSocketException, OSError) as exc:
+            self._end(f"connection lost while closing: {exc or type(exc).__name__}")
+            return None
+        if message is None:
+            return None
+        opcode, data = message
+        if opcode == OP_CLOSE:
+            self._end("")
+            return None
+        return BINARY_FRAME_MARK + data if opcode == OP_BINARY else data
+
+    def _end(self, problem: str) -> None:
+        ws, self._ws, self._reader = self._ws, None, None
+        self.closing = False
+        if problem:
+            log.warning("%s", problem)
+        if ws is not None:
+            ws.shutdown()
+
     def handle_status(self, event: dict[str, Any]) -> None:
         """Take a subscribe/unsubscribe/reset status event: log fails once per symbol, signal readiness."""
         if event.get("event") == "unsubscribe-status":
@@ -198,7 +252,10 @@ class StreamClient:
                 self._on_subscribed()
 
     def close(self) -> None:
-        """Close the connection with code 1001 (going away); idempotent."""
+        """Close the connection with code 1001 (going away), or at once after a goodbye; idempotent."""
+        if self.closing:
+            self._end("")
+            return
         ws, self._ws, self._reader = self._ws, None, None
         if ws is None:
             return

@@ -1,7 +1,8 @@
 """``python -m shardctl.worker --config FILE --shard NAME``: one shard in the foreground.
 
 Sets a private umask (the state directory is the owner's alone), reads the
-config (registering its secrets for masking), takes the shard's host lock,
+config (registering its secrets for masking), takes the shard's host lock
+(waiting for a predecessor that is still stopping),
 makes sure the schema exists when run by hand (the supervisor does that
 otherwise), installs the stop signals and runs the ``Worker`` until it stops. Exits 0 after a clean stop,
 with the error's exit code (one logged line) otherwise.
@@ -55,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in journal_space_warnings(config, [shard.name]):
             log.warning("%s", warning)
         private_dir(config.state_dir / "shards")
-        lock = ShardLock(config.shard_dir(shard.name) / "worker.lock")
+        # A predecessor still stopping (its supervisor was killed, or a restart came quickly) is waited for:
+        # its journal and its last receive time are read only once it is done with them.
+        lock = ShardLock(config.shard_dir(shard.name) / "worker.lock", wait=shard.settings.stop_timeout + 2.0)
         try:
             return _run(config, shard, report_fd, switches)
         finally:

@@ -64,6 +64,8 @@ class Bookkeeper:
         self.symbols: set[str] = set()
         self._new_assets: dict[str, str | None] = {}
         self._journal_gaps_taken = 0
+        #: Gaps found elsewhere (a database that went back in time): (from, to, reason), wall-clock seconds.
+        self.extra_gaps: list[tuple[float, float, str]] = []
 
     def learn_symbol(self, frame: bytes, symbol: str) -> None:
         """Note a symbol's first event in this process, with its name when the event carries one."""
@@ -79,6 +81,8 @@ class Bookkeeper:
             self.down_since = None
         gaps.extend(stream.gaps)
         stream.gaps.clear()
+        gaps.extend(self.extra_gaps)
+        self.extra_gaps.clear()
         for gap in journal.gaps[self._journal_gaps_taken:]:
             self._journal_gaps_taken += 1
             if gap.first_received_at is not None:

@@ -8,6 +8,12 @@ same batch with capped backoff while the database is away; ``submit`` never
 blocks: the worker asks ``has_room`` first and, when there is none, stops
 handing over rows and leaves them in the journal (memory stays bounded).
 Side tasks (gap records) go through the same thread and the same retries.
+
+A database that went back in time (the Writer raises ``LedgerRolledBack``:
+its ledger is below what this writer saw committed) pauses the thread with
+``rolled_back`` set; the worker lines its journal up with the older ledger and
+calls ``resume_after_rollback``, which drops every queued batch (their rows
+are read again from the journal) and goes on.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import BinaryIO, Callable, Mapping, Protocol, Sequence
 
 from shardctl.backoff import Backoff
 from shardctl.crashpoints import NO_CRASHES, CrashPoints
-from shardctl.errors import DatabaseError, DatabaseUnavailable, ShardFenced
+from shardctl.db.writer import LedgerPosition
+from shardctl.errors import DatabaseError, DatabaseUnavailable, LedgerRolledBack, ShardFenced
 
 log = logging.getLogger("shardctl.committer")
 
@@ -33,8 +40,9 @@ log = logging.getLogger("shardctl.committer")
 class BatchWriter(Protocol):
     """What the committer needs of the database (``shardctl.db.writer.Writer``)."""
 
-    def last_committed(self) -> int: ...
-    def last_journal_offset(self) -> int | None: ...
+    known_offset: int
+
+    def ledger_position(self) -> LedgerPosition: ...
     def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None,
               received_at: datetime | None = None) -> bool: ...
     def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None: ...
@@ -116,6 +124,9 @@ class Committer:
         self.failure: str | None = None
         #: Set when the database said the shard's lease is another host's: nothing more is committed.
         self.fenced: str | None = None
+        #: Set when the database went back in time; the thread waits for ``resume_after_rollback``.
+        self.rolled_back: LedgerRolledBack | None = None
+        self._resumed = threading.Event()
 
     @property
     def pending_rows(self) -> int:
@@ -126,16 +137,25 @@ class Committer:
         """True when ``rows`` more can be queued without passing ``max_pending_rows``."""
         return self._pending_rows + rows <= self.max_pending_rows
 
-    def committed_base(self) -> int:
-        """The ledger's committed journal offset (0 if none); raises DatabaseUnavailable/DatabaseError.
+    def committed_base(self) -> LedgerPosition:
+        """The ledger's committed journal offset and receive time; raises DatabaseUnavailable/DatabaseError.
 
         Call before ``start`` (it uses the writer from the caller's thread).
         """
-        # A ledger row written before batches were keyed by journal offsets holds a plain batch counter
-        # in last_seq: start above it, or new batches would be skipped as "already committed".
-        offset = max(self._writer.last_committed(), self._writer.last_journal_offset() or 0)
-        self.stats.committed_offset = offset
-        return offset
+        position = self._writer.ledger_position()
+        self.stats.committed_offset = position.offset
+        return position
+
+    def resume_after_rollback(self, offset: int) -> None:
+        """The worker re-reads its journal after ``offset`` (the older ledger's): drop every queued batch, go on."""
+        with self._cond:
+            self._queue = collections.deque(item for item in self._queue if not isinstance(item, _Batch))
+            self._pending_rows = 0
+            self._writer.known_offset = offset
+            self.stats.committed_offset = offset
+            self.rolled_back = None
+            self._resumed.set()
+            self._cond.notify_all()
 
     def start(self) -> None:
         self._thread.start()
@@ -202,6 +222,8 @@ class Committer:
             if isinstance(item, _Batch):
                 if not self._commit(item):
                     return
+                if not self._queue or self._queue[0] is not item:
+                    continue  # dropped by resume_after_rollback
             elif self._retrying(functools.partial(item, self._writer), self._abandon,
                                 give_up_after=TASK_ATTEMPTS) is _ABANDONED:
                 return
@@ -213,8 +235,17 @@ class Committer:
 
     def _commit(self, batch: _Batch) -> bool:
         started = time.monotonic()
-        written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq,
-                                                            received_at=batch.received_at), self._abandon)
+        try:
+            written = self._retrying(lambda: self._writer.write(batch.seq, batch.rows, journal_offset=batch.seq,
+                                                                received_at=batch.received_at), self._abandon)
+        except LedgerRolledBack as exc:
+            log.error("%s", exc)
+            self._resumed.clear()
+            self.rolled_back = exc
+            while not self._resumed.wait(0.1):
+                if self._abandon.is_set():
+                    return False
+            return True  # the queue was replaced: the batch is gone, and no longer at its head
         if written is _ABANDONED:
             return False
         committed_at = time.monotonic()

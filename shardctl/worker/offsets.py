@@ -44,6 +44,11 @@ class JournalCursor:
         """Start over at ``offset`` (the ledger's, at start-up): everything before it is done."""
         self._parsed_to = self._submitted_to = self._dead_to = offset
 
+    def rewind_to(self, offset: int) -> None:
+        """The database lost what was committed after ``offset``: parse from there again (dead letters stay written)."""
+        self._parsed_to = self._submitted_to = offset
+        self._dead_to = max(self._dead_to, offset)
+
     def parsed(self, offset: int) -> None:
         """The frame ending at ``offset`` became rows; ValueError if it is not after the last one."""
         if offset <= self._parsed_to:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from shardctl.errors import ShardctlError
@@ -30,16 +31,23 @@ class Reporter:
 class ShardLock:
     """An exclusive lock file per shard: two workers of one shard on a host would fight over its journal."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wait: float = 0.0) -> None:
+        """Take the lock, waiting up to ``wait`` seconds for a predecessor that is still stopping."""
         private_dir(path.parent)
         self._file = os.fdopen(private_open(path, os.O_RDWR | os.O_APPEND), "a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "?"
-            self._file.close()
-            raise ShardctlError(f"another worker (pid {holder}) is already running this shard ({path})") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                self._file.seek(0)
+                holder = self._file.read().strip() or "?"
+                self._file.close()
+                raise ShardctlError(f"another worker (pid {holder}) is already running this shard ({path})") from None
         try:  # the pid is for people; the lock holds without it (a full disk may refuse the write)
             self._file.seek(0)
             self._file.truncate()

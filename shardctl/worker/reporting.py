@@ -26,6 +26,8 @@ class ReportParts:
     last_event_ts: int | None
     live: bool
     batched_rows: int
+    rollbacks: int = 0
+    last_rollback: str | None = None
 
 
 def worker_report(parts: ReportParts, committer: Committer, journal: Journal, stream: StreamClient,
@@ -55,6 +57,7 @@ def worker_report(parts: ReportParts, committer: Committer, journal: Journal, st
             dead_letters_dropped=dead.dropped,
             journal_dropped=journal.dropped_records,
             other_events=parts.other_events,
+            database_rollbacks=parts.rollbacks,
         ),
         batch_seconds_max=round(commit.batch_seconds_max, 6),
         pending_rows=parts.batched_rows + committer.pending_rows,
@@ -71,6 +74,7 @@ def worker_report(parts: ReportParts, committer: Committer, journal: Journal, st
         last_tick_at=None if parts.last_tick_at is None else now - (mono - parts.last_tick_at),
         last_event_ts=parts.last_event_ts,
         last_error=mask_secrets(last_error) if last_error else None,
+        last_rollback=parts.last_rollback,
         freshness=freshness,
         stale_after=stale_after,
     )

@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from shardctl.db.leases import LeaseStart
+from shardctl.db.writer import LedgerPosition
 from shardctl.journal.journal import Journal
+from shardctl.worker.rollback import Rollback, rewind_journal
 
 log = logging.getLogger("shardctl.worker")
 
@@ -19,12 +21,15 @@ class Takeover:
     reason: str
 
 
-def open_at_ledger(journal: Journal, base: int, lease: LeaseStart | None, host_id: str | None) -> Takeover | None:
-    """Line the journal up with the ledger's offset ``base``; a Takeover when another host committed last.
+def open_at_ledger(journal: Journal, ledger: LedgerPosition, lease: LeaseStart | None,
+                   host_id: str | None) -> Takeover | Rollback | None:
+    """Line the journal up with the ledger's offset; a Takeover when another host committed last,
+    a Rollback when the ledger is behind what the journal saw committed (``shardctl.worker.rollback``).
 
     After a takeover this host's journal holds an earlier tenure's frames: they are dropped, and what
     the previous owner read but never committed is lost, inside the gap from its last committed frame.
     """
+    base = ledger.offset
     if lease is not None and lease.committed_host not in (None, host_id):
         dropped = journal.backlog_records
         journal.advance_to(max(base, journal.end_offset + 1))
@@ -33,6 +38,9 @@ def open_at_ledger(journal: Journal, base: int, lease: LeaseStart | None, host_i
                  f"; dropped {dropped} journal record(s) of an earlier tenure" if dropped else "")
         return Takeover(received.timestamp() if received is not None else None,
                         f"takeover from {lease.committed_host}")
+    marked = journal.marked_committed
+    if marked is not None and base < marked <= journal.end_offset:
+        return rewind_journal(journal, base, marked, ledger.received_at)
     if base > journal.end_offset:
         log.warning("the journal ends at offset %d but the ledger is at %d (journal replaced?): "
                     "starting a new journal there", journal.end_offset, base)

@@ -20,9 +20,19 @@ database (which gives the space back), shows "disk full" in its stats, and
 resumes reading when its buffered frames fit on the disk again.
 
 The stop contract: on SIGTERM or SIGINT, or when the parent process goes
-away, the worker stops reading, commits what the database will take within
-the shard's ``stop_timeout``, closes the socket with 1001 and exits 0; what
-the database could not take stays in the journal for the next start. Exit 1
+away, the worker says goodbye on the websocket (unsubscribe, close frame 1001)
+and keeps reading and journaling what the server sent before its answering
+close, for at most ``stop_drain``; then it commits what the database will take
+within the shard's ``stop_timeout`` and exits 0; what the database could not
+take stays in the journal for the next start. The phases are explicit
+(``shardctl.worker.lifecycle``).
+
+A database that goes back in time (its ledger behind what this worker, or its
+journal's ``committed.mark``, saw committed: a failover to an asynchronous
+standby, a restore) is found at start and by the first batch written after it
+(``shardctl.worker.rollback``): the stretch is written again from the journal,
+which keeps committed records for ``journal_retain``; what it no longer holds
+becomes a gap. Logged as an ERROR, counted in ``database_rollbacks``. Exit 1
 means the writer thread failed unexpectedly (the supervisor restarts the
 worker, which replays its journal); exit 2 means the configuration is unusable.
 
@@ -45,8 +55,16 @@ from typing import Any
 
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.leases import Fence, LeaseStart
-from shardctl.db.writer import ShardBusy, Writer
-from shardctl.errors import EXIT_FENCED, EXIT_OK, EXIT_RUNTIME, DatabaseError, ShardctlError, ShardFenced
+from shardctl.db.writer import LedgerPosition, ShardBusy, Writer
+from shardctl.errors import (
+    EXIT_FENCED,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    DatabaseError,
+    LedgerRolledBack,
+    ShardctlError,
+    ShardFenced,
+)
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.errors import JournalDiskFull
 from shardctl.journal.journal import Journal
@@ -59,11 +77,13 @@ from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
+from shardctl.worker.lifecycle import Lifecycle, Phase
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
 from shardctl.worker.readgate import ReadGate, ReadState
 from shardctl.worker.reporting import ReportParts, worker_report
-from shardctl.worker.startup import open_at_ledger
+from shardctl.worker.rollback import ROLLBACK_REASON, Rollback, rewind_journal
+from shardctl.worker.startup import Takeover, open_at_ledger
 from shardctl.worker.switches import Switches
 from shardctl.worker.symbols import ShardSymbols
 
@@ -99,7 +119,10 @@ class Worker:
         shard_dir = config.shard_dir(shard.name)
         self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
                                 max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
-                                fsync=s.journal_fsync)  # type: ignore[arg-type]
+                                fsync=s.journal_fsync, retain=s.journal_retain)  # type: ignore[arg-type]
+        self._lifecycle = Lifecycle(min(s.stop_drain, s.stop_timeout / 2))
+        self.rollbacks = 0
+        self._last_rollback: str | None = None
         switches = switches or Switches()
         latency_path = switches.latency_log
         #: Per-tick monotonic arrival times of the rows in the batcher, recorded only for benchmarks.
@@ -164,16 +187,20 @@ class Worker:
         # The last frame the journal durably holds: whatever came after it was never read.
         self._books.down_since = self._journal.last_received_at
         try:
-            base = self._wait_for_ledger()
+            ledger = self._wait_for_ledger()
         except ShardFenced as exc:
             self._journal.close()
             log.error("%s", exc)
             return EXIT_FENCED
-        if base is None:
+        if ledger is None:
             self._journal.close()
             log.info("stopped (%s) before the database answered", self._stop_reason)
             return EXIT_OK
-        self._open_journal_at(base)
+        if ledger.received_at is not None:  # the journal may hold nothing after a clean stop
+            last = ledger.received_at.timestamp()
+            self._books.down_since = max(last, self._books.down_since or last)
+        self._open_journal_at(ledger)
+        self._lifecycle.to(Phase.STREAMING)
         self._committer.start()
         if self._backfill is not None:
             self._backfill.start(resume=True, rescan=self._backfill_rescan)
@@ -206,8 +233,8 @@ class Worker:
             code = self._shutdown()
         return code
 
-    def _wait_for_ledger(self) -> int | None:
-        """The committed journal offset, asking every second (and reporting) until the database answers."""
+    def _wait_for_ledger(self) -> LedgerPosition | None:
+        """The ledger's committed journal offset, asking every second (and reporting) until the database answers."""
         logged = False
         busy_until = time.monotonic() + SHARD_BUSY_WAIT
         while not self.stopping:
@@ -232,19 +259,44 @@ class Worker:
                         time.sleep(0.1)
         return None
 
-    def _open_journal_at(self, base: int) -> None:
+    def _open_journal_at(self, ledger: LedgerPosition) -> None:
         journal = self._journal
-        takeover = open_at_ledger(journal, base, self._lease, self._fence.host_id if self._fence else None)
-        if takeover is not None:
-            self._books.down_since, self._books.down_reason = takeover.down_since, takeover.reason
+        base = ledger.offset
+        found = open_at_ledger(journal, ledger, self._lease, self._fence.host_id if self._fence else None)
+        if isinstance(found, Takeover):
+            self._books.down_since, self._books.down_reason = found.down_since, found.reason
+        elif isinstance(found, Rollback):
+            self._rolled_back(found)
+            base = found.resume_offset
         self._cursor.restart_at(max(base, journal.first_offset))
         if journal.backlog_records:
             self._live = False
             log.info("replaying %d journal record(s) not yet in the database", journal.backlog_records)
 
+    def _drain(self) -> None:
+        """Say goodbye on the websocket; read and journal what the server still sends, until its close."""
+        self._lifecycle.to(Phase.DRAINING)
+        if not self._stream.say_goodbye():
+            return
+        frames = self._journal.end_offset
+        while self._stream.connected and self._lifecycle.drain_left() > 0 and self._gate.may_read():
+            self._read_socket(False)
+            if self._batcher.due(time.monotonic()):
+                self._flush()
+        closed = not self._stream.connected
+        self._stream.close()
+        self._lifecycle.to(Phase.SHUTTING_DOWN)
+        log.info("said goodbye on the websocket: %s in %.3fs, %d byte(s) of frames read after it",
+                 "the server closed" if closed else "no close from the server (stop_drain)",
+                 self._lifecycle.drain_seconds or 0.0, self._journal.end_offset - frames)
+
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.stop_timeout
         fenced = self._exit_code == EXIT_FENCED
+        if self._lifecycle.phase is Phase.STREAMING and not fenced:
+            self._drain()
+        if self._lifecycle.phase is not Phase.SHUTTING_DOWN:
+            self._lifecycle.to(Phase.SHUTTING_DOWN)
         if not fenced:  # a fenced worker hands nothing more to the database
             self._flush()
             self._commit_trailing_frames()
@@ -262,6 +314,7 @@ class Worker:
             log.error("%s: %d byte(s) of frames read since could not be written; they are lost, inside the gap "
                       "the next start records", exc, self._journal.end_offset - self._journal.flushed_offset)
         self._dead.close()
+        self._lifecycle.to(Phase.STOPPED)
         self._report(final=True)
         stats = self._committer.stats
         log.info("stopped: %d tick(s) received, %d row(s) written in %d batch(es) (%s)", self.ticks_received,
@@ -388,6 +441,9 @@ class Worker:
     # ------------------------------------------------------------ bookkeeping
 
     def _housekeeping(self, now: float) -> None:
+        rolled_back = self._committer.rolled_back
+        if rolled_back is not None:
+            self._repair(rolled_back)
         if self._committer.fenced is not None and self._exit_code != EXIT_FENCED:
             log.error("stopping: another host holds the shard's lease; closing the websocket")
             self._exit_code = EXIT_FENCED
@@ -406,6 +462,25 @@ class Worker:
         self._report()
         self._dead.flush_log(now)
         self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
+
+    def _repair(self, found: LedgerRolledBack) -> None:
+        """The committer met an older ledger: re-read the journal from it (the committer waits until then)."""
+        self._batcher.take()
+        if self._arrivals is not None:
+            self._arrivals.clear()
+        rollback = rewind_journal(self._journal, found.ledger_offset, found.known_offset, found.ledger_received_at)
+        self._cursor.rewind_to(max(rollback.resume_offset, self._journal.first_offset))
+        self._live = False
+        self._committer.resume_after_rollback(rollback.ledger_offset)
+        self._rolled_back(rollback)
+
+    def _rolled_back(self, rollback: Rollback) -> None:
+        self.rollbacks += 1
+        self._last_rollback = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}Z: {rollback.describe()}"
+        if rollback.lost is not None:
+            start, end = rollback.lost
+            self._books.extra_gaps.append((start, end, f"{ROLLBACK_REASON}: journal offsets "
+                                                       f"{rollback.ledger_offset}..{rollback.resume_offset} lost"))
 
     def _commit_trailing_frames(self) -> None:
         """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
@@ -438,7 +513,7 @@ class Worker:
         return worker_report(
             ReportParts(ticks_received=self.ticks_received, other_events=self.other_events,
                         last_tick_at=self._last_tick_at, last_event_ts=self._last_event_ts, live=self._live,
-                        batched_rows=len(self._batcher)),
+                        batched_rows=len(self._batcher), rollbacks=self.rollbacks, last_rollback=self._last_rollback),
             self._committer, self._journal, self._stream, self._dead, self._gate, self._backfill,
             self._symbols.snapshot() if freshness else None, self._symbols.stale_after)
 

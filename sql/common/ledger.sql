@@ -17,3 +17,7 @@ CREATE TABLE IF NOT EXISTS {ledger} (
     rows_total BIGINT NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL
 );
+
+-- The receive time of the last frame of the last committed batch: where the next start's "worker down" gap
+-- begins, and where a stretch lost to a database that went back in time (failover, restore) begins.
+ALTER TABLE {ledger} ADD COLUMN IF NOT EXISTS received_at TIMESTAMPTZ NULL;

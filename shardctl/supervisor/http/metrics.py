@@ -66,6 +66,9 @@ COUNTERS: tuple[tuple[str, str, Reading], ...] = (
     ("restarts", "Worker processes started after the shard's first", lambda s: s.restarts),
     ("journal_dropped_frames", "Uncommitted frames dropped at the journal cap (recorded as gaps)",
      lambda s: s.counters.journal_dropped),
+    ("database_rollbacks", "Times the database was found behind what the shard had committed (a failover to "
+     "an asynchronous standby, a restore); the stretch is written again from the journal",
+     lambda s: s.counters.database_rollbacks),
 )
 #: (gauge name without the shardctl_ prefix, help, reading) of the current worker
 GAUGES: tuple[tuple[str, str, Reading], ...] = (
