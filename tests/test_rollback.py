@@ -1,0 +1,190 @@
+"""A database that goes back in time, and a stop that drains: the pure parts, with real journal files.
+
+The worker's phases (``shardctl.worker.lifecycle``) with an injected clock; the journal's retention,
+``committed.mark`` and ``uncommit``; and what a starting worker does with a ledger behind its journal
+(``shardctl.worker.startup``, ``shardctl.worker.rollback``). The whole path, with a real primary and
+standby, is in tests/test_failover.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from shardctl.db.writer import LedgerPosition
+from shardctl.journal.journal import Journal
+from shardctl.journal.mark import MARK_NAME, Mark, decode_mark, encode_mark
+from shardctl.worker.lifecycle import Lifecycle, Phase
+from shardctl.worker.offsets import JournalCursor
+from shardctl.worker.rollback import Rollback
+from shardctl.worker.startup import open_at_ledger
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_worker_drains_only_after_streaming_and_the_drain_is_timed() -> None:
+    clock = Clock()
+    life = Lifecycle(2.0, clock=clock)
+    assert life.phase is Phase.WAITING_FOR_DATABASE and life.drain_left() == 0.0
+    with pytest.raises(ValueError, match="from waiting for the database to draining"):
+        life.to(Phase.DRAINING)
+    life.to(Phase.STREAMING)
+    life.to(Phase.DRAINING)
+    clock.now += 0.5
+    assert life.drain_left() == pytest.approx(1.5)
+    clock.now += 5
+    assert life.drain_left() == 0.0
+    life.to(Phase.SHUTTING_DOWN)
+    assert life.drain_seconds == pytest.approx(5.5)
+    life.to(Phase.STOPPED)
+    with pytest.raises(ValueError):
+        life.to(Phase.STREAMING)
+
+
+def test_a_worker_stopped_before_streaming_never_drains() -> None:
+    life = Lifecycle(2.0, clock=Clock())
+    life.to(Phase.SHUTTING_DOWN)
+    life.to(Phase.STOPPED)
+    assert life.drain_seconds is None
+
+
+def test_the_mark_reads_back_and_a_torn_one_reads_as_nothing() -> None:
+    data = encode_mark(Mark(4096, 1234.5))
+    assert decode_mark(data) == Mark(4096, 1234.5)
+    assert decode_mark(encode_mark(Mark(7, None))) == Mark(7, None)
+    assert decode_mark(data[:-1]) is None
+    assert decode_mark(bytes([data[0] ^ 1]) + data[1:]) is None
+
+
+def frames(j: Journal, count: int, start_at: float) -> list[int]:
+    return [j.append(b'{"event":"price","i":%d}' % i + b"#" * 200, start_at + i) for i in range(count)]
+
+
+def test_after_a_clean_stop_the_last_receive_time_survives_the_reclaim(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=1 << 21, fsync="never")
+    ends = frames(j, 5000, 5000.0)  # over a MiB: reclaimed once all is committed
+    j.flush()
+    j.commit(ends[-1])  # no retention: the records are reclaimed
+    j.close()
+    again = Journal(tmp_path, segment_bytes=1 << 21, fsync="never")
+    assert again.backlog_records == 0 and not list(again.replay(0))
+    assert again.last_received_at == 9999.0
+    assert again.marked_committed == ends[-1]
+
+
+def test_retained_records_outlive_their_commit_until_the_window_passes(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=2048, fsync="never", retain=3600)
+    ends = frames(j, 60, 1000.0)
+    j.flush()
+    j.commit(ends[-1])
+    assert j.first_offset == 0 and j.backlog_records == 0
+    assert len(list(j.replay(0))) == 60  # still on disk
+    j.retain = 0.001
+    time.sleep(0.01)
+    ends += frames(j, 1, 2000.0)
+    j.flush()
+    j.commit(ends[-1])
+    assert j.first_offset > ends[10]
+
+
+def test_retained_bytes_never_block_reading_at_the_cap(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=2048, max_bytes=6144, fsync="never", retain=3600)
+    for round_ in range(20):  # ~10 segments' worth, committed as it goes
+        ends = frames(j, 10, 1000.0 + 10 * round_)
+        j.flush()
+        j.commit(ends[-1])
+        assert not j.full
+    assert j.size_bytes <= 6144
+
+
+def test_uncommit_gives_back_what_the_journal_holds_and_says_where_it_starts(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=2048, fsync="never", retain=3600)
+    ends = frames(j, 40, 1000.0)
+    j.flush()
+    j.commit(ends[-1])
+    assert j.uncommit(ends[19]) == ends[19]
+    assert j.backlog_records == 20 and j.oldest_uncommitted_received_at == 1020.0
+    assert [r.end_offset for r in j.replay(ends[19])] == ends[20:]
+    j.close()
+    assert Journal(tmp_path, segment_bytes=2048, fsync="never").marked_committed == ends[19]
+
+
+def test_uncommit_before_the_first_record_kept_starts_there(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=2048, fsync="never")  # no retention
+    ends = frames(j, 40, 1000.0)
+    j.flush()
+    j.commit(ends[29])
+    first = j.first_offset
+    assert first > ends[5]
+    assert j.uncommit(ends[5]) == first
+
+
+def reopened(tmp_path: Path, ends: list[int], committed: int, retain: float) -> Journal:
+    j = Journal(tmp_path, segment_bytes=2048, fsync="never", retain=retain)
+    written = frames(j, 40, 1000.0)
+    ends.extend(written)
+    j.flush()
+    j.commit(written[committed])
+    j.close()
+    return Journal(tmp_path, segment_bytes=2048, fsync="never", retain=retain)
+
+
+def test_a_ledger_behind_the_journal_at_start_is_a_rollback_written_again(tmp_path: Path, caplog) -> None:
+    ends: list[int] = []
+    j = reopened(tmp_path, ends, 39, retain=3600)
+    assert j.backlog_records == 0
+    behind = datetime.fromtimestamp(1009.0, timezone.utc)
+    with caplog.at_level(logging.ERROR, logger="shardctl.worker"):
+        found = open_at_ledger(j, LedgerPosition(ends[9], behind), None, None)
+    assert isinstance(found, Rollback)
+    assert (found.ledger_offset, found.known_offset, found.resume_offset, found.lost) == (ends[9], ends[39],
+                                                                                       ends[9], None)
+    assert j.backlog_records == 30
+    assert f"ledger at journal offset {ends[9]}, behind the committed {ends[39]}" in caplog.text
+
+
+def test_a_rollback_past_what_the_journal_kept_is_a_gap_from_the_older_ledger(tmp_path: Path) -> None:
+    ends: list[int] = []
+    j = reopened(tmp_path, ends, 39, retain=0.0)  # nothing retained
+    found = open_at_ledger(j, LedgerPosition(ends[9], datetime.fromtimestamp(1009.0, timezone.utc)), None, None)
+    assert isinstance(found, Rollback) and found.resume_offset > ends[9]
+    assert found.lost is not None and found.lost[0] == 1009.0
+    assert "recorded as a gap" in found.describe()
+
+
+def test_a_ledger_at_or_past_the_mark_is_no_rollback(tmp_path: Path) -> None:
+    ends: list[int] = []
+    j = reopened(tmp_path, ends, 19, retain=3600)
+    assert open_at_ledger(j, LedgerPosition(ends[19], None), None, None) is None
+    assert j.backlog_records == 20  # the frames after the commit are replayed, as always
+
+
+def test_the_mark_file_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        Journal(tmp_path, fsync="never").close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / MARK_NAME).stat().st_mode & 0o077 == 0
+
+
+def test_a_rewound_cursor_keeps_its_dead_letters_written() -> None:
+    cursor = JournalCursor()
+    cursor.parsed(100)
+    assert cursor.dealt_with(200)
+    cursor.submitted()
+    cursor.rewind_to(50)
+    assert (cursor.parsed_to, cursor.submitted_to) == (50, 50)
+    cursor.parsed(100)
+    assert not cursor.dealt_with(200)  # its dead letter is not written twice
