@@ -51,9 +51,9 @@ def pair_factory():
         pair.close()
 
 
-def start_shard(tmp_path, feed: TimedFeed, dsn: str, metrics_port: int) -> SupervisorRun:
+def start_shard(tmp_path, feed: TimedFeed, dsn: str, metrics_port: int, **settings: Any) -> SupervisorRun:
     config = write_config(tmp_path, feed.url, dsn, {"crypto": {"symbols": CRYPTO, "api_key_env": "FAILOVER_KEY"}},
-                          defaults={"batch_size": 1000, "flush_interval": "1s"},
+                          defaults={"batch_size": 1000, "flush_interval": "1s", **settings},
                           supervisor={"metrics_port": metrics_port})
     sup = SupervisorRun(config, tmp_path / "supervisor.log", env={"FAILOVER_KEY": "key"})
     sup.wait_running(["crypto"], rows=1, timeout=60)
@@ -74,7 +74,12 @@ def finish(sup: SupervisorRun, feed: TimedFeed, dsn: str, scenario: str, metrics
         return tally(scenario, feed.sent_ticks(), stored_keys(dsn), gap_rows(dsn), SHARD_OF,
                      open_conns=feed.connection_ids())
 
-    settle(lambda: current().open_missing == 0, 60)
+    def written() -> bool:  # every tick stored, or (a stretch lost inside a gap) nothing left to write
+        shard = sup.status()["crypto"]
+        idle = shard["journal_backlog"] == 0 and not shard["catching_up"] and shard["pending_rows"] == 0
+        return current().open_missing == 0 or idle
+
+    settle(written, 60)
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     status = sup.status()["crypto"]
@@ -82,14 +87,47 @@ def finish(sup: SupervisorRun, feed: TimedFeed, dsn: str, scenario: str, metrics
     return current(), metrics, str(status.get("last_rollback"))
 
 
-def check(result: Any, metrics: str, last_rollback: str, log: str) -> None:
+def check(result: Any, metrics: str, last_rollback: str, log: str, *, retained: bool = True) -> None:
     message = result.details() + "\n" + log[-4000:]
     assert result.duplicated == 0, message
     assert result.lost_outside == 0 and result.open_missing == 0, message
-    assert result.lost_in_gaps == 0, "the default retention holds the rolled-back stretch\n" + message
+    if retained:
+        assert result.lost_in_gaps == 0, "the default retention holds the rolled-back stretch\n" + message
+    else:
+        assert result.lost_in_gaps > 0 and "recorded as a gap" in last_rollback, message
     assert "ERROR" in log and "the database went back in time" in log, message
     assert 'shardctl_database_rollbacks_total{shard="crypto"} 1.0' in metrics, metrics
     assert "written again from the journal" in last_rollback, last_rollback
+
+
+def test_a_retention_shorter_than_the_lag_leaves_a_gap_naming_the_rollback(tmp_path, pair_factory) -> None:
+    """``journal_retain`` 1 s against 8 s of lag: what the journal no longer holds is a recorded gap."""
+    started = time.monotonic()
+    pair = pair_factory()
+    conn = connect(pair.primary_dsn())
+    try:
+        apply_schema(conn, TablesConfig())
+    finally:
+        conn.close()
+    pair.wait_in_step()
+    metrics_port = free_port()
+    with TimedFeed(rate=RATE, symbols=CRYPTO, seed=1719) as feed:
+        sup = start_shard(tmp_path, feed, pair.dsn, metrics_port, journal_retain="1s")
+        try:
+            pair.stop("standby")
+            time.sleep(LAG)
+            pair.stop("primary", "immediate")
+            pair.start("standby")
+            pair.promote()
+            dsn = pair.primary_dsn(pair.standby_port)
+            result, metrics, last_rollback = finish(sup, feed, dsn, "failover-short-retention", metrics_port)
+            gaps = gap_rows(dsn)["crypto"]
+        finally:
+            sup.close()
+    result.extra.update(retain="1s", lag=f"{LAG:g}s", runtime=f"{time.monotonic() - started:.1f}s")
+    print("\n" + result.line(), flush=True)
+    check(result, metrics, last_rollback, sup.log(), retained=False)
+    assert any(reason.startswith("database went back in time") for _, _, reason in gaps), gaps
 
 
 @pytest.mark.parametrize("extension", ["postgresql", "timescaledb"])

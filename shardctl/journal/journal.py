@@ -44,8 +44,9 @@ long after they stop being written, so that a database that goes back in time
 (a failover to an asynchronous standby, a restore) can be written again from
 the journal (``uncommit``). Retained bytes never count against the cap: they
 go first when room is needed, at ``max_bytes`` less one segment, and at once
-when the disk is full. Under retention, a fully committed active segment is
-rolled (kept) rather than reclaimed. ``committed.mark`` (``shardctl.journal.mark``)
+when the disk is full. Under retention, the active segment rolls once a MiB of
+it is committed (so retention is kept by the MiB, not by the segment), and is
+never reclaimed while the disk has room. ``committed.mark`` (``shardctl.journal.mark``)
 keeps the committed offset and the last receive time across reclaims and restarts.
 
 Threads: any method from any thread (one lock; cursors read files outside
@@ -384,13 +385,14 @@ class Journal:
             self.committed_offset = offset
             self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(offset)
             self._drop_retained(force=self.disk_full)
-            if (offset == self.flushed_offset and self._fd >= 0 and self._segments[-1].size > SEG_HEADER
-                    and (self.disk_full or self._segments[-1].size - SEG_HEADER >= RECLAIM_BYTES)):
-                if self.retain and not self.disk_full:
-                    with contextlib.suppress(JournalDiskFull):
-                        self._roll(self.flushed_offset)  # kept for the retention window, deleted by a later commit
-                else:
-                    self._reclaim()
+            active = self._segments[-1]
+            if self.retain and not self.disk_full:
+                if self._fd >= 0 and offset - active.base - SEG_HEADER >= RECLAIM_BYTES:
+                    with contextlib.suppress(JournalDiskFull):  # kept for the window, deleted by a later commit
+                        self._roll(self.end_offset)
+            elif (offset == self.flushed_offset and self._fd >= 0 and active.size > SEG_HEADER
+                    and (self.disk_full or active.size - SEG_HEADER >= RECLAIM_BYTES)):
+                self._reclaim()
             self._marked = offset
             self._mark.write(Mark(offset, self.last_received_at))
 
