@@ -131,6 +131,39 @@ def test_two_supervisors_with_one_host_id_do_not_fight() -> None:
     assert t.observe(3.0, row("a", 2, heartbeat=3)).act is Act.NONE
 
 
+def test_an_owner_whose_lease_went_back_in_time_takes_a_new_epoch_instead_of_standing_by() -> None:
+    """A failover to an asynchronous standby rolled the lease row back from epoch 7 to 5: still ours."""
+    t = LeaseTracker("crypto", "a", TTL)
+    t.observe(0.0, row("a", 6))
+    assert t.acquired(7).act is Act.START
+    d = t.observe(1.0, row("a", 5))
+    assert (d.act, d.expected_epoch) == (Act.ACQUIRE, 5) and not t.conflict
+    assert "went back" in d.reason
+    assert t.acquired(6).act is Act.START and t.role is Role.OWNER
+    assert t.observe(2.0, row("a", 6)).act is Act.NONE
+
+
+def test_a_lease_that_went_back_to_another_host_is_theirs_and_they_take_it() -> None:
+    """The older row names b (a took the shard over during the lag): a stands by, b re-acquires."""
+    a, b = LeaseTracker("crypto", "a", TTL), LeaseTracker("crypto", "b", TTL)
+    a.observe(0.0, row("a", 3))
+    a.acquired(4)
+    b.observe(0.0, row("a", 4))  # b stood by when a took the shard
+    assert a.observe(1.0, row("b", 3)).act is Act.STAND_BY
+    d = b.observe(1.0, row("b", 3))
+    assert (d.act, d.expected_epoch) == (Act.ACQUIRE, 3)
+
+
+def test_a_lease_that_went_back_to_a_dead_host_is_taken_over_after_the_ttl() -> None:
+    a = LeaseTracker("crypto", "a", TTL)
+    a.observe(0.0, row("a", 3))
+    a.acquired(4)
+    assert a.observe(1.0, row("b", 3, heartbeat=9)).act is Act.STAND_BY
+    assert a.observe(2.0, row("b", 3, heartbeat=9)).act is Act.NONE
+    d = a.observe(2.0 + TTL, row("b", 3, heartbeat=9))
+    assert (d.act, d.expected_epoch) == (Act.ACQUIRE, 3)
+
+
 # ------------------------------------------------------------------ the shard machine's STANDBY
 
 def machine() -> ShardMachine:

@@ -23,9 +23,16 @@ Rules that keep the promises of the README ("Across hosts"):
   standbys racing for a shard cannot both win.
 * A returning host finds another owner and stands by (no flapping). Only an
   operator's move (``move_to``) hands a shard back.
-* An owner that finds the lease at an epoch it did not take while its own
+* An owner that finds the lease at a later epoch it did not take while its own
   host id is the owner (a second supervisor with the same host id) stops and
   stands by for good (``conflict``) instead of fighting for it.
+* An owner that finds its lease at an *earlier* epoch (the database went back
+  in time: failover to an asynchronous standby, restore) takes a new epoch
+  and restarts its worker; an older row naming another host makes that host
+  the owner again (it re-acquires as "the lease names this host", or, dead,
+  is taken over after the TTL). The fence checks owner and epoch in every
+  batch's transaction on the database that takes the write, so two hosts
+  never commit one shard.
 """
 
 from __future__ import annotations
@@ -98,6 +105,12 @@ class LeaseTracker:
         if row.owner == self.host_id and row.epoch == self.epoch and self.role in (Role.OWNER, Role.HANDING_OVER):
             return self._as_owner(row)
         if self.role in (Role.OWNER, Role.HANDING_OVER):
+            if row.owner == self.host_id and self.epoch is not None and row.epoch < self.epoch:
+                # Epochs only go up: the database went back in time (a failover to an asynchronous standby,
+                # a restore). Still ours: take a new epoch (our running worker, fenced by the older row, is
+                # replaced). Whichever host the older row names is the one owner: no one is stranded.
+                return Decision(Act.ACQUIRE, f"the lease went back from epoch {self.epoch} to {row.epoch} "
+                                             "(the database went back in time)", expected_epoch=row.epoch)
             if row.owner == self.host_id:
                 self.conflict = True
                 return self._lose(f"another supervisor with host id {self.host_id} took the lease (epoch "
