@@ -159,7 +159,9 @@ def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
         header = header[:2] + ("STREAMED BY", "STANDING BY") + header[2:]
     rows = [header]
     for s in shards:
-        note = mask_secrets(str((s.worker.last_error if s.state == "RUNNING" else s.reason) or "-"))
+        running_note = s.worker.last_error or (s.worker.last_rollback and f"database went back in time: "
+                                                                            f"{s.worker.last_rollback}")
+        note = mask_secrets(str((running_note if s.state == "RUNNING" else s.reason) or "-"))
         hosts = (_owner(s), ",".join(s.standby_hosts) or "-") if cluster else ()
         rows.append((s.name, s.state, *hosts, str(s.pid or "-"), _duration(s.uptime), str(s.restarts),
                      f"{s.counters.rows_written:,}", f"{s.ticks_per_second:.1f}",

@@ -132,7 +132,7 @@
       const stopped = s.disk_full ? " · DISK FULL" : s.journal_full ? " · FULL" : "";
       c.backlog.textContent = `${count(s.journal_backlog)} · ${duration(s.seconds_behind)}${stopped}`;
       c.backlog.title = "journal records not yet committed · age of the oldest";
-      const error = s.last_error || (s.state === "FATAL" || s.state === "BACKOFF" ? s.reason : "") || "";
+      const error = s.last_error || (s.last_rollback ? "database went back in time: " + s.last_rollback : "") || (s.state === "FATAL" || s.state === "BACKOFF" ? s.reason : "") || "";
       c.error.textContent = error;
       c.error.title = error;
       const running = ["STARTING", "RUNNING", "BACKOFF"].includes(s.state);
