@@ -188,3 +188,23 @@ def test_a_rewound_cursor_keeps_its_dead_letters_written() -> None:
     assert (cursor.parsed_to, cursor.submitted_to) == (50, 50)
     cursor.parsed(100)
     assert not cursor.dealt_with(200)  # its dead letter is not written twice
+
+
+def test_a_successor_waits_for_a_stopping_predecessor_and_refuses_a_running_one(tmp_path: Path) -> None:
+    import threading
+
+    from shardctl.errors import ShardctlError
+    from shardctl.worker.process import ShardLock
+
+    path = tmp_path / "shard" / "worker.lock"
+    running = ShardLock(path)
+    started = time.monotonic()
+    with pytest.raises(ShardctlError, match="already running this shard"):
+        ShardLock(path, wait=10.0)  # not stopping, not orphaned: refused at once
+    assert time.monotonic() - started < 5.0
+    running.mark_stopping()
+    assert path.read_text().endswith(" stopping")
+    threading.Timer(0.3, running.release).start()
+    successor = ShardLock(path, wait=10.0)  # waits for the predecessor, then holds the lock
+    assert path.read_text() == str(os.getpid())
+    successor.release()

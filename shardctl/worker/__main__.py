@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # its journal and its last receive time are read only once it is done with them.
         lock = ShardLock(config.shard_dir(shard.name) / "worker.lock", wait=shard.settings.stop_timeout + 2.0)
         try:
-            return _run(config, shard, report_fd, switches)
+            return _run(config, shard, report_fd, switches, lock)
         finally:
             lock.release()
     except ShardctlError as exc:
@@ -79,7 +79,7 @@ def _fence(config: Config) -> Fence | None:
     return Fence(config.cluster.host_id, int(epoch))
 
 
-def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Switches) -> int:
+def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Switches, lock: ShardLock) -> int:
     fence = _fence(config)
     dsn = resolve_dsn(config)
     if report_fd is None:
@@ -89,7 +89,8 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Sw
             apply_schema(conn, config.tables, config.timescaledb)
         finally:
             conn.close()
-    worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches, fence=fence)
+    worker = Worker(config, shard, dsn, report_fd=report_fd, switches=switches, fence=fence,
+                    on_stopping=lock.mark_stopping)
     _install_signals(worker)
     return worker.run()
 

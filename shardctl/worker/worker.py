@@ -51,7 +51,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.leases import Fence, LeaseStart
@@ -106,7 +106,9 @@ class Worker:
     """Runs one shard until asked to stop; ``run`` returns the process exit code."""
 
     def __init__(self, config: Config, shard: ShardConfig, dsn: str, *, report_fd: int | None = None,
-                 switches: Switches | None = None, fence: Fence | None = None) -> None:
+                 switches: Switches | None = None, fence: Fence | None = None,
+                 on_stopping: Callable[[], None] | None = None) -> None:
+        """``on_stopping``: called once the worker begins to stop (the shard lock tells successors)."""
         self._backfill_rescan = config.backfill.rescan_interval
         self.settings = s = shard.settings
         #: Set by signal handlers and the loop itself; a plain attribute, so a handler never takes a lock.
@@ -121,6 +123,7 @@ class Worker:
                                 max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
                                 fsync=s.journal_fsync, retain=s.journal_retain)  # type: ignore[arg-type]
         self._lifecycle = Lifecycle(min(s.stop_drain, s.stop_timeout / 2))
+        self._on_stopping = on_stopping
         self.rollbacks = 0
         self._last_rollback: str | None = None
         switches = switches or Switches()
@@ -292,6 +295,8 @@ class Worker:
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.settings.stop_timeout
+        if self._on_stopping is not None:
+            self._on_stopping()
         fenced = self._exit_code == EXIT_FENCED
         if self._lifecycle.phase is Phase.STREAMING and not fenced:
             self._drain()
