@@ -302,6 +302,8 @@ class Worker:
             self._drain()
         if self._lifecycle.phase is not Phase.SHUTTING_DOWN:
             self._lifecycle.to(Phase.SHUTTING_DOWN)
+        if not fenced and self._committer.rolled_back is not None:  # line the journal up before the last commits
+            self._repair(self._committer.rolled_back)
         if not fenced:  # a fenced worker hands nothing more to the database
             self._flush()
             self._commit_trailing_frames()
