@@ -78,7 +78,7 @@ def test_flavour_tables(schema_dsn: str, tables: TablesConfig, flavour: str) -> 
         "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
     assert [c[:2] for c in _columns(schema_dsn, "shardctl_ledger")] == [
         ("shard", "text"), ("last_seq", "bigint"), ("journal_offset", "bigint"), ("rows_total", "bigint"),
-        ("updated_at", "timestamp with time zone")]
+        ("updated_at", "timestamp with time zone"), ("received_at", "timestamp with time zone")]
     index = _query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'crypto_ticks'")
     assert any('(symbol, "time" DESC)' in row[0] for row in index)
     if flavour == "timescaledb":
