@@ -198,3 +198,41 @@ def test_a_restore_of_an_older_base_backup_under_a_running_worker_is_written_aga
     print("\n" + result.line(), flush=True)
     assert on_primary - on_restored > RATE, "the restore did not go back as planned\n" + result.line()
     check(result, metrics, last_rollback, log)
+
+
+def test_a_restore_while_the_shard_is_stopped_is_found_at_its_next_start(tmp_path, pair_factory) -> None:
+    """The worker stops cleanly (its journal all committed), the database is restored to an older backup, the
+    worker starts again: the journal's committed.mark is ahead of the ledger, and the stretch is written again."""
+    started = time.monotonic()
+    pair = pair_factory()
+    conn = connect(pair.primary_dsn())
+    try:
+        apply_schema(conn, TablesConfig())
+    finally:
+        conn.close()
+    pair.stop("standby")
+    metrics_port = free_port()
+    backup = pair.root / "backup"
+    with TimedFeed(rate=RATE, symbols=CRYPTO, seed=1720) as feed:
+        sup = start_shard(tmp_path, feed, pair.primary_dsn(), metrics_port)
+        try:
+            time.sleep(1.0)
+            pair.base_backup(backup)
+            time.sleep(3.0)
+            assert sup.stop() == 0, sup.log()[-3000:]
+            sup.close()
+            on_primary = rows(pair.primary_dsn())
+            pair.stop("primary")
+            pair.restore(backup)
+            on_restored = rows(pair.primary_dsn())
+            sup = start_shard(tmp_path, feed, pair.primary_dsn(), metrics_port)
+            result, metrics, last_rollback = finish(sup, feed, pair.primary_dsn(), "restore-while-stopped",
+                                                    metrics_port)
+        finally:
+            sup.close()
+            shutil.rmtree(backup, ignore_errors=True)
+    log = sup.log()
+    result.extra.update(rolled_back_rows=on_primary - on_restored, runtime=f"{time.monotonic() - started:.1f}s")
+    print("\n" + result.line(), flush=True)
+    assert on_primary - on_restored > RATE, "the restore did not go back as planned\n" + result.line()
+    check(result, metrics, last_rollback, log)
