@@ -208,3 +208,23 @@ def test_a_successor_waits_for_a_stopping_predecessor_and_refuses_a_running_one(
     successor = ShardLock(path, wait=10.0)  # waits for the predecessor, then holds the lock
     assert path.read_text() == str(os.getpid())
     successor.release()
+
+
+def test_gaps_handed_over_after_the_older_ledger_are_recorded_again() -> None:
+    """Gaps recorded during the stretch the database lost were rolled back with it: queued again, once each."""
+    from types import SimpleNamespace
+
+    from shardctl.worker.bookkeeping import Bookkeeper, RecordGap
+
+    tasks: list[object] = []
+    stream = SimpleNamespace(first_connected_at=None, gaps=[(100.0, 101.0, "disconnected: a"),
+                                                            (200.0, 202.0, "disconnected: b")])
+    parts = dict(stream=stream, journal=SimpleNamespace(gaps=[]), gate=SimpleNamespace(gaps=[]),
+                 committer=SimpleNamespace(run_task=tasks.append))
+    books = Bookkeeper()
+    books.hand_over(**parts)  # type: ignore[arg-type]
+    assert len(tasks) == 2
+    assert books.record_again_since(150.0) == 1  # the database went back to a batch received at 150
+    books.hand_over(**parts)  # type: ignore[arg-type]
+    again = [t for t in tasks[2:] if isinstance(t, RecordGap)]
+    assert [(t.start.timestamp(), t.reason) for t in again] == [(200.0, "disconnected: b")]

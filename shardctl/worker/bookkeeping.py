@@ -10,6 +10,7 @@ them, so neither ever blocks the socket.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from shardctl.worker.committer import BatchWriter, Committer
 from shardctl.worker.readgate import ReadGate
 
 log = logging.getLogger("shardctl.worker")
+
+#: Gaps remembered after they were handed over, to record again if the database goes back in time.
+RECENT_GAPS = 1000
 
 
 def _utc(wall: float) -> datetime:
@@ -66,6 +70,14 @@ class Bookkeeper:
         self._journal_gaps_taken = 0
         #: Gaps found elsewhere (a database that went back in time): (from, to, reason), wall-clock seconds.
         self.extra_gaps: list[tuple[float, float, str]] = []
+        self._recent: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=RECENT_GAPS)
+
+    def record_again_since(self, since: float | None) -> int:
+        """The database went back to ``since`` (wall clock; None: unknown, all): the gaps this process handed
+        over that end after it were rolled back with it; queue them again (recording is idempotent)."""
+        again = [g for g in self._recent if since is None or g[1] >= since]
+        self.extra_gaps.extend(again)
+        return len(again)
 
     def learn_symbol(self, frame: bytes, symbol: str) -> None:
         """Note a symbol's first event in this process, with its name when the event carries one."""
@@ -91,6 +103,7 @@ class Bookkeeper:
         for start, end, reason in gaps:
             log.warning("gap recorded: %s for %.1fs", reason, end - start)
             committer.run_task(RecordGap(_utc(start), _utc(end), reason))
+            self._recent.append((start, end, reason))
         if self._new_assets:
             names, self._new_assets = self._new_assets, {}
             committer.run_task(UpsertAssets(names))

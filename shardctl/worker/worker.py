@@ -476,6 +476,8 @@ class Worker:
         if self._arrivals is not None:
             self._arrivals.clear()
         rollback = rewind_journal(self._journal, found.ledger_offset, found.known_offset, found.ledger_received_at)
+        since = found.ledger_received_at
+        self._books.record_again_since(None if since is None else since.timestamp())
         self._cursor.rewind_to(max(rollback.resume_offset, self._journal.first_offset))
         self._live = False
         self._committer.resume_after_rollback(rollback.ledger_offset)
