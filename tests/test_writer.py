@@ -27,6 +27,15 @@ def _query(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def _execute(dsn: str, statement: str) -> None:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
 def _ledger(dsn: str, shard: str) -> tuple:
     return _query(dsn, "SELECT last_seq, rows_total, journal_offset FROM shardctl_ledger WHERE shard = %s",
                   (shard,))[0]
@@ -40,10 +49,9 @@ def test_rows_land_with_the_ledger(schema_dsn: str, tables: TablesConfig) -> Non
         (NOW + timedelta(seconds=2), "ETH/USD", 3001.0, None, None, None),
     ]
     with Writer(schema_dsn, tables, "crypto") as writer:
-        assert writer.last_committed() == 0
+        assert writer.ledger_position().offset == 0
         assert writer.write(1, rows, journal_offset=4096) is True
-        assert writer.last_committed() == 1
-        assert writer.last_journal_offset() == 4096
+        assert writer.ledger_position().offset == 4096  # the journal offset, above the batch number
         assert writer.write(2, rows[:1]) is True
     got = _query(schema_dsn, "SELECT time, symbol, price, day_volume, bid, ask FROM crypto_ticks "
                              "ORDER BY time, price")
@@ -57,6 +65,27 @@ def test_rows_land_with_the_ledger(schema_dsn: str, tables: TablesConfig) -> Non
     assert _ledger(schema_dsn, "crypto") == (2, 5, None)
 
 
+def test_a_ledger_behind_what_the_writer_committed_is_refused_as_a_rollback(schema_dsn: str,
+                                                                           tables: TablesConfig) -> None:
+    """The database went back in time under the writer (here by hand): the next batch writes nothing, and says
+    where the ledger is, what was committed, and when the older ledger's last frame was received."""
+    from shardctl.errors import LedgerRolledBack
+
+    rows = [(NOW, "AAPL", 200.0, 1, None, None)]
+    received = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    with Writer(schema_dsn, tables, "stocks") as writer:
+        assert writer.write(5, rows, journal_offset=5, received_at=received) is True
+        assert writer.write(10, rows, journal_offset=10) is True
+        _execute(schema_dsn, "UPDATE shardctl_ledger SET last_seq = 5, journal_offset = 5 WHERE shard = 'stocks'")
+        with pytest.raises(LedgerRolledBack) as info:
+            writer.write(11, rows, journal_offset=11)
+        assert (info.value.ledger_offset, info.value.known_offset) == (5, 10)
+        assert info.value.ledger_received_at == received
+        writer.known_offset = 5  # the worker re-reads its journal from the older ledger
+        assert writer.write(6, rows, journal_offset=6) is True
+    assert _ledger(schema_dsn, "stocks")[0] == 6
+
+
 def test_committed_seq_is_never_written_twice(schema_dsn: str, tables: TablesConfig) -> None:
     rows = [(NOW, "AAPL", 200.0, 1, None, None)] * 3
     with Writer(schema_dsn, tables, "stocks") as writer, Writer(schema_dsn, tables, "other") as other:
@@ -65,7 +94,7 @@ def test_committed_seq_is_never_written_twice(schema_dsn: str, tables: TablesCon
         assert writer.write(4, rows) is False
         assert other.write(1, rows) is True  # ledgers are per shard
     with Writer(schema_dsn, tables, "stocks") as again:  # a restarted worker
-        assert again.last_committed() == 5
+        assert again.ledger_position().offset == 5
         assert again.write(5, rows) is False
         assert again.write(6, []) is True  # an empty batch still advances the ledger
     assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(6,)]
@@ -136,7 +165,7 @@ def test_server_outage_then_same_batch_again(pg_server, schema_dsn: str, tables:
 
 def test_missing_schema_is_a_clear_error(fresh_dsn: str, tables: TablesConfig) -> None:
     with pytest.raises(DatabaseError, match="db init"):
-        Writer(fresh_dsn, tables, "x").last_committed()
+        Writer(fresh_dsn, tables, "x").ledger_position()
 
 
 def test_concurrent_shards_creating_the_same_days(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:

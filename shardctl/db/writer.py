@@ -229,19 +229,6 @@ class Writer:
 
     # ------------------------------------------------------------ API
 
-    def last_committed(self) -> int:
-        """The shard's last committed batch sequence (0 if none yet). Connects if needed."""
-        conn = self._connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("SELECT last_seq FROM {} WHERE shard = %s")
-                            .format(sql.Identifier(self.tables.ledger)), (self.shard,))
-                row = cur.fetchone()
-            conn.commit()
-        except psycopg2.Error as exc:
-            raise self._fail(exc, "cannot read the ledger") from None
-        return int(row[0]) if row else 0
-
     def ledger_position(self) -> LedgerPosition:
         """The shard's committed offset (0 if none) and receive time; remembered as ``known_offset``."""
         conn = self._connection()
@@ -257,19 +244,6 @@ class Writer:
         position = LedgerPosition(int(row[0]), row[1]) if row else LedgerPosition(0, None)
         self.known_offset = position.offset
         return position
-
-    def last_journal_offset(self) -> int | None:
-        """The journal offset committed with the last batch (None if none was given)."""
-        conn = self._connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("SELECT journal_offset FROM {} WHERE shard = %s")
-                            .format(sql.Identifier(self.tables.ledger)), (self.shard,))
-                row = cur.fetchone()
-            conn.commit()
-        except psycopg2.Error as exc:
-            raise self._fail(exc, "cannot read the ledger") from None
-        return row[0] if row else None
 
     def lease_start(self) -> LeaseStart:
         """Cluster mode, at a worker's start: ShardFenced unless our lease holds; who committed last, and when.
@@ -319,19 +293,20 @@ class Writer:
             with conn.cursor() as cur:
                 if self.fence is not None:
                     fence(cur, self.shard, self.fence, received_at)
-                cur.execute(sql.SQL("SELECT last_seq, coalesce(received_at, updated_at) FROM {} WHERE shard = %s "
-                                    "FOR UPDATE").format(ledger), (self.shard,))
+                cur.execute(sql.SQL("SELECT last_seq, coalesce(received_at, updated_at), journal_offset FROM {} "
+                                    "WHERE shard = %s FOR UPDATE").format(ledger), (self.shard,))
                 row = cur.fetchone()
                 if row is None:
                     cur.execute(sql.SQL("INSERT INTO {} (shard, last_seq, rows_total, updated_at) "
                                         "VALUES (%s, 0, 0, now()) ON CONFLICT (shard) DO NOTHING").format(ledger),
                                 (self.shard,))
-                    cur.execute(sql.SQL("SELECT last_seq, received_at FROM {} WHERE shard = %s FOR UPDATE")
-                                .format(ledger), (self.shard,))
+                    cur.execute(sql.SQL("SELECT last_seq, received_at, journal_offset FROM {} WHERE shard = %s "
+                                        "FOR UPDATE").format(ledger), (self.shard,))
                     row = cur.fetchone()
-                if row[0] < self.known_offset:
+                ledger_at = max(row[0], row[2] or 0)  # as ``ledger_position`` reads it
+                if ledger_at < self.known_offset:
                     conn.rollback()
-                    raise LedgerRolledBack(self.shard, int(row[0]), self.known_offset, row[1])
+                    raise LedgerRolledBack(self.shard, int(ledger_at), self.known_offset, row[1])
                 if seq <= row[0]:
                     conn.rollback()
                     log.info("batch %d already committed (ledger at %d); skipped", seq, row[0],
