@@ -76,6 +76,30 @@ def dsn_passwords(dsn: str | None) -> list[str]:
     return found
 
 
+_MASK_BYTES = MASK.encode()
+
+
+def mask_frames(frames: list[bytes], secrets: tuple[bytes, ...]) -> list[bytes]:
+    """``frames`` with every occurrence of each of ``secrets`` replaced by the mask (the same list if none holds one).
+
+    One search per secret over the whole burst: only when the burst holds a
+    secret (or one spans two frames) is each frame searched and masked.
+    """
+    if not secrets or not frames:
+        return frames
+    burst = b"\n".join(frames)
+    found = [secret for secret in secrets if secret in burst]
+    if not found:
+        return frames
+    masked = []
+    for frame in frames:
+        for secret in found:
+            if secret in frame:
+                frame = frame.replace(secret, _MASK_BYTES)
+        masked.append(frame)
+    return masked
+
+
 def mask_secrets(text: str) -> str:
     """Return ``text`` with registered secrets, API keys in query strings and passwords in URLs replaced by ``***``."""
     for secret in _secrets:

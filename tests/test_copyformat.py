@@ -1,7 +1,7 @@
 """The fast COPY encoder against pgcopy's own formatters: the same bytes for every row, the same errors.
 
 No database here (the round trip through a real server is in test_writer.py):
-a ``_TickCopyManager`` is compiled against fake column attributes, so its
+a ``TickCopyManager`` is compiled against fake column attributes, so its
 pgcopy formatters and its fast encoder see exactly the table a real
 connection would describe.
 """
@@ -24,7 +24,7 @@ from pgcopy import CopyManager
 from pgcopy.copy import numeric as pgcopy_numeric
 
 from shardctl.db.copyformat import fast_path_types_ok, numeric_field
-from shardctl.db.writer import COLUMNS, _TickCopyManager
+from shardctl.db.writer import COLUMNS, TickCopyManager
 
 Att = namedtuple("Att", "attname type_category type_name type_mod not_null typelem")
 UTC = timezone.utc
@@ -42,7 +42,7 @@ def _atts(*, not_null: tuple[str, ...] = ("time", "symbol"), **types: str) -> di
     return {name: Att(name, "N", kind, -1, name in not_null, 0) for name, kind in base.items()}
 
 
-def manager(cls: type = _TickCopyManager, atts: dict[str, Att] | None = None, encoding: str = "UTF8") -> Any:
+def manager(cls: type = TickCopyManager, atts: dict[str, Att] | None = None, encoding: str = "UTF8") -> Any:
     """A CopyManager of class ``cls`` compiled for ``atts`` without a database."""
     mgr = cls.__new__(cls)
     mgr._type_formatters = {**__import__("pgcopy.copy").copy.type_formatters, **cls.type_formatters}

@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 
 from shardctl.twelvedata.frames import (
+    BINARY_FRAME_MARK,
     OP_BINARY,
     OP_CLOSE,
     OP_TEXT,
@@ -48,8 +49,13 @@ def test_many_frames_of_every_length_class(pair) -> None:
     pongs: list[bytes] = []
     reader = FrameReader(client, pongs.append)
     server.sendall(b"".join(frame(p) for p in payloads))
-    assert [reader.read() for _ in payloads] == [(OP_TEXT, p) for p in payloads]
-    assert reader.read() is None, "timeout with nothing buffered"
+    got: list[bytes] = []
+    while len(got) < len(payloads):
+        burst = reader.read_burst()
+        assert burst, "timeout before every frame arrived"
+        got += burst
+    assert got == payloads
+    assert reader.read_burst() == [], "timeout with nothing buffered"
 
 
 def test_byte_by_byte_delivery_is_reassembled(pair) -> None:
@@ -60,9 +66,9 @@ def test_byte_by_byte_delivery_is_reassembled(pair) -> None:
     results = []
     for i in range(len(data)):
         server.sendall(data[i:i + 1])
-        results.append(reader.read())
-    assert results[:-1] == [None] * (len(data) - 1)
-    assert results[-1] == (OP_TEXT, b"hello world" * 20)
+        results.append(reader.read_burst())
+    assert results[:-1] == [[]] * (len(data) - 1)
+    assert results[-1] == [b"hello world" * 20]
 
 
 def test_fragments_pings_and_close(pair) -> None:
@@ -72,10 +78,26 @@ def test_fragments_pings_and_close(pair) -> None:
     server.sendall(frame(b"part1-", OP_BINARY, fin=False) + frame(b"ping!", 0x9)
                    + frame(b"part2", 0x0, fin=True) + frame(b"", 0xA)
                    + frame(b"masked", mask=b"\x01\x02\x03\x04") + frame(struct.pack(">H", 1001) + b"bye", OP_CLOSE))
-    assert reader.read() == (OP_BINARY, b"part1-part2")
+    assert reader.read_burst() == [BINARY_FRAME_MARK + b"part1-part2", b"masked"]
     assert pongs == [b"ping!"]
-    assert reader.read() == (OP_TEXT, b"masked")
-    assert reader.read() == (OP_CLOSE, struct.pack(">H", 1001) + b"bye")
+    assert reader.close_payload == struct.pack(">H", 1001) + b"bye"
+
+
+def test_a_burst_ends_at_the_close_frame(pair) -> None:
+    server, client = pair
+    reader = FrameReader(client, lambda _: None)
+    server.sendall(frame(b"a") + frame(struct.pack(">H", 1000), OP_CLOSE) + frame(b"after the close"))
+    assert reader.read_burst() == [b"a"]
+    assert reader.close_payload == struct.pack(">H", 1000)
+
+
+def test_messages_before_a_broken_frame_are_handed_over_first(pair) -> None:
+    server, client = pair
+    reader = FrameReader(client, lambda _: None)
+    server.sendall(frame(b"one") + frame(b"two") + frame(b"?", 0x3))
+    assert reader.read_burst() == [b"one", b"two"]
+    with pytest.raises(ProtocolError, match="opcode"):
+        reader.read_burst()
 
 
 def test_a_new_message_inside_a_fragmented_one_is_a_protocol_error(pair) -> None:
@@ -84,7 +106,7 @@ def test_a_new_message_inside_a_fragmented_one_is_a_protocol_error(pair) -> None
     reader = FrameReader(client, lambda _: None)
     server.sendall(frame(b'{"event": "price", ', OP_TEXT, fin=False) + frame(b'{"event": "heartbeat"}'))
     with pytest.raises(ProtocolError, match="fragmented message"):
-        reader.read()
+        reader.read_burst()
 
 
 def test_peer_closing_tcp_and_bad_frames_raise(pair) -> None:
@@ -92,10 +114,10 @@ def test_peer_closing_tcp_and_bad_frames_raise(pair) -> None:
     reader = FrameReader(client, lambda _: None)
     server.sendall(frame(b"tail", 0x0))
     with pytest.raises(ProtocolError, match="continuation"):
-        reader.read()
+        reader.read_burst()
     server.sendall(frame(b"?", 0x3))
     with pytest.raises(ProtocolError, match="opcode"):
-        reader.read()
+        reader.read_burst()
     server.close()
     with pytest.raises(ConnectionError):
-        reader.read()
+        reader.read_burst()

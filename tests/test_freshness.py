@@ -32,6 +32,7 @@ from shardctl.report import (
 from shardctl.supervisor.cli import format_symbols
 from shardctl.supervisor.http.metrics import MetricsServer, render, stale_notes
 from shardctl.twelvedata.markets import ExchangeState, MarketStateUnavailable, fetch_market_state
+from shardctl.twelvedata.parse import status_event
 from shardctl.worker.freshness import RING, FreshnessTracker, percentile
 from shardctl.worker.markets import MarketWatch
 
@@ -100,11 +101,12 @@ class FakeClock:
         return self.now
 
 
-SUBSCRIBED = {"event": "subscribe-status", "status": "ok", "success": [
+SUBSCRIBED_EVENT = {"event": "subscribe-status", "status": "ok", "success": [
     {"symbol": "AAPL", "exchange": "NASDAQ", "mic_code": "XNGS", "type": "Common Stock"},
     {"symbol": "IBM", "exchange": "NYSE", "mic_code": "XNYS", "type": "Common Stock"},
     {"symbol": "BTC/USD", "exchange": "Coinbase Pro", "mic_code": "Coinbase Pro", "type": "Digital Currency"},
     {"symbol": "EUR/USD", "type": "Physical Currency"}]}
+SUBSCRIBED = status_event("subscribe-status", SUBSCRIBED_EVENT)
 
 
 def test_market_watch_follows_market_state_and_keeps_it_on_errors() -> None:
@@ -141,7 +143,7 @@ def test_market_watch_crypto_only_spends_no_credit_and_24_7_mode_never_closes() 
         raise AssertionError("no fetch expected")
 
     watch = MarketWatch("auto", fetch, refresh=1.0, clock=FakeClock())
-    watch.learn({"event": "subscribe-status", "success": [SUBSCRIBED["success"][2]]})
+    watch.learn(status_event("subscribe-status", {"success": [SUBSCRIBED_EVENT["success"][2]]}))
     assert not watch.refresh_now() and watch.market("BTC/USD") == MARKET_ALWAYS
     always = MarketWatch("24/7", fetch, refresh=1.0, clock=FakeClock())
     always.learn(SUBSCRIBED)

@@ -10,7 +10,7 @@ import pytest
 from shardctl.journal.journal import Journal
 from shardctl.rows import Tick
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
-from shardctl.twelvedata.parse import MAX_PRICE_FRAME, FrameParser, Kind
+from shardctl.twelvedata.parse import MAX_PRICE_FRAME, FrameParser, Kind, Listing, Parsed, Refusal, StatusEvent
 
 
 def parse(frame: bytes | str):
@@ -68,13 +68,38 @@ def test_same_second_ticks_share_the_cached_datetime_correctly() -> None:
 ])
 def test_status_events(frame: bytes) -> None:
     parsed = parse(frame)
-    assert parsed.kind is Kind.STATUS and parsed.event == orjson.loads(frame)
+    event = orjson.loads(frame)
+    assert parsed.kind is Kind.STATUS and parsed.status is not None
+    assert (parsed.status.name, parsed.status.status, parsed.status.messages) == (
+        event["event"], event["status"], event.get("messages"))
+
+
+def test_a_subscribe_status_is_decoded_once_into_listings_and_refusals() -> None:
+    frame = orjson.dumps({"event": "subscribe-status", "status": "ok", "success": [
+        {"symbol": "AAPL", "exchange": "NASDAQ", "mic_code": "XNGS", "type": "Common Stock"},
+        {"symbol": "BTC/USD", "exchange": "Coinbase Pro", "type": "Digital Currency"}, 7, {"no": "symbol"}],
+        "fails": [{"symbol": "NOPE", "message": "not found"}, "BARE", {"message": "no symbol"}]})
+    status = parse(frame).status
+    assert status == StatusEvent("subscribe-status", "ok", (
+        Listing("AAPL", "NASDAQ", "XNGS", "Common Stock"), Listing("BTC/USD", "Coinbase Pro", "", "Digital Currency")),
+        (Refusal("NOPE", "not found"), Refusal("BARE")))
 
 
 def test_heartbeat_and_unknown_events() -> None:
     assert parse(b'{"event": "heartbeat", "status": "ok"}').kind is Kind.HEARTBEAT
-    other = parse(b'{"event": "news", "headline": "x"}')
-    assert other.kind is Kind.OTHER and other.event == {"event": "news", "headline": "x"}
+    assert parse(b'{"event": "news", "headline": "x"}').kind is Kind.OTHER
+
+
+def test_read_hands_a_price_event_back_as_its_tick_and_names_each_new_symbol_once() -> None:
+    parser = FrameParser()
+    tick = parser.read(b'{"event":"price","symbol":"BTC/USD","currency_base":"Bitcoin","timestamp":1700000000,'
+                       b'"price":1}')
+    assert isinstance(tick, Tick) and tick.price == 1.0
+    parser.read(b'{"event":"price","symbol":"EUR/USD","timestamp":1700000000,"price":1.1}')
+    assert parser.take_new_names() == {"BTC/USD": "Bitcoin", "EUR/USD": None}
+    parser.read(b'{"event":"price","symbol":"BTC/USD","currency_base":"Bitcoin","timestamp":1700000001,"price":2}')
+    assert parser.take_new_names() == {}
+    assert parser.read(b'{"event": "heartbeat"}') == Parsed(Kind.HEARTBEAT)
 
 
 @pytest.mark.parametrize("frame, reason", [

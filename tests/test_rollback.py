@@ -220,7 +220,7 @@ def test_gaps_handed_over_after_the_older_ledger_are_recorded_again() -> None:
     stream = SimpleNamespace(first_connected_at=None, gaps=[(100.0, 101.0, "disconnected: a"),
                                                             (200.0, 202.0, "disconnected: b")])
     parts = dict(stream=stream, journal=SimpleNamespace(gaps=[]), gate=SimpleNamespace(gaps=[]),
-                 committer=SimpleNamespace(run_task=tasks.append))
+                 committer=SimpleNamespace(run_task=tasks.append), assets={})
     books = Bookkeeper()
     books.hand_over(**parts)  # type: ignore[arg-type]
     assert len(tasks) == 2

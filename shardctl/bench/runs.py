@@ -296,10 +296,10 @@ def run_baseline(ctx: BenchContext, kind: str, ticks: int, rate: float | None) -
 def prepare_copy(conn: Connection, ctx: BenchContext, rows: list[tuple[Any, ...]]) -> None:
     """Before COPYing ``rows`` as the writer would: day partitions (PostgreSQL) or direct compress (TimescaleDB)."""
     from shardctl.db.schema import ensure_partition
-    from shardctl.db.writer import DIRECT_COMPRESS_GUC, _utc_day
+    from shardctl.db.writer import DIRECT_COMPRESS_GUC, utc_day
 
     if ctx.flavour == "postgresql":
-        for day in sorted({_utc_day(r[0]) for r in rows}):
+        for day in sorted({utc_day(r[0]) for r in rows}):
             ensure_partition(conn, TablesConfig(), day)
     elif ctx.direct_compress:
         with conn.cursor() as cur:
@@ -313,7 +313,7 @@ def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
     Only the COPY and COMMIT calls are timed (one connection): what the
     database takes, without websocket, parsing or encoding.
     """
-    from shardctl.db.writer import _TickCopyManager
+    from shardctl.db.writer import TickCopyManager
     from shardctl.rows import COLUMNS
 
     name = ctx.next_name(f"copy-limit-b{batch_size}")
@@ -323,7 +323,7 @@ def run_copy_limit(ctx: BenchContext, batch_size: int) -> RunResult:
         conn = psycopg2.connect(dsn)
         try:
             prepare_copy(conn, ctx, rows)
-            manager = _TickCopyManager(conn, "crypto_ticks", COLUMNS)
+            manager = TickCopyManager(conn, "crypto_ticks", COLUMNS)
             ctx.progress(f"{result.label}: encoding {len(rows):,} rows")
             buffers = []
             for start in range(0, len(rows), batch_size):
@@ -369,21 +369,16 @@ def run_socket_limit(ctx: BenchContext, *, reader: str = "framereader") -> RunRe
                                   "params": {"symbols": ",".join(bench_data.BENCH_SYMBOLS)}}).decode())
             assert ws.sock is not None
             frames = FrameReader(ws.sock, ws.pong)
-
-            def read_frame() -> bytes:
-                message = frames.read()
-                return b"" if message is None else message[1]
-
-            read: Callable[[], Any] = read_frame if reader == "framereader" else ws.recv
             monitor = ProcMonitor([os.getpid()], None).start()
             count, first, last = 0, 0.0, 0.0
             while count < total:
-                data = read()
-                if data[:16] in (b'{"event":"price"', '{"event":"price"'):
+                burst = frames.read_burst() if reader == "framereader" else [ws.recv()]
+                prices = sum(1 for data in burst if data[:16] in (b'{"event":"price"', '{"event":"price"'))
+                if prices:
                     last = time.perf_counter()
                     if not count:
                         first = last
-                    count += 1
+                    count += prices
             usage = monitor.stop()
         finally:
             ws.abort()

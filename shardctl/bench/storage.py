@@ -37,7 +37,7 @@ def _size(conn: Connection, flavour: str) -> int:
 
 def run_storage(ctx: BenchContext, batch_size: int) -> dict[str, Any]:
     """Sizes in bytes of ``crypto_ticks`` after the replay: ``before`` and (TimescaleDB) ``after`` the policy."""
-    from shardctl.db.writer import _TickCopyManager
+    from shardctl.db.writer import TickCopyManager
 
     rows = bench_data.replay_rows(ctx.replay)
     name = ctx.next_name(f"storage-b{batch_size}" + ("-dc" if ctx.direct_compress else ""))
@@ -46,7 +46,7 @@ def run_storage(ctx: BenchContext, batch_size: int) -> dict[str, Any]:
         conn = psycopg2.connect(dsn)
         try:
             prepare_copy(conn, ctx, rows)
-            manager = _TickCopyManager(conn, "crypto_ticks", COLUMNS)
+            manager = TickCopyManager(conn, "crypto_ticks", COLUMNS)
             ctx.progress(f"storage: COPY {len(rows):,} rows in batches of {batch_size:,}")
             for start in range(0, len(rows), batch_size):
                 buf = io.BytesIO()

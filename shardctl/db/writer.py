@@ -35,11 +35,10 @@ from shardctl.db.gaps import record_gap
 from shardctl.db.leases import Fence, LeaseStart, fence, lease_start
 from shardctl.db.schema import ensure_partition, upsert_assets
 from shardctl.errors import DatabaseError, DatabaseUnavailable, LedgerRolledBack, ShardctlError, ShardFenced
-from shardctl.rows import COLUMNS
+from shardctl.rows import COLUMNS, Tick
 
 log = logging.getLogger("shardctl.writer")
 
-#: Column order of a row tuple: (time, symbol, price, day_volume, bid, ask).
 #: Environment variable: "pgcopy" makes every CopyManager use pgcopy's own per-field formatters.
 ENCODER_ENV = "SHARDCTL_COPY_ENCODER"
 #: TimescaleDB >= 2.21: COPY compresses rows in memory and writes columnstore batches.
@@ -47,7 +46,6 @@ DIRECT_COMPRESS_GUC = "timescaledb.enable_direct_compress_copy"
 #: Smaller batches are written as rows even with direct compress: a columnstore batch is built for ~1,000
 #: rows, and tiny compressed batches cost more time and space than rows (benchmarks/README.md).
 DIRECT_COMPRESS_MIN_ROWS = 1000
-Row = tuple  # (datetime UTC, str, float, Decimal | int | None, float | None, float | None)
 
 
 def _numeric(value: Any) -> Any:
@@ -75,7 +73,7 @@ class ShardBusy(ShardctlError):
     """Another worker holds this shard's writer lock on the database."""
 
 
-class _TickCopyManager(CopyManager):
+class TickCopyManager(CopyManager):
     """pgcopy's CopyManager (table introspection, formatters, ``copystream``) with a fast ``writestream``.
 
     When the COPY columns have the types of ``copyformat.TICK_TYPES`` (the
@@ -113,7 +111,8 @@ class _TickCopyManager(CopyManager):
             datastream.write(self.encoder.encode(data))
 
 
-def _utc_day(moment: datetime) -> date:
+def utc_day(moment: datetime) -> date:
+    """The UTC day of ``moment`` (a naive one is taken as UTC, as pgcopy stores it): its partition's day."""
     if moment.tzinfo is None:  # pgcopy stores naive datetimes as UTC; so do we
         return moment.date()
     return moment.astimezone(timezone.utc).date()
@@ -138,7 +137,7 @@ class Writer:
         self.shard = shard
         self.application_name = application_name or f"shardctl:{shard}"
         self._conn: Connection | None = None
-        self._copy: _TickCopyManager | None = None
+        self._copy: TickCopyManager | None = None
         self._partitioned = False
         self._days: set[date] = set()  # days known to have their own partition (plain PostgreSQL)
         #: The highest offset this writer saw committed (read or written): a ledger below it went back in time.
@@ -172,7 +171,7 @@ class Writer:
             if not locked:
                 raise ShardBusy(f"shard {self.shard} is already being written to this database by another "
                                 "worker (another host, or a second supervisor); stop that one first")
-            self._copy = _TickCopyManager(conn, self.tables.ticks, COLUMNS, fast=not self._pgcopy_encoder)
+            self._copy = TickCopyManager(conn, self.tables.ticks, COLUMNS, fast=not self._pgcopy_encoder)
             conn.commit()
         except (psycopg2.Error, ValueError) as exc:
             error = self._error(exc, conn, "cannot prepare the writer")
@@ -257,22 +256,22 @@ class Writer:
         except psycopg2.Error as exc:
             raise self._fail(exc, "cannot read the shard's lease") from None
 
-    def _ensure_days(self, rows: Sequence[Row]) -> None:
+    def _ensure_days(self, rows: Sequence[Tick]) -> None:
         days: set[date] = set()
         last: Any = None
         for row in rows:  # rows of the same second share one datetime object (the parser's cache)
-            moment = row[0]
+            moment = row.time
             if moment is not last:
                 last = moment
                 if isinstance(moment, datetime):
-                    days.add(_utc_day(moment))
+                    days.add(utc_day(moment))
         days -= self._days
         for day in sorted(days):
             assert self._conn is not None, "write() holds a connection"
             ensure_partition(self._conn, self.tables, day)  # raises DatabaseError; commits its own transaction
             self._days.add(day)
 
-    def write(self, seq: int, rows: Sequence[Row], *, journal_offset: int | None = None,
+    def write(self, seq: int, rows: Sequence[Tick], *, journal_offset: int | None = None,
               received_at: datetime | None = None) -> bool:
         """Write ``rows`` as batch ``seq`` in one transaction with the ledger update; False if already committed.
 

@@ -34,10 +34,11 @@ was in the active segment.
 
 Cap (``max_bytes``: all segment bytes, at least two segments' worth). "block":
 at ``size_bytes >= max_bytes`` the journal is ``full`` and ``append`` raises
-``JournalFull``; the worker checks ``full`` before reading the socket, so the
-cap is soft by one record; ``commit`` frees space. "drop_oldest": ``append``
-deletes the oldest segments, each uncommitted loss becoming a ``DroppedRange`` in
-``gaps`` and counted in ``dropped_records``/``dropped_bytes``.
+``JournalFull``; the worker checks ``full`` before reading the socket, and a
+burst that starts under the cap is taken whole, so the cap is soft by one
+burst; ``commit`` frees space. "drop_oldest": ``append`` deletes the oldest
+segments, each uncommitted loss becoming a ``DroppedRange`` in ``gaps`` and
+counted in ``dropped_records``/``dropped_bytes``.
 
 Retention (``retain``, seconds; 0: none): committed segments are kept this
 long after they stop being written, so that a database that goes back in time
@@ -67,7 +68,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from shardctl.journal.cursor import Cursor
 from shardctl.journal.errors import DISK_FULL_ERRNOS, JournalCorrupt, JournalDiskFull, JournalError, JournalFull
@@ -229,37 +230,70 @@ class Journal:
         Never raises for a full disk: the record then stays buffered (in the
         active segment, past ``segment_bytes`` if need be) and ``write_buffered``
         reports the full disk. Raises ValueError above MAX_FRAME, JournalFull
-        (block mode, at the cap), JournalError if closed or a write fails otherwise.
+        (block mode, at the cap: ``full``), JournalError if closed or a write fails otherwise.
         """
-        length = len(frame)
-        if length > MAX_FRAME:
-            raise ValueError(f"frame of {length} bytes exceeds the journal's {MAX_FRAME}-byte limit")
-        size = REC_HEADER + length
+        return self.append_many((frame,), received_at)[0]
+
+    def append_many(self, frames: Sequence[bytes], received_at: float) -> list[int]:
+        """``append`` each of ``frames`` (one burst, received together) under one lock; their end offsets.
+
+        On an error the frames before the one refused are appended (their
+        offsets are lost with the exception: ``end_offset`` tells where the
+        journal stands).
+        """
+        ends: list[int] = []
         with self._lock:
             if self._fd < 0:
                 raise JournalError(f"journal {self.directory} is closed")
-            if self.max_bytes is not None and self.size_bytes + size > self.max_bytes:
-                self._make_room(size)
-            used = self.end_offset - self._segments[-1].base
-            if used > SEG_HEADER and used + size > self.segment_bytes:
-                with contextlib.suppress(JournalDiskFull):
-                    self._roll(self.end_offset)
-            seq = self._next_seq
-            meta = _META.pack(length, seq, received_at)
+            if self.full:
+                self._drop_retained(force=True)  # retained bytes go first
+                if self.full:
+                    raise JournalFull(f"journal {self.directory} is full ({self.size_bytes} of {self.max_bytes} "
+                                      f"bytes, {self.uncommitted_bytes} uncommitted): the database is behind")
             buf = self._buf
-            buf += meta
-            buf += _CRC.pack(zlib.crc32(frame, zlib.crc32(meta)))
-            buf += frame
-            self._next_seq = seq + 1
-            self.end_offset += size
-            self.size_bytes += size
-            self.last_received_at = received_at
-            if self.oldest_uncommitted_received_at is None:
-                self.oldest_uncommitted_received_at = received_at
+            meta_pack, crc_pack, crc32 = _META.pack, _CRC.pack, zlib.crc32
+            cap = self.max_bytes if self.max_bytes is not None else float("inf")
+            seg_end = self._segments[-1].base + self.segment_bytes
+            seq, end, total = self._next_seq, self.end_offset, self.size_bytes
+            try:
+                for frame in frames:
+                    length = len(frame)
+                    size = REC_HEADER + length
+                    if total + size > cap or end + size > seg_end or length > MAX_FRAME:
+                        # Room at the cap, a new segment: the careful path, with the state written back first.
+                        self._next_seq, self.end_offset, self.size_bytes = seq, end, total
+                        self._room_for(frame, size)
+                        seg_end = self._segments[-1].base + self.segment_bytes
+                        end, total = self.end_offset, self.size_bytes  # a new segment starts after its header
+                    meta = meta_pack(length, seq, received_at)
+                    buf += meta
+                    buf += crc_pack(crc32(frame, crc32(meta)))
+                    buf += frame
+                    seq += 1
+                    end += size
+                    total += size
+                    ends.append(end)
+            finally:
+                self._next_seq, self.end_offset, self.size_bytes = seq, end, total
+                if ends:
+                    self.last_received_at = received_at
+                    if self.oldest_uncommitted_received_at is None:
+                        self.oldest_uncommitted_received_at = received_at
             if len(buf) >= _BUFFER or self.fsync == "always":
                 with contextlib.suppress(JournalDiskFull):
                     self._write_out(self.fsync == "always")
-            return self.end_offset
+        return ends
+
+    def _room_for(self, frame: bytes, size: int) -> None:
+        """Before appending a record of ``size`` bytes: check it, make room at the cap, roll the segment. Lock held."""
+        if len(frame) > MAX_FRAME:
+            raise ValueError(f"frame of {len(frame)} bytes exceeds the journal's {MAX_FRAME}-byte limit")
+        if self.max_bytes is not None and self.size_bytes + size > self.max_bytes:
+            self._make_room(size)
+        used = self.end_offset - self._segments[-1].base
+        if used > SEG_HEADER and used + size > self.segment_bytes:
+            with contextlib.suppress(JournalDiskFull):
+                self._roll(self.end_offset)
 
     def flush(self) -> int:
         """Hand every buffered record to the OS (and fsync unless ``fsync="never"``); return ``flushed_offset``."""
@@ -341,14 +375,11 @@ class Journal:
         self.size_bytes = SEG_HEADER + len(self._buf)
 
     def _make_room(self, size: int) -> None:
+        """Bring the journal under the cap for ``size`` more bytes: retained segments go first, then (drop_oldest)
+        the oldest ones. Block mode refuses whole bursts at the cap (``append_many``), never a record inside one."""
         assert self.max_bytes is not None
         self._drop_retained(force=True)
-        if self.size_bytes + size <= self.max_bytes:
-            return
-        if self.on_full == "block":
-            if self.size_bytes >= self.max_bytes:
-                raise JournalFull(f"journal {self.directory} is full ({self.size_bytes} of {self.max_bytes} bytes, "
-                                  f"{self.uncommitted_bytes} uncommitted): the database is behind")
+        if self.size_bytes + size <= self.max_bytes or self.on_full == "block":
             return
         while self.size_bytes + size > self.max_bytes and len(self._segments) > 1:
             seg, after = self._segments[0], self._segments[1]

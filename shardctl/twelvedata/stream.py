@@ -1,9 +1,9 @@
 """Twelve Data websocket client on websocket-client: one connection, kept alive.
 
-``StreamClient.poll(timeout)`` is the whole interface: it returns the next
-message as bytes (a binary one behind ``BINARY_FRAME_MARK``, so that it is
-dead-lettered live and on journal replay alike), or None after at most
-``timeout`` seconds. Behind it the client connects, subscribes, sends a
+``StreamClient.poll(timeout)`` is the whole interface: it returns the
+messages one read of the socket brought, as bytes (a binary one behind
+``BINARY_FRAME_MARK``, so that it is dead-lettered live and on journal replay
+alike), or [] after at most ``timeout`` seconds. Behind it the client connects, subscribes, sends a
 heartbeat every ``heartbeat_interval``, reconnects when the watchdog sees no
 frame for ``watchdog_timeout``, backs off (capped, jittered, reset after a
 healthy period) and resubscribes after every reconnect. Network trouble
@@ -25,13 +25,8 @@ import websocket
 
 from shardctl.backoff import Backoff
 from shardctl.config.model import ShardSettings
-from shardctl.twelvedata.frames import (
-    BINARY_FRAME_MARK,
-    OP_BINARY,
-    OP_CLOSE,
-    FrameReader,
-    ProtocolError,
-)
+from shardctl.twelvedata.frames import FrameReader, ProtocolError
+from shardctl.twelvedata.parse import StatusEvent
 
 log = logging.getLogger("shardctl.stream")
 
@@ -128,53 +123,64 @@ class StreamClient:
 
     # ------------------------------------------------------------ the loop
 
-    def poll(self, timeout: float) -> bytes | None:
-        """Return the next message, or None after at most ``timeout`` seconds.
+    def poll(self, timeout: float) -> list[bytes]:
+        """Return the messages that arrived together (one read of the socket), or [] after at most ``timeout`` s.
 
         A text message comes back as its payload; a binary one as
         ``BINARY_FRAME_MARK`` + payload. Never raises on network trouble; what
         ``before_recv`` raises propagates (the connection stays as it was).
+        Messages read before a close frame or a broken frame are returned
+        first; the connection is then lost (reconnected later) or, after
+        ``say_goodbye``, ended.
         """
         now = self._clock()
         if self._ws is None:
             if now < self._next_attempt:
                 time.sleep(max(0.0, min(timeout, self._next_attempt - now)))
-                return None
+                return []
             self._connect(now)
-            return None
+            return []
         ws = self._ws
         if self.closing:
-            return self._read_before_close(ws, timeout)
-        if now >= self._next_heartbeat:
-            self._send({"action": "heartbeat"})
-            self._next_heartbeat = now + self.settings.heartbeat_interval
-            if self._ws is None:
-                return None
-        silent_for = now - self._last_frame_at
-        if silent_for >= self.settings.watchdog_timeout:
-            self._lost(now, f"no frame for {silent_for:.1f}s (watchdog)", abort=True)
-            return None
-        wait = min(timeout, self._next_heartbeat - now, self.settings.watchdog_timeout - silent_for)
+            wait = timeout
+        else:
+            if now >= self._next_heartbeat:
+                self._send({"action": "heartbeat"})
+                self._next_heartbeat = now + self.settings.heartbeat_interval
+                if self._ws is None:
+                    return []
+            silent_for = now - self._last_frame_at
+            if silent_for >= self.settings.watchdog_timeout:
+                self._lost(now, f"no frame for {silent_for:.1f}s (watchdog)", abort=True)
+                return []
+            wait = min(timeout, self._next_heartbeat - now, self.settings.watchdog_timeout - silent_for)
         wait = max(0.001, wait)
         if wait != self._timeout and ws.sock is not None:
             ws.sock.settimeout(wait)
             self._timeout = wait
-        assert self._reader is not None
+        reader = self._reader
+        assert reader is not None
         try:
-            message = self._reader.read()
+            messages = reader.read_burst()
         except (ProtocolError, websocket.WebSocketException, OSError) as exc:
-            self._lost(self._clock(), f"connection lost: {exc or type(exc).__name__}")
-            return None
-        if message is None:
-            return None
-        opcode, data = message
-        if opcode == OP_CLOSE:
-            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-            reason = data[2:].decode("utf-8", "replace") if len(data) > 2 else ""
-            self._lost(self._clock(), f"server closed the connection (code {code}{', ' + reason if reason else ''})")
-            return None
-        self._last_frame_at = self._clock()
-        return BINARY_FRAME_MARK + data if opcode == OP_BINARY else data
+            problem = f"connection lost{' while closing' if self.closing else ''}: {exc or type(exc).__name__}"
+            if self.closing:
+                self._end(problem)
+            else:
+                self._lost(self._clock(), problem)
+            return []
+        if messages:
+            self._last_frame_at = self._clock()
+        if reader.close_payload is not None:
+            if self.closing:
+                self._end("")
+            else:
+                data = reader.close_payload
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                reason = data[2:].decode("utf-8", "replace") if len(data) > 2 else ""
+                self._lost(self._clock(),
+                           f"server closed the connection (code {code}{', ' + reason if reason else ''})")
+        return messages
 
     def say_goodbye(self) -> bool:
         """Unsubscribe every symbol and send a close frame (1001); False when no connection is open.
@@ -197,25 +203,6 @@ class StreamClient:
         self.closing = True
         return True
 
-    def _read_before_close(self, ws: websocket.WebSocket, timeout: float) -> bytes | None:
-        """After the goodbye: the next data frame, or None; the server's close frame ends the connection."""
-        if ws.sock is not None and timeout != self._timeout:
-            ws.sock.settimeout(max(0.001, timeout))
-            self._timeout = timeout
-        assert self._reader is not None
-        try:
-            message = self._reader.read()
-        except (ProtocolError, websocket.WebSocketException, OSError) as exc:
-            self._end(f"connection lost while closing: {exc or type(exc).__name__}")
-            return None
-        if message is None:
-            return None
-        opcode, data = message
-        if opcode == OP_CLOSE:
-            self._end("")
-            return None
-        return BINARY_FRAME_MARK + data if opcode == OP_BINARY else data
-
     def _end(self, problem: str) -> None:
         ws, self._ws, self._reader = self._ws, None, None
         self.closing = False
@@ -224,28 +211,22 @@ class StreamClient:
         if ws is not None:
             ws.shutdown()
 
-    def handle_status(self, event: dict[str, Any]) -> None:
+    def handle_status(self, event: StatusEvent) -> None:
         """Take a subscribe/unsubscribe/reset status event: log fails once per symbol, signal readiness."""
-        if event.get("event") == "unsubscribe-status":
-            success = event.get("success")
-            log.info("unsubscribed from %d symbol(s)", len(success) if isinstance(success, list) else 0)
-        if event.get("event") != "subscribe-status":
+        if event.name == "unsubscribe-status":
+            log.info("unsubscribed from %d symbol(s)", len(event.success))
+        if event.name != "subscribe-status":
             return
-        status = event.get("status")
-        fails = event.get("fails") or []
-        for fail in fails if isinstance(fails, list) else []:
-            symbol = fail.get("symbol") if isinstance(fail, dict) else fail
-            if isinstance(symbol, str) and symbol not in self._failed_symbols:
-                self._failed_symbols.add(symbol)
-                message = fail.get("message") if isinstance(fail, dict) else None
+        for fail in event.fails:
+            if fail.symbol not in self._failed_symbols:
+                self._failed_symbols.add(fail.symbol)
                 log.error("Twelve Data refused symbol %s%s; the other symbols keep streaming",
-                          symbol, f": {message}" if message else "")
-        if status == "error":
-            log.error("subscribe failed: %s", event.get("messages") or event)
+                          fail.symbol, f": {fail.message}" if fail.message else "")
+        if event.status == "error":
+            log.error("subscribe failed: %s", event.messages or event)
             return
-        success = event.get("success") or []
-        log.info("subscribed to %d symbol(s) on %s (%d refused)",
-                 len(success) if isinstance(success, list) else 0, self.url, len(self._failed_symbols))
+        log.info("subscribed to %d symbol(s) on %s (%d refused)", len(event.success), self.url,
+                 len(self._failed_symbols))
         if not self.subscribed:
             self.subscribed = True
             if self._on_subscribed is not None:

@@ -30,6 +30,17 @@ class Batcher(Generic[T]):
         self.rows.append(row)
         return len(self.rows) >= self.batch_size
 
+    def room(self) -> int:
+        """Rows the batch takes before it is full."""
+        return self.batch_size - len(self.rows)
+
+    def extend(self, rows: list[T], now: float) -> bool:
+        """Append rows received at ``now`` (at most ``room()`` of them); True when the batch is full."""
+        if rows and not self.rows:
+            self.first_at = now
+        self.rows += rows
+        return len(self.rows) >= self.batch_size
+
     def deadline(self) -> float | None:
         """When the pending rows must be flushed by age, or None when empty."""
         return None if self.first_at is None else self.first_at + self.flush_interval

@@ -3,7 +3,8 @@
 Gaps are stretches in which the shard may have missed ticks: the stream's
 disconnections, the time the worker was down (from the last frame its
 journal holds to its first connection), and frames the journal dropped at its cap. Asset
-names come from the first event of each symbol (``currency_base``). Both are
+names come from the first event of each symbol (``currency_base``, which the
+parser keeps: ``FrameParser.take_new_names``). Both are
 written by the committer thread, in order with the batches and retried like
 them, so neither ever blocks the socket.
 """
@@ -16,8 +17,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
-
-import orjson
 
 from shardctl.journal.journal import Journal
 from shardctl.twelvedata.stream import StreamClient
@@ -64,8 +63,6 @@ class Bookkeeper:
         self.down_since: float | None = None
         #: The reason the "down" gap is recorded with (a takeover names the host it took the shard from).
         self.down_reason = "worker down"
-        #: Symbols seen in this process.
-        self.symbols: set[str] = set()
         self._new_assets: dict[str, str | None] = {}
         self._journal_gaps_taken = 0
         #: Gaps found elsewhere (a database that went back in time): (from, to, reason), wall-clock seconds.
@@ -79,14 +76,11 @@ class Bookkeeper:
         self.extra_gaps.extend(again)
         return len(again)
 
-    def learn_symbol(self, frame: bytes, symbol: str) -> None:
-        """Note a symbol's first event in this process, with its name when the event carries one."""
-        self.symbols.add(symbol)
-        name = orjson.loads(frame).get("currency_base")
-        self._new_assets[symbol] = name if isinstance(name, str) else None
-
-    def hand_over(self, stream: StreamClient, journal: Journal, gate: ReadGate, committer: Committer) -> None:
-        """Queue every gap and asset name learnt since the last call as committer tasks."""
+    def hand_over(self, stream: StreamClient, journal: Journal, gate: ReadGate, committer: Committer,
+                  assets: Mapping[str, str | None]) -> None:
+        """Queue every gap learnt since the last call, and ``assets`` (symbols met for the first time, with the
+        name their first event carried), as committer tasks."""
+        self._new_assets.update(assets)
         gaps, gate.gaps = gate.gaps, []
         if self.down_since is not None and stream.first_connected_at is not None:
             gaps.append((self.down_since, stream.first_connected_at, self.down_reason))

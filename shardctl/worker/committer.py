@@ -33,6 +33,7 @@ from shardctl.backoff import Backoff
 from shardctl.crashpoints import NO_CRASHES, CrashPoints
 from shardctl.db.writer import LedgerPosition
 from shardctl.errors import DatabaseError, DatabaseUnavailable, LedgerRolledBack, ShardFenced
+from shardctl.rows import Tick
 
 log = logging.getLogger("shardctl.committer")
 
@@ -43,7 +44,7 @@ class BatchWriter(Protocol):
     known_offset: int
 
     def ledger_position(self) -> LedgerPosition: ...
-    def write(self, seq: int, rows: Sequence[tuple], *, journal_offset: int | None = None,
+    def write(self, seq: int, rows: Sequence[Tick], *, journal_offset: int | None = None,
               received_at: datetime | None = None) -> bool: ...
     def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None: ...
     def upsert_assets(self, names: Mapping[str, str | None]) -> None: ...
@@ -65,7 +66,7 @@ class CommitStats:
 
 @dataclass
 class _Batch:
-    rows: list[tuple]
+    rows: list[Tick]
     seq: int
     arrivals: list[float] | None = None
     #: Wall-clock receive time of the batch's last tick (cluster mode: a successor's gap starts there).
@@ -160,7 +161,7 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, rows: list[tuple], seq: int, *, arrivals: list[float] | None = None,
+    def submit(self, rows: list[Tick], seq: int, *, arrivals: list[float] | None = None,
                received_at: datetime | None = None) -> None:
         """Queue a batch whose rows come from journal records up to offset ``seq``; never blocks."""
         with self._cond:

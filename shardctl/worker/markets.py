@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from shardctl.report import MARKET_ALWAYS, MARKET_CLOSED, MARKET_OPEN, MARKET_UNKNOWN
 from shardctl.twelvedata.markets import ExchangeState, MarketStateUnavailable
+from shardctl.twelvedata.parse import StatusEvent
 
 log = logging.getLogger("shardctl.worker")
 
@@ -52,12 +53,11 @@ class MarketWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def learn(self, event: dict[str, Any]) -> None:
+    def learn(self, event: StatusEvent) -> None:
         """Take a subscribe-status event's ``success`` entries: each symbol's MIC, exchange and type."""
-        for entry in event.get("success") or [] if event.get("event") == "subscribe-status" else []:
-            if isinstance(entry, dict) and isinstance(entry.get("symbol"), str):
-                mic, exchange = str(entry.get("mic_code") or ""), str(entry.get("exchange") or "").lower()
-                self._listing[entry["symbol"]] = (mic, exchange, str(entry.get("type") or ""))
+        if event.name == "subscribe-status":
+            for entry in event.success:
+                self._listing[entry.symbol] = (entry.mic_code, entry.exchange.lower(), entry.type)
 
     def market(self, symbol: str) -> str:
         """The symbol's MARKET_* value now."""

@@ -6,13 +6,15 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 from shardctl.config import load_config
 from shardctl.config.model import ShardConfig
 from shardctl.errors import ShardctlError
 from shardctl.report import SymbolFreshness
+from shardctl.rows import Tick
 from shardctl.twelvedata.markets import fetch_market_state
+from shardctl.twelvedata.parse import StatusEvent
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
 from shardctl.worker.freshness import FreshnessTracker
@@ -43,11 +45,17 @@ class ShardSymbols:
     def stop(self) -> None:
         self._markets.stop()
 
-    def observe(self, symbol: str, event_ts: float, received_at: float) -> None:
-        """A tick of ``symbol`` with its own timestamp arrived at ``received_at`` (Unix seconds)."""
-        self._fresh.observe(symbol, event_ts, received_at)
+    def observe(self, ticks: Sequence[Tick], received_at: float) -> None:
+        """``ticks`` arrived together at ``received_at`` (Unix seconds): each one counts for its symbol's freshness."""
+        observe = self._fresh.observe
+        moment, ts = None, 0.0
+        for tick in ticks:
+            if tick.time is not moment:  # the ticks of one second share their datetime (the parser's cache)
+                moment = tick.time
+                ts = moment.timestamp()
+            observe(tick.symbol, ts, received_at)
 
-    def on_status(self, stream: StreamClient, event: dict[str, Any]) -> None:
+    def on_status(self, stream: StreamClient, event: StatusEvent) -> None:
         """A subscribe/unsubscribe/reset answer: the stream takes it, and it names the symbols' exchanges."""
         stream.handle_status(event)
         self._markets.learn(event)

@@ -51,7 +51,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
 from shardctl.config.model import Config, ShardConfig
 from shardctl.db.leases import Fence, LeaseStart
@@ -68,10 +68,11 @@ from shardctl.errors import (
 from shardctl.journal.deadletters import DeadLetters, dead_letter_path
 from shardctl.journal.errors import JournalDiskFull
 from shardctl.journal.journal import Journal
-from shardctl.logs import MASK, registered_secrets
+from shardctl.logs import mask_frames, registered_secrets
 from shardctl.report import ReadyReport, WorkerReport
+from shardctl.rows import Tick
 from shardctl.twelvedata.frames import BINARY_FRAME_MARK
-from shardctl.twelvedata.parse import FrameParser, Kind
+from shardctl.twelvedata.parse import FrameParser, Kind, Parsed, StatusEvent
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
@@ -88,8 +89,6 @@ from shardctl.worker.switches import Switches
 from shardctl.worker.symbols import ShardSymbols
 
 log = logging.getLogger("shardctl.worker")
-
-MASK_BYTES = MASK.encode()
 
 REPORT_INTERVAL = 1.0
 #: Per-symbol freshness rides on every FRESHNESS_EVERY-th report (the first one included).
@@ -117,7 +116,7 @@ class Worker:
         self._exit_code = EXIT_OK
         self._reporter = Reporter(report_fd)
         self._parser = FrameParser()
-        self._batcher: Batcher[tuple] = Batcher(s.batch_size, s.flush_interval)
+        self._batcher: Batcher[Tick] = Batcher(s.batch_size, s.flush_interval)
         shard_dir = config.shard_dir(shard.name)
         self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
                                 max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
@@ -136,8 +135,7 @@ class Worker:
         self._writer = Writer(dsn, config.tables, shard.name, pgcopy_encoder=switches.pgcopy_encoder,
                               crash_points=switches.crash_points, fence=fence,
                               direct_compress=config.timescaledb.direct_compress)
-        #: Wall-clock receive time of the frame being processed, and of the last tick parsed.
-        self._frame_received_at = 0.0
+        #: Wall-clock receive time of the last tick parsed.
         self._parsed_received_at: float | None = None
         self._committer = Committer(
             self._writer,
@@ -308,7 +306,8 @@ class Worker:
             self._flush()
             self._commit_trailing_frames()
             # Gaps noticed since the last second's hand-over:
-            self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
+            self._books.hand_over(self._stream, self._journal, self._gate, self._committer,
+                              self._parser.take_new_names())
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
         self._symbols.stop()
@@ -342,51 +341,85 @@ class Worker:
         now = time.monotonic()
         wait = 0.0 if busy else _POLL_SLICE if deadline is None else min(_POLL_SLICE, max(0.0, deadline - now))
         try:
-            frame = self._stream.poll(wait)  # writes the journal out before it reads the socket
+            frames = self._stream.poll(wait)  # writes the journal out before it reads the socket
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
             return
-        if frame is None:
+        if not frames:
             return
-        for secret in self._secrets:  # a server that echoes the key must not put it on the disk
-            if secret in frame:
-                frame = frame.replace(secret, MASK_BYTES)
-        self._frame_received_at = received = time.time()
-        offset = self._journal.append(frame, received)
+        frames = mask_frames(frames, self._secrets)  # a server that echoes the key must not put it on the disk
+        received = time.time()
+        ends = self._journal.append_many(frames, received)
         if self._live:
-            self._process(frame, offset, time.monotonic(), from_socket=True)
-        elif b'"price"' not in frame:
-            # While catching up, rows come from the journal, but statuses still matter now.
-            parsed = self._parser.parse(frame)
-            if parsed.kind is Kind.STATUS and parsed.event is not None:
-                self._on_status(parsed.event)
+            self._process(frames, ends, received, time.monotonic(), from_socket=True)
+        else:
+            self._statuses(frames)
 
-    def _process(self, frame: bytes, offset: int, arrived: float, *, from_socket: bool) -> None:
-        parsed = self._parser.parse(frame)
+    def _statuses(self, frames: list[bytes]) -> None:
+        """While catching up, rows come from the journal, but statuses still matter now."""
+        for frame in frames:
+            if b'"price"' not in frame:
+                parsed = self._parser.read(frame)
+                if isinstance(parsed, Parsed) and parsed.status is not None:
+                    self._on_status(parsed.status)
+
+    def _process(self, frames: list[bytes], ends: list[int], received: float, arrived: float, *,
+                 from_socket: bool) -> bool:
+        """Turn a burst of journaled frames (received together) into rows; False when it stopped early.
+
+        It stops after a batch the committer had no room for (the rest is
+        read again from the journal) or, live, after the disk filled up.
+        """
+        read = self._parser.read
+        ticks: list[Tick] = []
+        room = self._batcher.room()
+        last_end = 0
+        for i, (frame, end) in enumerate(zip(frames, ends)):
+            found = read(frame)
+            if isinstance(found, Parsed):
+                if ticks:
+                    self._take(ticks, last_end, received, arrived)
+                    ticks = []
+                    room = self._batcher.room()
+                self._other(found, frame, end, from_socket=from_socket)
+                continue
+            ticks.append(found)
+            last_end = end
+            if len(ticks) < room:
+                continue
+            self._take(ticks, end, received, arrived)
+            ticks = []
+            self._flush()
+            if self._cursor.parsed_to != end or (from_socket and not self._live):
+                if from_socket:
+                    self._statuses(frames[i + 1:])
+                return False
+            room = self._batcher.room()
+        if ticks:
+            self._take(ticks, last_end, received, arrived)
+        return True
+
+    def _take(self, ticks: list[Tick], end: int, received: float, arrived: float) -> None:
+        """The rows of a burst's frames up to ``end``: to freshness, the counters and the batch."""
+        self._cursor.parsed(end)
+        self.ticks_received += len(ticks)
+        self._last_tick_at = arrived
+        self._parsed_received_at = received
+        self._symbols.observe(ticks, received)
+        if self._arrivals is not None:
+            self._arrivals += [arrived] * len(ticks)
+        self._batcher.extend(ticks, time.monotonic())
+
+    def _other(self, parsed: Parsed, frame: bytes, end: int, *, from_socket: bool) -> None:
+        new = self._cursor.dealt_with(end)
         kind = parsed.kind
-        if kind is Kind.PRICE:
-            row = parsed.row
-            assert row is not None
-            self.ticks_received += 1
-            self._last_tick_at = arrived
-            self._symbols.observe(row.symbol, parsed.ts, self._wall_offset + arrived)
-            self._parsed_received_at = self._frame_received_at
-            if row.symbol not in self._books.symbols:
-                self._books.learn_symbol(frame, row.symbol)
-            if self._arrivals is not None:
-                self._arrivals.append(arrived)
-            self._cursor.parsed(offset)
-            if self._batcher.add(row, time.monotonic()):
-                self._flush()
-            return
-        new = self._cursor.dealt_with(offset)
         if kind is Kind.BAD:
             if new:
                 # The reason says "binary"; the file shows the payload as it came off the wire.
                 self._dead.add(frame.removeprefix(BINARY_FRAME_MARK), parsed.reason or "malformed", time.monotonic())
         elif kind is Kind.STATUS and from_socket:
-            assert parsed.event is not None
-            self._on_status(parsed.event)
+            assert parsed.status is not None
+            self._on_status(parsed.status)
         elif kind is Kind.OTHER:
             self.other_events += 1
 
@@ -413,7 +446,7 @@ class Worker:
             self._enter_disk_full(exc)
             if not on_disk:
                 return
-        self._last_event_ts = int(rows[-1][0].timestamp())
+        self._last_event_ts = int(rows[-1].time.timestamp())
         received = self._parsed_received_at
         self._committer.submit(rows, self._cursor.parsed_to, arrivals=arrivals,
                                received_at=None if received is None else datetime.fromtimestamp(received, timezone.utc))
@@ -436,13 +469,18 @@ class Worker:
             log.info("caught up with the journal; streaming live")
             return False
         wall, mono = time.time(), time.monotonic()
-        for record in records:
-            if record.end_offset <= self._cursor.parsed_to:
-                continue
-            self._frame_received_at = record.received_at
-            self._process(record.frame, record.end_offset, mono - (wall - record.received_at), from_socket=False)
-            if self._cursor.parsed_to != record.end_offset:  # the committer filled up: rewound to submitted_to
-                break
+        records = [r for r in records if r.end_offset > self._cursor.parsed_to]
+        start = 0
+        while start < len(records):  # the records of one burst share their receive time
+            received = records[start].received_at
+            stop = start + 1
+            while stop < len(records) and records[stop].received_at == received:
+                stop += 1
+            burst = records[start:stop]
+            if not self._process([r.frame for r in burst], [r.end_offset for r in burst], received,
+                                 mono - (wall - received), from_socket=False):
+                break  # the committer filled up: rewound to submitted_to
+            start = stop
         return True
 
     # ------------------------------------------------------------ bookkeeping
@@ -468,7 +506,8 @@ class Worker:
         self._symbols.reload_if_requested(self._stream, self._backfill)
         self._report()
         self._dead.flush_log(now)
-        self._books.hand_over(self._stream, self._journal, self._gate, self._committer)
+        self._books.hand_over(self._stream, self._journal, self._gate, self._committer,
+                              self._parser.take_new_names())
 
     def _repair(self, found: LedgerRolledBack) -> None:
         """The committer met an older ledger: re-read the journal from it (the committer waits until then)."""
@@ -509,7 +548,7 @@ class Worker:
                 self._arrivals.clear()
             self._cursor.rewind()
 
-    def _on_status(self, event: dict[str, Any]) -> None:
+    def _on_status(self, event: StatusEvent) -> None:
         self._symbols.on_status(self._stream, event)
 
     def _subscribed(self) -> None:
