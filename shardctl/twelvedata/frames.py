@@ -111,11 +111,18 @@ class FrameReader:
         try:
             while size - pos >= 2:
                 b0, b1 = buf[pos], buf[pos + 1]
-                if b0 == 0x81 and b1 < 126 and plain:  # the usual frame: final, text, unmasked, short
-                    end = pos + 2 + b1
+                if b0 == 0x81 and b1 < 127 and plain:  # the usual frame: final, text, unmasked, under 64 KiB
+                    if b1 < 126:
+                        start = pos + 2
+                        end = start + b1
+                    elif size - pos < 4:
+                        return
+                    else:
+                        start = pos + 4
+                        end = start + (buf[pos + 2] << 8 | buf[pos + 3])
                     if end > size:
                         return
-                    append(buf[pos + 2:end])
+                    append(buf[start:end])
                     pos = end
                     continue
                 length = b1 & 0x7F
