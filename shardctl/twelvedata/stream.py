@@ -16,6 +16,7 @@ without its query string is.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -154,7 +155,9 @@ class StreamClient:
                 self._lost(now, f"no frame for {silent_for:.1f}s (watchdog)", abort=True)
                 return []
             wait = min(timeout, self._next_heartbeat - now, self.settings.watchdog_timeout - silent_for)
-        wait = max(0.001, wait)
+        # On a 10 ms grid (rounded down: at worst an early wake-up), so a busy stream changes the socket's
+        # timeout (a system call) a hundred times a second at most, not once a read.
+        wait = max(0.001, math.floor(wait * 100) / 100)
         if wait != self._timeout and ws.sock is not None:
             ws.sock.settimeout(wait)
             self._timeout = wait
