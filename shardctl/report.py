@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 import orjson
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _from_mapping(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build dataclass ``cls`` from the keys of ``data`` it knows, each checked against its field's default type."""
     known: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in fields(cls):
         if f.name not in data or not f.init:
             continue
         value, default = data[f.name], f.default

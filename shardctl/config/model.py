@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 from urllib.parse import urlparse
 
 import platformdirs
@@ -57,6 +57,12 @@ def parse_duration(text: str | int | float) -> float:
 MIN_DEAD_LETTER_BYTES = 64 * 1024
 
 
+#: What a journal at its cap does: stop reading the socket, or delete its oldest segments (counted as gaps).
+OnFull = Literal["block", "drop_oldest"]
+#: When the journal fsyncs: never (``write(2)`` only), on every flush, or after every append.
+FsyncPolicy = Literal["never", "flush", "always"]
+
+
 @dataclass(frozen=True)
 class ShardSettings:
     """Per-shard tunables; ``[defaults]`` fills them, ``[shards.NAME]`` may override any."""
@@ -80,8 +86,8 @@ class ShardSettings:
     #: The shard's journal: segment size, cap, what happens at the cap, and fsync policy.
     journal_segment_bytes: int = 64 * 1024 * 1024
     journal_max_bytes: int = 2 * 1024 * 1024 * 1024
-    journal_on_full: str = "block"
-    journal_fsync: str = "never"
+    journal_on_full: OnFull = "block"
+    journal_fsync: FsyncPolicy = "never"
     #: Committed journal records are kept this long, to write them again if the database goes back in time.
     journal_retain: float = 300.0
     #: A symbol whose market is not closed and that has not ticked for this long is stale (status, /healthz).

@@ -6,9 +6,16 @@ import difflib
 import math
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args
 
-from shardctl.config.model import MIN_DEAD_LETTER_BYTES, ShardSettings, parse_duration, parse_size
+from shardctl.config.model import (
+    MIN_DEAD_LETTER_BYTES,
+    FsyncPolicy,
+    OnFull,
+    ShardSettings,
+    parse_duration,
+    parse_size,
+)
 from shardctl.errors import ConfigError
 
 #: The file's top-level keys (tables and plain keys).
@@ -16,8 +23,8 @@ TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", 
             "cluster", "shards")
 _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "journal_on_full": ("block", "drop_oldest"),
-    "journal_fsync": ("never", "flush", "always"),
+    "journal_on_full": get_args(OnFull),
+    "journal_fsync": get_args(FsyncPolicy),
     "market_hours": ("auto", "24/7"),
 }
 

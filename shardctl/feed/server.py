@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
@@ -122,6 +123,8 @@ class FeedServer:
         #: Twelve Data REST (``/time_series``...) on the same port; see ``shardctl.feed.rest``.
         self.rest = RestApi(self.catalog, api_key=api_key)
         self._cond = threading.Condition()
+        #: The API key each accepted handshake gave, until its session starts.
+        self._handshake_keys: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
         self._standing: list[Fault] = list(faults)
         self._bad_key = any(f.name == "bad_key" for f in self._standing)
         self.muted: frozenset[str] = frozenset(str(f.params["symbol"]) for f in self._standing if f.name == "mute")
@@ -294,7 +297,7 @@ class FeedServer:
         if bad:
             log.info("refused a handshake: %s", "bad_key fault" if self._bad_key else "missing or wrong API key")
             return connection.respond(200, '{"status":"error","message":"invalid api key"}\n')
-        connection.td_api_key = key  # type: ignore[attr-defined]
+        self._handshake_keys[connection] = key
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
@@ -311,7 +314,7 @@ class FeedServer:
     def _register(self, ws: ServerConnection) -> Session:
         with self._cond:
             self._next_id += 1
-            conn = Session(self._next_id, getattr(ws, "td_api_key", ""), ws, self)
+            conn = Session(self._next_id, self._handshake_keys.pop(ws, ""), ws, self)
             self._accepted += 1
             self._conns[conn.id] = conn
             self._per_conn[conn.id] = 0

@@ -68,8 +68,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
+from shardctl.config.model import FsyncPolicy, OnFull
 from shardctl.journal.cursor import Cursor
 from shardctl.journal.errors import DISK_FULL_ERRNOS, JournalCorrupt, JournalDiskFull, JournalError, JournalFull
 from shardctl.journal.format import (
@@ -91,8 +92,6 @@ from shardctl.journal.space import free_bytes
 
 log = logging.getLogger("shardctl.journal")
 
-OnFull = Literal["block", "drop_oldest"]
-FsyncPolicy = Literal["never", "flush", "always"]
 #: Committed bytes in the active segment worth replacing it by an empty one for, once all is committed.
 RECLAIM_BYTES = MIB
 @dataclass(frozen=True)

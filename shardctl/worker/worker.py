@@ -119,8 +119,8 @@ class Worker:
         self._batcher: Batcher[Tick] = Batcher(s.batch_size, s.flush_interval)
         shard_dir = config.shard_dir(shard.name)
         self._journal = Journal(shard_dir / "journal", segment_bytes=s.journal_segment_bytes,
-                                max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,  # type: ignore[arg-type]
-                                fsync=s.journal_fsync, retain=s.journal_retain)  # type: ignore[arg-type]
+                                max_bytes=s.journal_max_bytes, on_full=s.journal_on_full,
+                                fsync=s.journal_fsync, retain=s.journal_retain)
         self._lifecycle = Lifecycle(min(s.stop_drain, s.stop_timeout / 2))
         self._on_stopping = on_stopping
         self.rollbacks = 0
