@@ -19,7 +19,7 @@ import pytest
 from shardctl.db.writer import LedgerPosition
 from shardctl.journal.journal import Journal
 from shardctl.journal.mark import MARK_NAME, Mark, decode_mark, encode_mark
-from shardctl.worker.lifecycle import Lifecycle, Phase
+from shardctl.worker.lifecycle import Lifecycle, Mode, Phase
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.rollback import Rollback
 from shardctl.worker.startup import open_at_ledger
@@ -57,6 +57,23 @@ def test_a_worker_stopped_before_streaming_never_drains() -> None:
     life.to(Phase.SHUTTING_DOWN)
     life.to(Phase.STOPPED)
     assert life.drain_seconds is None
+
+
+def test_a_worker_s_modes_move_only_along_their_table_and_are_timed() -> None:
+    clock = Clock()
+    life = Lifecycle(2.0, clock=clock)
+    assert life.live and life.mode_since == 100.0
+    clock.now = 101.0
+    assert life.to_mode(Mode.BACK_PRESSURED) and not life.live and life.mode_since == 101.0
+    assert not life.to_mode(Mode.BACK_PRESSURED), "staying put changes nothing"
+    clock.now = 102.0
+    assert life.to_mode(Mode.DISK_FULL) and life.mode_since == 102.0
+    assert not life.to_mode(Mode.BACK_PRESSURED), "a full committer changes nothing while catching up"
+    assert life.mode is Mode.DISK_FULL
+    assert life.to_mode(Mode.REPLAYING)  # the database went back in time meanwhile
+    assert not life.to_mode(Mode.BACK_PRESSURED) and life.mode is Mode.REPLAYING
+    clock.now = 103.0
+    assert life.to_mode(Mode.LIVE) and life.live and life.mode_since == 103.0
 
 
 def test_the_mark_reads_back_and_a_torn_one_reads_as_nothing() -> None:

@@ -24,8 +24,13 @@ away, the worker says goodbye on the websocket (unsubscribe, close frame 1001)
 and keeps reading and journaling what the server sent before its answering
 close, for at most ``stop_drain``; then it commits what the database will take
 within the shard's ``stop_timeout`` and exits 0; what the database could not
-take stays in the journal for the next start. The phases are explicit
-(``shardctl.worker.lifecycle``).
+take stays in the journal for the next start. The phases, and the modes
+while streaming (live, replaying, back-pressured, disk full), are one explicit
+state machine (``shardctl.worker.lifecycle``).
+
+The hot path works per burst: one read of the socket brings every frame the
+kernel holds; they are masked, journaled, parsed, counted, fed to freshness
+and batched together (``_read_socket``, ``_process``).
 
 A database that goes back in time (its ledger behind what this worker, or its
 journal's ``committed.mark``, saw committed: a failover to an asynchronous
@@ -78,7 +83,7 @@ from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
 from shardctl.worker.bookkeeping import Bookkeeper
 from shardctl.worker.committer import Committer, LatencyLog
-from shardctl.worker.lifecycle import Lifecycle, Phase
+from shardctl.worker.lifecycle import Lifecycle, Mode, Phase
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.process import Reporter
 from shardctl.worker.readgate import ReadGate, ReadState
@@ -96,6 +101,11 @@ FRESHNESS_EVERY = 3
 #: Journal records re-read per step while catching up.
 CATCH_UP_CHUNK = 2000
 _POLL_SLICE = 0.2
+#: After a burst of fewer than SMALL_BURST frames the worker waits COALESCE before it reads again, so a
+#: stream of a few thousand ticks a second costs a few hundred reads, not one per tick (its receive times
+#: and commits move by at most that much; the socket buffers what comes meanwhile).
+SMALL_BURST = 32
+COALESCE = 0.002
 _BLOCKED_SLICE = 0.01
 #: How long a starting worker waits for another session to release the shard's writer lock.
 SHARD_BUSY_WAIT = 10.0
@@ -152,8 +162,6 @@ class Worker:
         self._cursor = JournalCursor()
         #: The configured secrets (registered by load_config), as they would appear in a frame.
         self._secrets = tuple(secret.encode() for secret in registered_secrets())
-        #: False while the journal holds frames not yet parsed (start-up replay, database outage).
-        self._live = True
         self._ready_sent = False
         self._books = Bookkeeper()
         self._backfill = None if not config.backfill.enabled else Backfiller(
@@ -212,12 +220,13 @@ class Worker:
         next_report = time.monotonic()
         try:
             while not self.stopping:
-                busy = self._catch_up() if not self._live else False
+                busy = self._catch_up() if not self._lifecycle.live else False
                 paused = self._gate.state is not ReadState.READING
                 if self._gate.may_read():
                     if paused:
                         self._stream.resume_reading()  # the silence was ours, not the server's
-                    self._read_socket(busy)
+                    if 0 < self._read_socket(busy) < SMALL_BURST and not busy:
+                        time.sleep(COALESCE)  # let a quiet stream's frames gather: one read, one burst
                 else:
                     # Commits give space back: hand over what is on disk and look again soon.
                     self._flush()
@@ -271,7 +280,7 @@ class Worker:
             base = found.resume_offset
         self._cursor.restart_at(max(base, journal.first_offset))
         if journal.backlog_records:
-            self._live = False
+            self._lifecycle.to_mode(Mode.REPLAYING)
             log.info("replaying %d journal record(s) not yet in the database", journal.backlog_records)
 
     def _drain(self) -> None:
@@ -336,7 +345,8 @@ class Worker:
 
     # ------------------------------------------------------------ the data path
 
-    def _read_socket(self, busy: bool) -> None:
+    def _read_socket(self, busy: bool) -> int:
+        """Read one burst off the socket into the journal (and, live, into rows); how many frames it had."""
         deadline = self._batcher.deadline()
         now = time.monotonic()
         wait = 0.0 if busy else _POLL_SLICE if deadline is None else min(_POLL_SLICE, max(0.0, deadline - now))
@@ -344,16 +354,17 @@ class Worker:
             frames = self._stream.poll(wait)  # writes the journal out before it reads the socket
         except JournalDiskFull as exc:
             self._enter_disk_full(exc)
-            return
+            return 0
         if not frames:
-            return
+            return 0
         frames = mask_frames(frames, self._secrets)  # a server that echoes the key must not put it on the disk
         received = time.time()
         ends = self._journal.append_many(frames, received)
-        if self._live:
+        if self._lifecycle.live:
             self._process(frames, ends, received, time.monotonic(), from_socket=True)
         else:
             self._statuses(frames)
+        return len(frames)
 
     def _statuses(self, frames: list[bytes]) -> None:
         """While catching up, rows come from the journal, but statuses still matter now."""
@@ -390,7 +401,7 @@ class Worker:
             self._take(ticks, end, received, arrived)
             ticks = []
             self._flush()
-            if self._cursor.parsed_to != end or (from_socket and not self._live):
+            if self._cursor.parsed_to != end or (from_socket and not self._lifecycle.live):
                 if from_socket:
                     self._statuses(frames[i + 1:])
                 return False
@@ -432,11 +443,10 @@ class Worker:
         if not rows:
             return
         if not self._committer.has_room(len(rows)):
-            if self._live:
+            if self._lifecycle.to_mode(Mode.BACK_PRESSURED):
                 log.warning("the database is behind (%d rows waiting): reading into the journal only; "
                             "the backlog is re-read from it when the database catches up",
                             self._committer.pending_rows)
-            self._live = False
             self._cursor.rewind()
             return
         try:
@@ -465,7 +475,7 @@ class Worker:
         if not records:
             if self._journal.flushed_offset < self._journal.end_offset:
                 return False  # the rest is still buffered, waiting for room on the disk
-            self._live = True
+            self._lifecycle.to_mode(Mode.LIVE)
             log.info("caught up with the journal; streaming live")
             return False
         wall, mono = time.time(), time.monotonic()
@@ -518,7 +528,7 @@ class Worker:
         since = found.ledger_received_at
         self._books.record_again_since(None if since is None else since.timestamp())
         self._cursor.rewind_to(max(rollback.resume_offset, self._journal.first_offset))
-        self._live = False
+        self._lifecycle.to_mode(Mode.REPLAYING)
         self._committer.resume_after_rollback(rollback.ledger_offset)
         self._rolled_back(rollback)
 
@@ -533,7 +543,7 @@ class Worker:
     def _commit_trailing_frames(self) -> None:
         """Commit the offset of frames that carried no rows (heartbeats, statuses) so the backlog reads 0."""
         cursor = self._cursor
-        if (self._live and not len(self._batcher) and cursor.unsubmitted
+        if (self._lifecycle.live and not len(self._batcher) and cursor.unsubmitted
                 and cursor.parsed_to <= self._journal.flushed_offset and not self._committer.pending_rows):
             self._committer.submit([], cursor.parsed_to)
             cursor.submitted()
@@ -541,7 +551,7 @@ class Worker:
     def _enter_disk_full(self, exc: JournalDiskFull) -> None:
         """Stop reading the socket; what is batched stays in the journal and is re-read once it is on disk."""
         self._gate.disk_refused(exc)
-        self._live = False
+        self._lifecycle.to_mode(Mode.DISK_FULL)
         if self._cursor.parsed_to > self._journal.flushed_offset:  # batched from frames not on disk: re-read later
             self._batcher.take()
             if self._arrivals is not None:
@@ -560,7 +570,7 @@ class Worker:
         """This process's report (``shardctl.worker.reporting``); with ``freshness``, every symbol's record too."""
         return worker_report(
             ReportParts(ticks_received=self.ticks_received, other_events=self.other_events,
-                        last_tick_at=self._last_tick_at, last_event_ts=self._last_event_ts, live=self._live,
+                        last_tick_at=self._last_tick_at, last_event_ts=self._last_event_ts, live=self._lifecycle.live,
                         batched_rows=len(self._batcher), rollbacks=self.rollbacks, last_rollback=self._last_rollback),
             self._committer, self._journal, self._stream, self._dead, self._gate, self._backfill,
             self._symbols.snapshot() if freshness else None, self._symbols.stale_after)
