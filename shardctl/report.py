@@ -17,6 +17,7 @@ newer writer.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
@@ -193,18 +194,39 @@ def decode_report(line: bytes | str) -> ReadyReport | WorkerReport:
     raise ValueError(f"unknown report type {str(kind)[:40]!r}")
 
 
+class ShardState(enum.StrEnum):
+    """A shard's lifecycle state on its supervisor (the machine: ``shardctl.supervisor.states``)."""
+
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    FATAL = "FATAL"
+    STANDBY = "STANDBY"
+
+
+class Role(enum.StrEnum):
+    """A host's part in a shard's lease, cluster mode (the tracker: ``shardctl.supervisor.lease``)."""
+
+    UNKNOWN = "UNKNOWN"            #: no answer from the database yet
+    OWNER = "OWNER"                #: we hold the lease at ``epoch``: our worker may stream
+    STANDBY = "STANDBY"            #: another host holds it (or we wait for a handover)
+    HANDING_OVER = "HANDING_OVER"  #: an operator moved the shard: our worker drains, then we hand over
+
+
 @dataclass(frozen=True, slots=True)
 class ShardStatus:
     """What the supervisor knows of one shard: its lifecycle, and its workers' reports added up.
 
     ``counters`` are totals across the shard's worker processes; ``worker``
     is the current process's last report (empty when none runs, except the
-    sticky times and error, kept from the last one). ``state`` is a
-    ``ShardState`` value. Flat in JSON: one key per field of all three.
+    sticky times and error, kept from the last one). Flat in JSON: one key
+    per field of all three (the enums by value).
     """
 
     name: str
-    state: str
+    state: ShardState
     reason: str | None = None
     wanted: bool = False
     pid: int | None = None
@@ -216,11 +238,11 @@ class ShardStatus:
     ticks_per_second: float = 0.0
     last_exit: str | None = None
     #: Cluster mode (all None/empty without ``[cluster]``): this host, its lease role for the shard
-    #: (``shardctl.supervisor.lease.Role``), the host that holds the lease and its epoch, the other
+    #: (``Role``), the host that holds the lease and its epoch, the other
     #: hosts renewing their heartbeats (standing by), and whether this host's last lease round
     #: reached the database (the view is as of that round).
     host_id: str | None = None
-    lease_role: str | None = None
+    lease_role: Role | None = None
     lease_owner: str | None = None
     lease_epoch: int | None = None
     standby_hosts: tuple[str, ...] = ()
@@ -237,8 +259,11 @@ class ShardStatus:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardStatus:
-        if not isinstance(data.get("name"), str) or not isinstance(data.get("state"), str):
+        if not isinstance(data.get("name"), str) or data.get("state") not in ShardState.__members__:
             raise ValueError("a shard status needs a name and a state")
+        role = data.get("lease_role")
+        data = {**data, "state": ShardState(data["state"]),
+                "lease_role": Role(role) if isinstance(role, str) and role in Role.__members__ else None}
         own = _from_mapping(cls, {k: v for k, v in data.items() if k not in ("counters", "worker", "standby_hosts")})
         hosts = data.get("standby_hosts")
         return dataclasses.replace(own, counters=_from_mapping(Counters, data),

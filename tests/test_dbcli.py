@@ -28,6 +28,7 @@ from shardctl.errors import (
     DatabaseUnavailable,
     EmbeddedServerError,
 )
+from shardctl.rows import Tick
 
 PSQL = "/usr/bin/psql"
 SHARDS = """
@@ -160,7 +161,7 @@ def test_status_of_an_external_database(tmp_path: Path, write_config: Callable[.
     config = write_config(tmp_path, SHARDS + f"[database]\ndsn = {schema_dsn!r}\n")
     env = _env(tmp_path / "state")
     with Writer(schema_dsn, load_config(config).tables, "crypto") as writer:
-        writer.write(7, [(datetime.now(timezone.utc), "BTC/USD", 1.0, 2, None, None)] * 3, journal_offset=99)
+        writer.write(7, [Tick(datetime.now(timezone.utc), "BTC/USD", 1.0, 2, None, None)] * 3, journal_offset=99)
     status = _db(env, "status", str(config))
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()

@@ -19,9 +19,10 @@ from shardctl.config.model import SupervisorConfig
 from shardctl.db.leases import Fence, LeaseRow, LeaseStore
 from shardctl.db.writer import Writer
 from shardctl.errors import EXIT_FENCED, ShardFenced
-from shardctl.report import ShardStatus
-from shardctl.supervisor.lease import Act, LeaseTracker, Role
-from shardctl.supervisor.states import ShardMachine, ShardState
+from shardctl.report import Role, ShardState, ShardStatus
+from shardctl.rows import Tick
+from shardctl.supervisor.lease import Act, LeaseTracker
+from shardctl.supervisor.states import ShardMachine
 
 TTL = 8.0
 
@@ -260,7 +261,7 @@ def test_without_cluster_nothing_changes(tmp_path) -> None:
 
 
 def test_shard_status_carries_the_cluster_view() -> None:
-    status = ShardStatus(name="crypto", state="STANDBY", host_id="b", lease_role="STANDBY", lease_owner="a",
+    status = ShardStatus(name="crypto", state=ShardState.STANDBY, host_id="b", lease_role=Role.STANDBY, lease_owner="a",
                          lease_epoch=4, standby_hosts=("b", "c"), lease_database_ok=True)
     back = ShardStatus.from_json(status.to_json())
     assert back == status
@@ -269,8 +270,8 @@ def test_shard_status_carries_the_cluster_view() -> None:
 
 # ------------------------------------------------------------------ the fence, on a real PostgreSQL
 
-def _tick(n: int) -> tuple:
-    return (datetime(2024, 5, 1, 12, 0, n, tzinfo=timezone.utc), "BTC/USD", 60000.0 + n, n, None, None)
+def _tick(n: int) -> Tick:
+    return Tick(datetime(2024, 5, 1, 12, 0, n, tzinfo=timezone.utc), "BTC/USD", 60000.0 + n, n, None, None)
 
 
 def test_a_fenced_writer_commits_nothing(schema_dsn, tables) -> None:

@@ -7,6 +7,7 @@ import pytest
 from shardctl.report import (
     Counters,
     ReadyReport,
+    ShardState,
     ShardStatus,
     WorkerReport,
     decode_report,
@@ -45,7 +46,7 @@ def test_counters_add_up_field_by_field() -> None:
 
 
 def test_shard_status_is_flat_json_and_reads_back() -> None:
-    status = ShardStatus(name="crypto", state="RUNNING", wanted=True, pid=42, restarts=1,
+    status = ShardStatus(name="crypto", state=ShardState.RUNNING, wanted=True, pid=42, restarts=1,
                          counters=Counters(rows_written=9), worker=WorkerReport(journal_full=True, pending_rows=3))
     data = status.to_json()
     assert data["rows_written"] == 9 and data["journal_full"] is True and data["pending_rows"] == 3

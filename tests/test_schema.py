@@ -26,6 +26,7 @@ from shardctl.db.schema import (
 )
 from shardctl.db.writer import Writer
 from shardctl.errors import DatabaseError
+from shardctl.rows import Tick
 
 SEED_QUERY = ("SELECT * FROM one_day_candle WHERE symbol = 'BTC/USD' AND bucket >= NOW() - INTERVAL '14 days' "
               "ORDER BY bucket")
@@ -88,7 +89,7 @@ def test_flavour_tables(schema_dsn: str, tables: TablesConfig, flavour: str) -> 
         assert _query(schema_dsn, "SELECT count(*) FROM timescaledb_information.chunks") == [(0,)]
         moments = [datetime(2030, 1, 1, tzinfo=UTC) + timedelta(days=d) for d in (0, 1, 20)]
         with Writer(schema_dsn, tables, "s") as writer:
-            assert writer.write(1, [(m, "A", 1.0, None, None, None) for m in moments])
+            assert writer.write(1, [Tick(m, "A", 1.0, None, None, None) for m in moments])
         placed = chunk_placement(schema_dsn)
         assert [inside for _, inside in placed] == [True] * 3 and len({chunk for chunk, _ in placed}) == 2
         return
@@ -172,17 +173,17 @@ def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig, fl
         return day + timedelta(hours=hour)
 
     rows = [  # deliberately not in time order
-        (at(d0, 5), "BTC/USD", 105.0, Decimal("10"), None, None),
-        (at(d0, 1), "BTC/USD", 100.0, 5, None, None),
-        (at(d0, 9), "BTC/USD", 95.0, 20, None, None),
-        (at(d0, 3), "ETH/USD", 10.0, 1, None, None),
-        (at(d1, 2), "BTC/USD", 110.0, 7, 109.5, 110.5),
-        (at(d1, 20), "BTC/USD", 120.0, Decimal("30.5"), None, None),
-        (at(d1, 8), "BTC/USD", 130.0, 15, None, None),
-        (at(d2, 0), "BTC/USD", 140.0, 1, None, None),
-        (at(d2, 0), "BTC/USD", 141.0, 2, None, None),  # same second: the tie rule picks deterministically
-        (at(d2, 23), "BTC/USD", 150.0, 3, None, None),
-        (at(d2, 23), "BTC/USD", 149.0, 4, None, None),
+        Tick(at(d0, 5), "BTC/USD", 105.0, Decimal("10"), None, None),
+        Tick(at(d0, 1), "BTC/USD", 100.0, 5, None, None),
+        Tick(at(d0, 9), "BTC/USD", 95.0, 20, None, None),
+        Tick(at(d0, 3), "ETH/USD", 10.0, 1, None, None),
+        Tick(at(d1, 2), "BTC/USD", 110.0, 7, 109.5, 110.5),
+        Tick(at(d1, 20), "BTC/USD", 120.0, Decimal("30.5"), None, None),
+        Tick(at(d1, 8), "BTC/USD", 130.0, 15, None, None),
+        Tick(at(d2, 0), "BTC/USD", 140.0, 1, None, None),
+        Tick(at(d2, 0), "BTC/USD", 141.0, 2, None, None),  # same second: the tie rule picks deterministically
+        Tick(at(d2, 23), "BTC/USD", 150.0, 3, None, None),
+        Tick(at(d2, 23), "BTC/USD", 149.0, 4, None, None),
     ]
     with Writer(schema_dsn, tables, "crypto") as writer:
         assert writer.write(1, rows)
@@ -212,7 +213,7 @@ def test_refresh_only_touches_its_window(schema_dsn: str, tables: TablesConfig, 
     now = datetime(2030, 6, 10, 12, tzinfo=UTC)
     old = datetime(2030, 6, 1, 1, tzinfo=UTC)
     with Writer(schema_dsn, tables, "s") as writer:
-        writer.write(1, [(old, "X", 1.0, 1, None, None), (now, "X", 2.0, 2, None, None)])
+        writer.write(1, [Tick(old, "X", 1.0, 1, None, None), Tick(now, "X", 2.0, 2, None, None)])
     conn = connect(schema_dsn)
     try:
         written = (2, 1) if flavour == "postgresql" else (-1, -1)  # TimescaleDB does not count (-1)
@@ -235,7 +236,7 @@ def test_custom_table_names_are_quoted(fresh_dsn: str, flavour: str) -> None:
     finally:
         conn.close()
     with Writer(fresh_dsn, tables, "a") as writer:
-        assert writer.write(1, [(datetime(1999, 12, 31, 23, 59, tzinfo=UTC), "Z", 1.0, None, None, None)])
+        assert writer.write(1, [Tick(datetime(1999, 12, 31, 23, 59, tzinfo=UTC), "Z", 1.0, None, None, None)])
     if flavour == "timescaledb":
         assert _query(fresh_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables") == [("MyTicks",)]
         assert _query(fresh_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates "

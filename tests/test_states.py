@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from shardctl.config.model import SupervisorConfig
+from shardctl.report import ShardState
 from shardctl.supervisor.states import (
     ALLOWED,
     Action,
     IllegalTransition,
     ShardMachine,
-    ShardState,
     describe_exit,
 )
 

@@ -16,6 +16,7 @@ from support import query
 from shardctl.config import check_config, load_config
 from shardctl.db.writer import Writer
 from shardctl.errors import DatabaseError
+from shardctl.rows import Tick
 
 SHARDS = """
 [source]
@@ -107,8 +108,8 @@ def test_db_init_and_status_name_every_candle_relation_and_policy(
 def test_direct_compress_writes_columnstore_batches(schema_dsn: str, flavour: str, tables) -> None:
     from shardctl.db.writer import DIRECT_COMPRESS_MIN_ROWS
 
-    def batch(start: datetime, n: int) -> list[tuple]:
-        return [(start + timedelta(seconds=i // 2), "BTC/USD" if i % 2 else "ETH/USD", 100.0 + i, i, None, None)
+    def batch(start: datetime, n: int) -> list[Tick]:
+        return [Tick(start + timedelta(seconds=i // 2), "BTC/USD" if i % 2 else "ETH/USD", 100.0 + i, i, None, None)
                 for i in range(n)]
 
     big, small = datetime(2031, 1, 8, tzinfo=UTC), datetime(2031, 3, 5, tzinfo=UTC)  # chunks 8 weeks apart
@@ -117,7 +118,7 @@ def test_direct_compress_writes_columnstore_batches(schema_dsn: str, flavour: st
         assert writer.write(1, rows[:DIRECT_COMPRESS_MIN_ROWS]) and writer.write(2, rows[DIRECT_COMPRESS_MIN_ROWS:-999])
         assert writer.write(3, rows[-999:])  # a small batch: rows, even with direct compress
         with pytest.raises(DatabaseError):  # NOT NULL symbol holds with direct compress too
-            writer.write(4, [(big, None, 1.0, None, None, None)] * DIRECT_COMPRESS_MIN_ROWS)
+            writer.write(4, [Tick(big, None, 1.0, None, None, None)] * DIRECT_COMPRESS_MIN_ROWS)
     assert query(schema_dsn, "SELECT count(*), sum(price) FROM crypto_ticks") == [(len(rows), sum(r[2] for r in rows))]
     assert query(schema_dsn, "SELECT last_seq, rows_total FROM shardctl_ledger WHERE shard = 'dc'") == [(3, len(rows))]
     if flavour == "timescaledb":  # the big batches went straight into the columnstore; the small one did not
@@ -133,9 +134,9 @@ def test_candles_follow_direct_compressed_batches(schema_dsn: str, tables) -> No
     from shardctl.db.writer import DIRECT_COMPRESS_MIN_ROWS
 
     day = datetime(2031, 2, 3, tzinfo=UTC)
-    first = [(day + timedelta(seconds=i), "BTC/USD", 100.0 + i % 50, i, None, None)
+    first = [Tick(day + timedelta(seconds=i), "BTC/USD", 100.0 + i % 50, i, None, None)
              for i in range(DIRECT_COMPRESS_MIN_ROWS)]
-    late = [(day + timedelta(hours=5, seconds=i), "BTC/USD", 90.0 if i == 7 else 120.0, i, None, None)
+    late = [Tick(day + timedelta(hours=5, seconds=i), "BTC/USD", 90.0 if i == 7 else 120.0, i, None, None)
             for i in range(DIRECT_COMPRESS_MIN_ROWS)]
     conn = connect(schema_dsn)
     try:

@@ -12,6 +12,7 @@ from support import chunk_placement
 from shardctl.config.model import TablesConfig
 from shardctl.db.writer import Writer
 from shardctl.errors import DatabaseError, DatabaseUnavailable
+from shardctl.rows import Tick
 
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -43,10 +44,10 @@ def _ledger(dsn: str, shard: str) -> tuple:
 
 def test_rows_land_with_the_ledger(schema_dsn: str, tables: TablesConfig) -> None:
     rows = [
-        (NOW, "BTC/USD", 65000.5, Decimal("123.45"), 64999.0, 65001.0),
-        (NOW, "BTC/USD", 65001.0, 124, None, None),          # int day_volume
-        (NOW + timedelta(seconds=1), "ETH/USD", 3000.25, 7.5, None, None),  # float day_volume
-        (NOW + timedelta(seconds=2), "ETH/USD", 3001.0, None, None, None),
+        Tick(NOW, "BTC/USD", 65000.5, Decimal("123.45"), 64999.0, 65001.0),
+        Tick(NOW, "BTC/USD", 65001.0, 124, None, None),          # int day_volume
+        Tick(NOW + timedelta(seconds=1), "ETH/USD", 3000.25, 7.5, None, None),  # float day_volume
+        Tick(NOW + timedelta(seconds=2), "ETH/USD", 3001.0, None, None, None),
     ]
     with Writer(schema_dsn, tables, "crypto") as writer:
         assert writer.ledger_position().offset == 0
@@ -71,7 +72,7 @@ def test_a_ledger_behind_what_the_writer_committed_is_refused_as_a_rollback(sche
     where the ledger is, what was committed, and when the older ledger's last frame was received."""
     from shardctl.errors import LedgerRolledBack
 
-    rows = [(NOW, "AAPL", 200.0, 1, None, None)]
+    rows = [Tick(NOW, "AAPL", 200.0, 1, None, None)]
     received = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
     with Writer(schema_dsn, tables, "stocks") as writer:
         assert writer.write(5, rows, journal_offset=5, received_at=received) is True
@@ -87,7 +88,7 @@ def test_a_ledger_behind_what_the_writer_committed_is_refused_as_a_rollback(sche
 
 
 def test_committed_seq_is_never_written_twice(schema_dsn: str, tables: TablesConfig) -> None:
-    rows = [(NOW, "AAPL", 200.0, 1, None, None)] * 3
+    rows = [Tick(NOW, "AAPL", 200.0, 1, None, None)] * 3
     with Writer(schema_dsn, tables, "stocks") as writer, Writer(schema_dsn, tables, "other") as other:
         assert writer.write(5, rows) is True
         assert writer.write(5, rows) is False
@@ -105,8 +106,8 @@ def test_days_without_a_partition_get_one(schema_dsn: str, tables: TablesConfig,
     past = datetime(1990, 5, 17, 8, 30, tzinfo=UTC)
     future = datetime(2101, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=2)))  # 2100-12-31 22:00 UTC
     with Writer(schema_dsn, tables, "x") as writer:
-        assert writer.write(1, [(past, "A", 1.0, None, None, None), (future, "A", 2.0, None, None, None)])
-        assert writer.write(2, [(past + timedelta(hours=1), "A", 3.0, None, None, None)])
+        assert writer.write(1, [Tick(past, "A", 1.0, None, None, None), Tick(future, "A", 2.0, None, None, None)])
+        assert writer.write(2, [Tick(past + timedelta(hours=1), "A", 3.0, None, None, None)])
     if flavour == "timescaledb":  # chunks instead: each tick in the chunk of its time, 1990 and 2100 apart
         placed = chunk_placement(schema_dsn)
         assert [inside for _, inside in placed] == [True] * 3 and placed[0][0] == placed[1][0] != placed[2][0]
@@ -120,16 +121,16 @@ def test_days_without_a_partition_get_one(schema_dsn: str, tables: TablesConfig,
 def test_bad_row_is_a_database_error_and_the_writer_recovers(schema_dsn: str, tables: TablesConfig) -> None:
     with Writer(schema_dsn, tables, "x") as writer:
         with pytest.raises(DatabaseError) as err:
-            writer.write(1, [(NOW, None, 1.0, None, None, None)])
+            writer.write(1, [Tick(NOW, None, 1.0, None, None, None)])
         assert not isinstance(err.value, DatabaseUnavailable)
         assert "\n" not in str(err.value) and "batch 1" in str(err.value)
-        assert writer.write(1, [(NOW, "OK", 1.0, None, None, None)]) is True
+        assert writer.write(1, [Tick(NOW, "OK", 1.0, None, None, None)]) is True
     assert _query(schema_dsn, "SELECT symbol FROM crypto_ticks") == [("OK",)]
     assert _ledger(schema_dsn, "x") == (1, 1, None)
 
 
 def test_lost_connection_is_retryable(schema_dsn: str, tables: TablesConfig) -> None:
-    rows = [(NOW, "A", 1.0, None, None, None)]
+    rows = [Tick(NOW, "A", 1.0, None, None, None)]
     with Writer(schema_dsn, tables, "killed") as writer:
         assert writer.write(1, rows)
         _query(schema_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -145,7 +146,7 @@ def test_lost_connection_is_retryable(schema_dsn: str, tables: TablesConfig) -> 
 def test_server_outage_then_same_batch_again(pg_server, schema_dsn: str, tables: TablesConfig) -> None:
     if not pg_server.embedded:
         pytest.skip("stops the server: only with the embedded test server")
-    rows = [(NOW, "A", 1.0, None, None, None)]
+    rows = [Tick(NOW, "A", 1.0, None, None, None)]
     writer = Writer(schema_dsn, tables, "outage")
     try:
         assert writer.write(1, rows)
@@ -179,7 +180,7 @@ def test_concurrent_shards_creating_the_same_days(schema_dsn: str, tables: Table
         try:
             with Writer(schema_dsn, tables, shard) as writer:
                 for seq, day in enumerate(days, start=1):
-                    rows = [(day + timedelta(seconds=i), shard, float(i), i, None, None) for i in range(50)]
+                    rows = [Tick(day + timedelta(seconds=i), shard, float(i), i, None, None) for i in range(50)]
                     assert writer.write(seq, rows)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -225,11 +226,11 @@ def _roundtrip_rows() -> list[tuple]:
     rng = random.Random(11)
     rows = []
     for i in range(600):
-        rows.append((times[i % len(times)], symbols[i % len(symbols)],
+        rows.append(Tick(times[i % len(times)], symbols[i % len(symbols)],
                      [0.0, -1.5, 65000.5, 1e-300, -7e300][i % 5] if i % 3 == 0 else rng.uniform(-1e6, 1e6),
                      volumes[i % len(volumes)] if i % 2 else rng.randrange(-10 ** 15, 10 ** 15),
                      None if i % 4 == 0 else rng.uniform(0, 1e5), None if i % 5 == 0 else -rng.uniform(0, 1e5)))
-    rows.append((NOW, "P", None, None, None, None))  # NULL price: pgcopy's formatter path
+    rows.append(Tick(NOW, "P", None, None, None, None))  # NULL price: pgcopy's formatter path
     return rows
 
 
@@ -262,7 +263,8 @@ def test_table_column_order_is_respected(schema_dsn: str, tables: TablesConfig) 
                     'symbol text NOT NULL, id serial, price float8, bid float8, "time" timestamptz NOT NULL)')
     conn.commit()
     conn.close()
-    rows = [(NOW, "A", 1.5, 42, 1.25, 1.75), (NOW, "B", -2.0, None, None, 3.5), (NOW, "C", 3.0, 7.5, 0.5, None)]
+    rows = [Tick(NOW, "A", 1.5, 42, 1.25, 1.75), Tick(NOW, "B", -2.0, None, None, 3.5),
+            Tick(NOW, "C", 3.0, 7.5, 0.5, None)]
     with Writer(schema_dsn, odd, "odd") as writer:
         assert writer.write(1, rows)
         assert writer._copy is not None and writer._copy.encoder is not None

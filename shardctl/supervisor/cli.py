@@ -36,7 +36,7 @@ from shardctl.config.model import SupervisorConfig, default_state_dir
 from shardctl.errors import EXIT_OK, EXIT_RUNTIME, UsageError
 from shardctl.logs import mask_secrets
 from shardctl.private import PRIVATE_UMASK
-from shardctl.report import ShardStatus
+from shardctl.report import ShardState, ShardStatus
 from shardctl.supervisor.control import ControlClient
 from shardctl.supervisor.pidfile import Pidfile, pid_alive
 from shardctl.supervisor.shard import worker_command
@@ -161,7 +161,7 @@ def format_status(shards: list[ShardStatus], now: float | None = None) -> str:
     for s in shards:
         running_note = s.worker.last_error or (s.worker.last_rollback and f"database went back in time: "
                                                                             f"{s.worker.last_rollback}")
-        note = mask_secrets(str((running_note if s.state == "RUNNING" else s.reason) or "-"))
+        note = mask_secrets(str((running_note if s.state is ShardState.RUNNING else s.reason) or "-"))
         hosts = (_owner(s), ",".join(s.standby_hosts) or "-") if cluster else ()
         rows.append((s.name, s.state, *hosts, str(s.pid or "-"), _duration(s.uptime), str(s.restarts),
                      f"{s.counters.rows_written:,}", f"{s.ticks_per_second:.1f}",

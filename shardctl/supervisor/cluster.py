@@ -27,10 +27,10 @@ from typing import Any, Callable, Mapping
 from shardctl.config.model import ClusterConfig
 from shardctl.db.leases import ClusterView, LeaseStore
 from shardctl.errors import ControlCode, ControlError, DatabaseError
-from shardctl.report import ShardStatus
-from shardctl.supervisor.lease import Act, Decision, LeaseTracker, Role
+from shardctl.report import Role, ShardState, ShardStatus
+from shardctl.supervisor.lease import Act, Decision, LeaseTracker
 from shardctl.supervisor.shard import Shard
-from shardctl.supervisor.states import PROCESS_STATES, ShardState
+from shardctl.supervisor.states import PROCESS_STATES
 
 log = logging.getLogger("shardctl.supervisor")
 
@@ -223,6 +223,6 @@ class Cluster:
         owner = row.owner if row is not None else None
         hosts = self.view.hosts if self.view is not None else {}
         standby = tuple(h for h, r in hosts.items() if r.fresh and h != owner)
-        return dataclasses.replace(status, host_id=self.host_id, lease_role=tracker.role.value,
+        return dataclasses.replace(status, host_id=self.host_id, lease_role=tracker.role,
                                    lease_owner=owner, lease_epoch=row.epoch if row is not None else None,
                                    standby_hosts=standby, lease_database_ok=self.database_ok)

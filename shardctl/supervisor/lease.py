@@ -41,13 +41,7 @@ import enum
 from dataclasses import dataclass
 
 from shardctl.db.leases import LeaseRow
-
-
-class Role(enum.Enum):
-    UNKNOWN = "UNKNOWN"            #: no answer from the database yet
-    OWNER = "OWNER"                #: we hold the lease at ``epoch``: our worker may stream
-    STANDBY = "STANDBY"            #: another host holds it (or we wait for a handover)
-    HANDING_OVER = "HANDING_OVER"  #: an operator moved the shard: our worker drains, then we hand over
+from shardctl.report import Role
 
 
 class Act(enum.Enum):

@@ -25,14 +25,8 @@ from typing import Any, Callable
 from shardctl.config.model import ShardConfig, SupervisorConfig
 from shardctl.db.leases import LEASE_EPOCH_ENV
 from shardctl.logs import mask_secrets
-from shardctl.report import Counters, ReadyReport, ShardStatus, WorkerReport, decode_report
-from shardctl.supervisor.states import (
-    PROCESS_STATES,
-    Action,
-    ShardMachine,
-    ShardState,
-    describe_exit,
-)
+from shardctl.report import Counters, ReadyReport, ShardState, ShardStatus, WorkerReport, decode_report
+from shardctl.supervisor.states import PROCESS_STATES, Action, ShardMachine, describe_exit
 
 log = logging.getLogger("shardctl.supervisor")
 
@@ -139,7 +133,7 @@ class Shard:
         alive = self.process is not None and m.started_at is not None
         return ShardStatus(
             name=self.name,
-            state=m.state.value,
+            state=m.state,
             reason=mask_secrets(m.reason) if m.reason else m.reason,
             wanted=m.wanted,
             pid=self.pid,

@@ -40,17 +40,7 @@ from typing import Callable
 from shardctl.backoff import Backoff
 from shardctl.config.model import SupervisorConfig
 from shardctl.errors import EXIT_CONFIG, EXIT_FENCED
-
-
-class ShardState(enum.Enum):
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    FATAL = "FATAL"
-    STANDBY = "STANDBY"
-
+from shardctl.report import ShardState
 
 S = ShardState
 #: Every legal move; anything else is a bug and raises IllegalTransition.

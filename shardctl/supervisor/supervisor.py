@@ -36,7 +36,7 @@ from shardctl.config.model import Config
 from shardctl.errors import ConfigError, ControlCode, ControlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
-from shardctl.report import ShardStatus
+from shardctl.report import ShardState, ShardStatus
 from shardctl.supervisor.assets import asset_names_loop
 from shardctl.supervisor.cluster import Cluster
 from shardctl.supervisor.control import Command, ControlServer, Request
@@ -45,7 +45,7 @@ from shardctl.supervisor.http.statuspage import StatusPage
 from shardctl.supervisor.pidfile import Pidfile
 from shardctl.supervisor.shard import Deadline, Shard
 from shardctl.supervisor.sidecars import DatabaseSetup, LocalFeed
-from shardctl.supervisor.states import PROCESS_STATES, ShardState
+from shardctl.supervisor.states import PROCESS_STATES
 
 log = logging.getLogger("shardctl.supervisor")
 

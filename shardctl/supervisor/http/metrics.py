@@ -45,8 +45,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from shardctl.errors import ShardctlError
-from shardctl.report import ShardStatus
-from shardctl.supervisor.states import ShardState
+from shardctl.report import ShardState, ShardStatus
 
 log = logging.getLogger("shardctl.metrics")
 
@@ -83,7 +82,7 @@ GAUGES: tuple[tuple[str, str, Reading], ...] = (
     ("batch_seconds_max", "Slowest batch of the current worker process", lambda s: s.worker.batch_seconds_max),
     ("pending_rows", "Rows received but not yet committed", lambda s: s.worker.pending_rows),
     ("connected", "1 while the worker's websocket is connected", lambda s: s.worker.connected),
-    ("shard_up", "1 when the shard is RUNNING", lambda s: s.state == ShardState.RUNNING.value),
+    ("shard_up", "1 when the shard is RUNNING", lambda s: s.state is ShardState.RUNNING),
 )
 
 
@@ -122,7 +121,7 @@ class ShardCollector(Collector):
             latency.add_metric([name], count_value=shard.counters.batches,
                                sum_value=shard.counters.batch_seconds_sum)
             for candidate in ShardState:
-                state.add_metric([name, candidate.value], 1.0 if shard.state == candidate.value else 0.0)
+                state.add_metric([name, candidate.value], 1.0 if shard.state is candidate else 0.0)
             if shard.worker.last_tick_at is not None:
                 tick_age.add_metric([name], max(0.0, now - shard.worker.last_tick_at))
             if shard.worker.last_event_ts is not None:
