@@ -217,13 +217,20 @@ class RenderedPod:
     pod: str          #: the pod's name, ``<statefulset>-<ordinal>`` (with the test's prefix)
     container: str    #: podman's name of its container: ``<pod>-<container>``
     claims: list[str]  #: its PersistentVolumeClaims, ``<template>-<pod>``
-    yaml: str
-    probes: dict[str, dict[str, Any]]  #: readinessProbe/livenessProbe of the template, unchanged
-    ports: dict[str, int]              #: the container's named ports, from the template
+    config_maps: list[str]
+    docs: list[dict[str, Any]]
+    probes: dict[str, dict[str, Any]]  #: readinessProbe/livenessProbe of the template (port names kept)
+    ports: dict[str, int]              #: the container's named ports
     grace: int                         #: terminationGracePeriodSeconds
 
+    def manifest(self, *, claims: bool = True) -> str:
+        """The documents to play; ``claims=False`` when the claims exist already (a pod played again: the
+        StatefulSet's claims outlive its pods, and podman 4.3 refuses to create a volume that exists)."""
+        return yaml.safe_dump_all([d for d in self.docs if claims or d["kind"] != "PersistentVolumeClaim"],
+                                  sort_keys=False)
 
-def render_statefulset(*, prefix: str, ordinal: int, image: str, secret: str,
+
+def render_statefulset(*, prefix: str, ordinal: int, image: str, secret: str, ports: dict[str, int],
                        edit_config: Callable[[str], str]) -> RenderedPod:
     """The StatefulSet of deploy/kubernetes as one Pod, its claims and the ConfigMap, for ``podman kube play``.
 
@@ -234,7 +241,8 @@ def render_statefulset(*, prefix: str, ordinal: int, image: str, secret: str,
       (what the StatefulSet controller does; podman 4.3 has no StatefulSet);
     * the image -> the id of the image built from deploy/docker/Dockerfile (kustomization.yaml's job);
     * host networking (the only way podman keeps traffic on this machine's loopback): containers declare
-      no ``ports``, and the probes name their port by number;
+      no ``ports``, the probes name their port by number, and ``ports`` gives the named ports free numbers
+      (pods of parallel tests share the loopback; ``edit_config`` must listen there too);
     * the Secret and the ConfigMap are named per test (``{prefix}...``), so parallel tests do not meet;
       the Secret itself is a podman secret (``create_secret``), the way podman reads them;
     * the ConfigMap's config goes through ``edit_config`` (the test's feed, database port, metrics port).
@@ -262,7 +270,8 @@ def render_statefulset(*, prefix: str, ordinal: int, image: str, secret: str,
                                                "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}})
         claims.append(claim["metadata"]["name"])
     (container,) = spec["containers"]
-    ports = {p["name"]: p["containerPort"] for p in container.pop("ports", []) if "name" in p}
+    named = {p["name"]: p["containerPort"] for p in container.pop("ports", []) if "name" in p}
+    assert set(ports) == set(named), f"the container's named ports are {sorted(named)}"
     probes = {kind: copy.deepcopy(container[kind]) for kind in ("readinessProbe", "livenessProbe") if kind in container}
     for kind in probes:
         get = container[kind].get("httpGet", {})
@@ -275,8 +284,9 @@ def render_statefulset(*, prefix: str, ordinal: int, image: str, secret: str,
             ref["name"] = secret
     out.append({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {**template.get("metadata", {}), "name": pod}, "spec": spec})
-    return RenderedPod(pod, f"{pod}-{container['name']}", claims, yaml.safe_dump_all(out, sort_keys=False),
-                       probes, ports, int(spec.get("terminationGracePeriodSeconds", 30)))
+    config_names = [d["metadata"]["name"] for d in out if d["kind"] == "ConfigMap"]
+    return RenderedPod(pod, f"{pod}-{container['name']}", claims, config_names, out, probes, dict(ports),
+                       int(spec.get("terminationGracePeriodSeconds", 30)))
 
 
 def secret_keys() -> set[str]:
@@ -299,18 +309,18 @@ class KubePlay:
         self.directory = directory
         self.played: list[Path] = []
         self.secrets: list[str] = []
-        self.claims: list[str] = []
+        self.volumes: list[str] = []  #: claims, and the volumes podman makes for ConfigMaps
 
     def secret(self, name: str, values: dict[str, str]) -> None:
         create_secret(name, values)
         self.secrets.append(name)
 
-    def play(self, rendered: RenderedPod) -> None:
+    def play(self, rendered: RenderedPod, *, claims: bool = True) -> None:
         path = self.directory / f"{rendered.pod}.yaml"
-        path.write_text(rendered.yaml)
+        path.write_text(rendered.manifest(claims=claims))
         if path not in self.played:
             self.played.append(path)
-        self.claims += [c for c in rendered.claims if c not in self.claims]
+        self.volumes += [v for v in rendered.claims + rendered.config_maps if v not in self.volumes]
         podman("kube", "play", "--network", "host", str(path), timeout=180)
 
     def down(self, rendered: RenderedPod) -> None:
@@ -321,8 +331,8 @@ class KubePlay:
             podman("kube", "down", str(path), timeout=120, check=False)
             pod = path.stem
             podman("pod", "rm", "-f", "-t", "0", pod, check=False)
-        for claim in self.claims:
-            podman("volume", "rm", "-f", claim, check=False)
+        for volume in self.volumes:
+            podman("volume", "rm", "-f", volume, check=False)
         for name in self.secrets:
             podman("secret", "rm", name, check=False)
 
@@ -370,6 +380,13 @@ class TcpPostgres:
             cur.execute(f'CREATE DATABASE "{name}"')
         conn.close()
         return psycopg2.extensions.make_dsn(self.admin_dsn, dbname=name)
+
+    def drop(self, dsn: str) -> None:
+        conn = psycopg2.connect(self.admin_dsn, connect_timeout=10)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{psycopg2.extensions.parse_dsn(dsn)["dbname"]}" WITH (FORCE)')
+        conn.close()
 
     def close(self) -> None:
         if self._own is not None:
