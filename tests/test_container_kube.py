@@ -48,7 +48,7 @@ from podkit import (
     volume_path,
     wait_exited,
 )
-from support import wait_until
+from support import query, wait_until
 
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
 
@@ -170,7 +170,8 @@ def supervisor(rendered: RenderedPod) -> psutil.Process:
 
 def kill_pod_hard(rendered: RenderedPod, feed: TimedFeed) -> dict[int, Frozen]:
     """kill -9 of the whole pod from the host, measured: the supervisor is stopped (it must not restart
-    anyone), each worker frozen and measured (faultkit.freeze_then_kill), then the container's PID 1 killed."""
+    anyone), each worker frozen and measured (faultkit.freeze_then_kill), then the container's PID 1 killed
+    (its host pid: a crash, which podman may answer with a restart, as the kubelet does)."""
     sup = supervisor(rendered)
     sup.send_signal(signal.SIGSTOP)
     frozen: dict[int, Frozen] = {}
@@ -178,8 +179,11 @@ def kill_pod_hard(rendered: RenderedPod, feed: TimedFeed) -> dict[int, Frozen]:
         measured = freeze_then_kill(worker.pid, feed)
         if measured is not None:
             frozen[measured.conn] = measured
-    os.kill(host_pid(rendered.container), signal.SIGKILL)
-    wait_exited(rendered.container, 30)
+    killed = host_pid(rendered.container)
+    os.kill(killed, signal.SIGKILL)
+    # Gone, or already restarted by podman (restartPolicy Always, as the kubelet would): either way a new process.
+    wait_until(lambda: podman("inspect", "--format", "{{.State.Status}} {{.State.Pid}}", rendered.container
+                              ).stdout.split() != ["running", str(killed)], 30, what="the killed pod gone")
     return frozen
 
 
@@ -311,10 +315,16 @@ def test_two_pods_with_cluster_the_standby_takes_over_when_the_streaming_pod_is_
     assert standby_probe[0] == 200, f"a standby pod is ready: {standby_probe}"
 
     killed_at = time.monotonic()
-    os.kill(host_pid(first.container), signal.SIGKILL)  # the whole pod, from the host
+    # SIGKILL to the whole pod; podman counts it as stopped by the user and does not restart it: a lost node.
+    podman("pod", "kill", "-s", "KILL", first.pod)
     wait_exited(first.container, 30)
-    wait_status(second, lambda s: all(s[n]["state"] == "RUNNING" and s[n]["lease_owner"] == second.pod
-                                      for n in SHARD_SYMBOLS), 60, "taking every shard over")
+    try:
+        wait_status(second, lambda s: all(s[n]["state"] == "RUNNING" and s[n]["lease_owner"] == second.pod
+                                          for n in SHARD_SYMBOLS), 60, "taking every shard over")
+    except AssertionError as e:
+        hosts = query(site.dsn, "SELECT host_id, heartbeat, renewed_at, pid FROM shardctl_hosts")
+        leases = query(site.dsn, "SELECT shard, owner, epoch, move_to FROM shardctl_leases")
+        raise AssertionError(f"{e}\nhosts: {hosts}\nleases: {leases}\nstatus: {status(second)}") from None
     takeover = time.monotonic() - killed_at
     rows_before = sum(stored_keys(site.dsn).values())
     wait_until(lambda: sum(stored_keys(site.dsn).values()) > rows_before, 30, what="the new owner writing rows")
