@@ -216,6 +216,9 @@ def test_pod_runs_as_10001_on_a_read_only_root_answers_its_probes_and_stops_with
     assert podman("exec", pod.container, "touch", "/opt/written", check=False).returncode != 0
     uids = {p.pid: p.uids().real for p in processes(pod)}
     assert set(uids.values()) == {SHARDCTL_UID}, f"processes of the pod and their uids: {uids}"
+    caps = {p.pid: re.search(r"^CapEff:\s*(\w+)$", Path(f"/proc/{p.pid}/status").read_text(), re.M).group(1)  # type: ignore[union-attr]
+            for p in processes(pod)}
+    assert set(caps.values()) == {"0000000000000000"}, f"effective capabilities (drop: ALL): {caps}"
     claim = volume_path(pod.claims[0])
     journals = {name: sorted((claim / "shards" / name / "journal").glob("*")) for name in SHARD_SYMBOLS}
     assert all(journals.values()), f"no journal segments on the claim {pod.claims[0]}: {journals}"
