@@ -24,7 +24,7 @@ from podkit import (
 )
 from support import wait_until
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
+pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")  # each test: slow (a container)
 
 #: The issue's target for the image.
 MAX_IMAGE_BYTES = 300 * 1000 * 1000
@@ -48,6 +48,7 @@ def image() -> str:
     return built.id
 
 
+@pytest.mark.slow
 def test_the_image_is_small_runs_as_10001_and_carries_one_psycopg2_and_no_compiler(image: str) -> None:
     (inspected,) = json.loads(podman("image", "inspect", image).stdout)
     size, config = int(inspected["Size"]), inspected["Config"]
@@ -63,6 +64,7 @@ def test_the_image_is_small_runs_as_10001_and_carries_one_psycopg2_and_no_compil
     assert "usage: shardctl" in podman("run", "--rm", "--network", "host", image, "--help").stdout
 
 
+@pytest.mark.slow
 def test_demo_in_the_image_streams_as_10001_on_a_read_only_root_and_stops_on_sigterm_with_nothing_lost(
         image: str) -> None:
     feed_port, metrics_port = free_port(), free_port()

@@ -98,6 +98,7 @@ def compose_copy(directory: Path, feed: TimedFeed, metrics_port: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_compose_shardctl_service_builds_streams_against_the_host_database_and_stops_cleanly(
         tmp_path: Path, tcp_postgres: TcpPostgres) -> None:
     shardctl_image()  # the layers, built once per session: the compose build below then takes seconds

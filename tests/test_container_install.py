@@ -18,6 +18,9 @@ pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
 
 #: What `pip install .` reads (deploy/docker/Dockerfile.dockerignore lets in the same).
 SOURCES = ("pyproject.toml", "README.md", "shardctl", "sql", "config")
+#: Downloads kept between runs like the image layers (podman volumes): pip's (its built wheels are emptied
+#: before every run: psycopg2 is compiled each time, as on a fresh machine) and apt's packages.
+CACHES = {"shardctl-test-pip-cache": "/root/.cache/pip", "shardctl-test-apt-archives": "/var/cache/apt/archives"}
 
 
 def readme_install_lines() -> list[str]:
@@ -32,7 +35,7 @@ def readme_install_lines() -> list[str]:
 
 def as_root_from_this_checkout(line: str) -> str:
     """A README line as the test runs it: root needs no sudo; shardctl comes from this checkout."""
-    return line.replace("sudo ", "").replace("pip install shardctl", "pip install --no-cache-dir .")
+    return line.replace("sudo ", "").replace("pip install shardctl", "pip install .")
 
 
 @pytest.mark.slow
@@ -43,13 +46,15 @@ def test_the_readme_install_lines_work_in_a_fresh_container_and_name_their_one_p
     with tarfile.open(source, "w") as tar:
         for name in SOURCES:
             tar.add(REPO / name, arcname=name, filter=lambda info: None if "__pycache__" in info.name else info)
-    steps = "\n".join(f"echo '$ {line}'\n{as_root_from_this_checkout(line)}" for line in lines)
+    steps = "\n".join(f"echo \"STEP $(( $(date +%s) - started ))s: {line}\"\n{as_root_from_this_checkout(line)}"
+                      for line in lines)
     script = f"""set -eu
+rm -rf /root/.cache/pip/wheels
 mkdir /root/shardctl && cd /root/shardctl && tar -xf /shardctl.tar
 for tool in gcc cc pg_config; do if command -v $tool; then echo "not fresh: $tool"; exit 3; fi; done
 python3 -m venv /tmp/without
 started=$(date +%s)
-if /tmp/without/bin/pip install --no-cache-dir . > /tmp/without.log 2>&1; then echo "installed without"; exit 4; fi
+if /tmp/without/bin/pip install . > /tmp/without.log 2>&1; then echo "installed without"; exit 4; fi
 echo "WITHOUT: $(( $(date +%s) - started ))s: $(grep -m1 -o 'pg_config executable not found' /tmp/without.log || \
   tail -5 /tmp/without.log)"
 started=$(date +%s)
@@ -61,7 +66,8 @@ print("DISTS", json.dumps(sorted(d.metadata["Name"] for d in m.distributions()
                                  if d.metadata["Name"].lower().startswith("psycopg2"))))'
 """
     (tmp_path / "install.sh").write_text(script)
-    done = podman("run", "--rm", "--network", "host", *RUN_LIMITS, "-v", f"{source}:/shardctl.tar:ro",
+    caches = [f"--volume={volume}:{path}" for volume, path in CACHES.items()]
+    done = podman("run", "--rm", "--network", "host", *RUN_LIMITS, *caches, "-v", f"{source}:/shardctl.tar:ro",
                   "-v", f"{tmp_path / 'install.sh'}:/install.sh:ro", BASE_IMAGE, "bash", "/install.sh",
                   timeout=900, check=False)
     out = done.stdout + done.stderr
@@ -70,6 +76,8 @@ print("DISTS", json.dumps(sorted(d.metadata["Name"] for d in m.distributions()
     assert without and without.group(2) == "pg_config executable not found", out[-4000:]
     dists = json.loads(re.search(r"^DISTS (.*)$", out, re.M).group(1))  # type: ignore[union-attr]
     with_time = re.search(r"^WITH: (\d+)s$", out, re.M)
+    step_times = "; ".join(re.findall(r"^STEP (\d+s): ", out, re.M))
     print(f"\n[install] without the prerequisite: pip stops after {without.group(1)}s ({without.group(2)}); "
-          f"with the README's lines: {with_time.group(1) if with_time else '?'}s; psycopg2 distributions: {dists}")
+          f"with the README's lines: {with_time.group(1) if with_time else '?'}s "
+          f"(steps began at {step_times}); psycopg2 distributions: {dists}")
     assert dists == ["psycopg2"]

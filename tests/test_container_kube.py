@@ -158,6 +158,13 @@ def processes(rendered: RenderedPod) -> list[psutil.Process]:
     return [init, *init.children(recursive=True)]
 
 
+def effective_capabilities(pid: int) -> str:
+    """CapEff of a process, in hex, as /proc shows it."""
+    found = re.search(r"^CapEff:\s*(\w+)$", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert found, f"no CapEff for pid {pid}"
+    return found.group(1)
+
+
 def workers(rendered: RenderedPod) -> list[psutil.Process]:
     return [p for p in processes(rendered) if "shardctl.worker" in " ".join(p.cmdline())]
 
@@ -202,6 +209,7 @@ def assert_nothing_lost(result: Any) -> None:
 
 # ------------------------------------------------------------------ the pod, its probes, its claim, its stop
 
+@pytest.mark.slow
 def test_pod_runs_as_10001_on_a_read_only_root_answers_its_probes_and_stops_within_the_grace_period(
         site: PodSite) -> None:
     pod = site.render(0)
@@ -216,8 +224,7 @@ def test_pod_runs_as_10001_on_a_read_only_root_answers_its_probes_and_stops_with
     assert podman("exec", pod.container, "touch", "/opt/written", check=False).returncode != 0
     uids = {p.pid: p.uids().real for p in processes(pod)}
     assert set(uids.values()) == {SHARDCTL_UID}, f"processes of the pod and their uids: {uids}"
-    caps = {p.pid: re.search(r"^CapEff:\s*(\w+)$", Path(f"/proc/{p.pid}/status").read_text(), re.M).group(1)  # type: ignore[union-attr]
-            for p in processes(pod)}
+    caps = {p.pid: effective_capabilities(p.pid) for p in processes(pod)}
     assert set(caps.values()) == {"0000000000000000"}, f"effective capabilities (drop: ALL): {caps}"
     claim = volume_path(pod.claims[0])
     journals = {name: sorted((claim / "shards" / name / "journal").glob("*")) for name in SHARD_SYMBOLS}
