@@ -289,13 +289,6 @@ def render_statefulset(*, prefix: str, ordinal: int, image: str, secret: str, po
                        int(spec.get("terminationGracePeriodSeconds", 30)))
 
 
-def secret_keys() -> set[str]:
-    """The keys the StatefulSet reads from its Secret (``secretKeyRef``)."""
-    (sts,) = [d for d in applied_manifests() if d["kind"] == "StatefulSet"]
-    return {env["valueFrom"]["secretKeyRef"]["key"] for c in sts["spec"]["template"]["spec"]["containers"]
-            for env in c.get("env", []) if "secretKeyRef" in env.get("valueFrom", {})}
-
-
 def create_secret(name: str, values: dict[str, str]) -> None:
     """A podman secret as ``kube play`` reads a Kubernetes Secret: JSON of base64 values."""
     data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}

@@ -32,6 +32,7 @@ from podkit import (
     KubePlay,
     RenderedPod,
     TcpPostgres,
+    applied_manifests,
     exit_code,
     free_port,
     host_pid,
@@ -63,8 +64,6 @@ def tcp_postgres() -> Iterator[TcpPostgres]:
 
 
 def shipped_config() -> dict[str, Any]:
-    from podkit import applied_manifests
-
     (config_map,) = [d for d in applied_manifests() if d["kind"] == "ConfigMap"]
     return tomllib.loads(config_map["data"]["shardctl.toml"])
 
