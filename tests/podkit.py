@@ -52,6 +52,7 @@ BUILD_LOCK = Path(tempfile.gettempdir()) / "shardctl-podkit-build.lock"
 SHARDCTL_UID = 10001
 
 
+@functools.cache
 def unavailable() -> str | None:
     """Why the container tests cannot run on this machine, or None when they can."""
     if shutil.which("podman") is None:

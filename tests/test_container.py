@@ -23,7 +23,9 @@ from podkit import (
 )
 from support import wait_until
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")  # each test: slow (a container)
+#: A build from scratch (a changed pyproject.toml: psycopg2 compiled, every package fetched) takes about 2 min
+#: on a busy machine, on top of the test itself.
+pytestmark = [pytest.mark.skipif(bool(unavailable()), reason=unavailable() or ""), pytest.mark.timeout(600)]
 
 #: The issue's target for the image.
 MAX_IMAGE_BYTES = 300 * 1000 * 1000

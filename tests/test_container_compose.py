@@ -65,7 +65,9 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(bool(_why_not()), reason=_why_not() or "")
+#: A build from scratch (a changed pyproject.toml: psycopg2 compiled, every package fetched) takes about 2 min
+#: on a busy machine, on top of the test itself.
+pytestmark = [pytest.mark.skipif(bool(_why_not()), reason=_why_not() or ""), pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

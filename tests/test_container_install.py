@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from podkit import BASE_IMAGE, REPO, RUN_LIMITS, podman, unavailable
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
+#: apt and pip in a fresh container, psycopg2 compiled: one to two minutes on a busy machine.
+pytestmark = [pytest.mark.skipif(bool(unavailable()), reason=unavailable() or ""), pytest.mark.timeout(600)]
 
 #: What `pip install .` reads (deploy/docker/Dockerfile.dockerignore lets in the same).
 SOURCES = ("pyproject.toml", "README.md", "shardctl", "sql", "config")

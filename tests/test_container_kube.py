@@ -51,7 +51,9 @@ from podkit import (
 )
 from support import query, wait_until
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
+#: A build from scratch (a changed pyproject.toml: psycopg2 compiled, every package fetched) takes about 2 min
+#: on a busy machine, on top of the test itself.
+pytestmark = [pytest.mark.skipif(bool(unavailable()), reason=unavailable() or ""), pytest.mark.timeout(600)]
 
 #: Under host networking the pod's address is this machine's; the tests only ever talk to its loopback.
 POD_IP = "127.0.0.1"
