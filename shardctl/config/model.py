@@ -82,10 +82,15 @@ class ShardSettings:
     journal_fsync: str = "never"
     #: A symbol whose market is not closed and that has not ticked for this long is stale (status, /healthz).
     stale_after: float = 120.0
-    #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades.
+    #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades;
+    #: "forex" (weekend close) or an exchange's session ("XNYS", ...): see shardctl.markethours.
     market_hours: str = "auto"
     #: How often "auto" fetches /market_state (one API credit a fetch, per shard).
     market_state_refresh: float = 300.0
+    #: A symbol whose tick rate falls below this fraction of its own normal rate while its market is open is
+    #: SLOW (0 turns it off); the normal rate is an exponentially weighted rate over ``slow_window``.
+    slow_below: float = 0.1
+    slow_window: float = 600.0
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -236,6 +241,8 @@ class SupervisorConfig:
     stop_timeout: float = 15.0
     #: /healthz answers 503 (not 200) while some symbol is stale.
     healthz_fails_on_stale: bool = False
+    #: /healthz answers 503 (not 200) while some symbol is slow.
+    healthz_fails_on_slow: bool = False
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def _read_supervisor(reader: ValueReader, raw: Mapping[str, Any], base: Path, st
             values[f.name] = reader.number(raw, f.name, where, default, integer=True, minimum=1)
         elif f.name == "allowed_hosts":
             values[f.name] = _read_hosts(reader, raw.get(f.name, []), where)
-        elif f.name == "healthz_fails_on_stale":
+        elif f.name in ("healthz_fails_on_stale", "healthz_fails_on_slow"):
             values[f.name] = raw.get(f.name, default)
             if not isinstance(values[f.name], bool):
                 reader.problem(where, f"must be true or false, got {values[f.name]!r}")
