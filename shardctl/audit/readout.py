@@ -9,7 +9,7 @@ first..last:
   key), then, for the minutes the candles do not hold (not materialised
   yet, or late ticks), one index probe per minute on the ticks'
   ``(symbol, time)`` index, all in one statement; minutes the caller masks
-  out (the market was closed, or before the symbol's first tick) are not probed;
+  out (before the symbol's first tick) are not probed;
 * each symbol's first stored tick ever (one index probe per symbol);
 * the REST bars stored by backfill, and the gaps of the given shards.
 
@@ -93,7 +93,8 @@ def read_facts(conn: Connection, tables: TablesConfig, symbols: Sequence[str], s
                     "SELECT c.s, c.m, t.price, t.day_volume FROM unnest(%s::text[], %s::bigint[]) AS c(s, m) "
                     "CROSS JOIN LATERAL (SELECT price, day_volume FROM {} WHERE symbol = c.s "
                     "AND \"time\" >= to_timestamp(c.m * 60) AND \"time\" < to_timestamp(c.m * 60 + 60) "
-                    "ORDER BY \"time\" DESC LIMIT 1) t").format(sql.Identifier(tables.ticks)), (want_s, want_m))
+                    "ORDER BY \"time\" DESC, price DESC LIMIT 1) t").format(sql.Identifier(tables.ticks)),
+                    (want_s, want_m))
                 for symbol, minute, price, volume in cur.fetchall():
                     ticks[symbol][int(minute)] = TickMinute(price, volume)
             backfilled: dict[str, set[int]] = {s: set() for s in symbols}

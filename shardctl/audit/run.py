@@ -90,10 +90,10 @@ def run_audit(config: Config, dsn: str, first: int, last: int, *, only: Sequence
     calendars = {e.market_hours: parse_market_hours(e.market_hours).open_minutes(first, last) for e in entries}
     hours_of = {e.symbol: calendars[e.market_hours] for e in entries}
 
-    def probe_mask(symbol: str, collecting_from: int | None) -> list[bool]:
+    def probe_mask(_symbol: str, collecting_from: int | None) -> list[bool]:
         if collecting_from is None:
             return [False] * (last - first + 1)
-        return [is_open and first + i >= collecting_from for i, is_open in enumerate(hours_of[symbol])]
+        return [first + i >= collecting_from for i in range(last - first + 1)]
 
     conn = connect(dsn, application_name="shardctl audit")
     try:
