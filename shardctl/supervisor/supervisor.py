@@ -99,7 +99,8 @@ class Supervisor:
         control = ControlServer(sup.control_socket, self.handle)
         page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
         metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
-                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale) \
+                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale,
+                                fail_on_slow=lambda: self.config.supervisor.healthz_fails_on_slow) \
             if sup.metrics_port else None
         try:
             await control.start()

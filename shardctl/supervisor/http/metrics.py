@@ -150,20 +150,43 @@ def symbol_families(shards: list[ShardStatus], now: float) -> tuple[Metric, ...]
                               "last ticks (whole-second timestamps: ±1 s)", labels=["shard", "symbol", "quantile"])
     stale = GaugeMetricFamily("shardctl_stale_symbols", "Symbols whose market is not closed and that have not "
                               "ticked for stale_after", labels=["shard"])
+    rate = GaugeMetricFamily("shardctl_symbol_ticks_per_minute", "The symbol's tick rate: recent, and its own "
+                             "normal (exponentially weighted over slow_window)", labels=["shard", "symbol", "window"])
+    slow = GaugeMetricFamily("shardctl_slow_symbols", "Symbols whose market is not closed and whose tick rate fell "
+                             "below slow_below of their normal rate", labels=["shard"])
     for shard in shards:
         records = shard.worker.freshness or ()
         for r in records:
+            if r.rate is not None and r.last_tick_at is not None:
+                rate.add_metric([shard.name, r.symbol, "recent"], r.rate)
+            if r.normal_rate is not None and r.last_tick_at is not None:
+                rate.add_metric([shard.name, r.symbol, "normal"], r.normal_rate)
             if r.last_tick_at is not None:
                 age.add_metric([shard.name, r.symbol], max(0.0, now - r.last_tick_at))
             if r.delay_p50 is not None and r.delay_p99 is not None:
                 delay.add_metric([shard.name, r.symbol, "0.5"], r.delay_p50)
                 delay.add_metric([shard.name, r.symbol, "0.99"], r.delay_p99)
         stale.add_metric([shard.name], float(sum(r.stale for r in records)))
-    return age, delay, stale
+        slow.add_metric([shard.name], float(sum(r.slow for r in records)))
+    return age, delay, stale, rate, slow
 
 
 def _quiet(last_tick_at: float | None, now: float) -> str:
     return "no tick yet" if last_tick_at is None else f"last tick {max(0.0, now - last_tick_at):.0f}s ago"
+
+
+def slow_notes(shards: Iterable[ShardStatus]) -> list[str]:
+    """One ``slow: shard: SYM (1.2/min, normal 60/min), ...`` line per shard with slow symbols (at most 20 named)."""
+    notes = []
+    for s in shards:
+        slow = [r for r in s.worker.freshness or () if r.slow]
+        if not slow:
+            continue
+        named = ", ".join(f"{r.symbol} ({r.rate:.3g}/min, normal {r.normal_rate:.3g}/min)"
+                          for r in slow[:HEALTHZ_MAX_NAMES] if r.rate is not None and r.normal_rate is not None)
+        more = f" and {len(slow) - HEALTHZ_MAX_NAMES} more" if len(slow) > HEALTHZ_MAX_NAMES else ""
+        notes.append(f"slow: {s.name}: {named}{more}")
+    return notes
 
 
 def stale_notes(shards: Iterable[ShardStatus], now: float) -> list[str]:
@@ -238,9 +261,11 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None, *,
-                 fail_on_stale: Callable[[], bool] = lambda: False) -> None:
-        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale).
+                 fail_on_stale: Callable[[], bool] = lambda: False,
+                 fail_on_slow: Callable[[], bool] = lambda: False) -> None:
+        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale / _on_slow).
         self.fail_on_stale = fail_on_stale
+        self.fail_on_slow = fail_on_slow
         self.host = host
         self.port = port
         self.snapshot = snapshot
@@ -308,6 +333,10 @@ class MetricsServer:
         notes = stale_notes(shards, time.time())
         if notes and self.fail_on_stale():
             ok, problems = False, problems + notes
+        slow = slow_notes(shards)
+        if slow and self.fail_on_slow():
+            ok, problems = False, problems + slow
+        notes += slow
         if ok:
             return 200, "text/plain", ("\n".join(["ok", *notes]) + "\n").encode()
         return 503, "text/plain", ("\n".join(problems) + "\n").encode()
