@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -194,3 +195,55 @@ def test_audit_command_classifies_what_the_database_holds(tmp_path: Path, schema
     bad = _audit(config, "--symbol", "NOPE")
     assert bad.returncode == 2 and "NOPE: not in" in bad.stderr
     assert m0 > 0
+
+
+# ---------------------------------------------------------------- the supervisor's [audit] schedule
+
+def test_audit_config_section_is_checked(tmp_path: Path) -> None:
+    from shardctl.config import check_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[source]\nurl = "ws://127.0.0.1:9/v1/quotes/price"\n[audit]\ninterval = "soon"\nonline = 1\n'
+                    'windw = "1d"\n[shards.s]\nsymbols = ["A"]\n')
+    _, problems, _ = check_config(path)
+    assert sorted(p.key for p in problems) == ["audit.interval", "audit.online", "audit.windw"], problems
+    path.write_text('[source]\nurl = "ws://127.0.0.1:9/v1/quotes/price"\n[audit]\ninterval = "15m"\n'
+                    '[shards.s]\nsymbols = ["A"]\n')
+    config, problems, _ = check_config(path)
+    assert not problems and config is not None and config.audit is not None
+    assert (config.audit.interval, config.audit.window, config.audit.online) == (900.0, 86400.0, False)
+
+
+@pytest.mark.slow
+def test_supervisor_runs_the_audit_on_schedule_and_shows_its_counts_in_metrics(tmp_path: Path,
+                                                                              schema_dsn: str) -> None:
+    from support import terminate_all, wait_until
+    from test_statuspage import http
+    from test_supervisor import CRYPTO, Supervisor, free_port, write_config
+
+    from shardctl.feed.server import FeedServer
+
+    with FeedServer(rate=40, symbols=CRYPTO, seed=3) as feed:
+        port = free_port()
+        config = write_config(tmp_path, feed.url, schema_dsn, metrics_port=port, shards={"crypto": CRYPTO},
+                              shard_settings={"crypto": {"market_hours": "24/7"}})
+        config.write_text(config.read_text() + '[audit]\ninterval = "1s"\nwindow = "5m"\n')
+        sup = Supervisor(config, tmp_path / "supervisor.log")
+        try:
+            sup.wait_states("RUNNING")
+
+            def audited() -> str | None:
+                body = http(port, "/metrics")[2].decode()
+                return body if "shardctl_audit_minutes{" in body else None
+
+            body = wait_until(audited, 30, what="an audit's counts in /metrics")
+        finally:
+            terminate_all([sup.proc])
+            sup.close()
+    assert "shardctl_audit_failed 0.0" in body, (tmp_path / "supervisor.log").read_text()[-3000:]
+    # The last five whole minutes of each symbol (the current minute is not whole yet: not audited).
+    found = re.finditer(r'shardctl_audit_minutes\{class="(\w+)"\} (\S+)', body)
+    counts = {m.group(1): float(m.group(2)) for m in found}
+    assert sum(counts.values()) == 5 * len(CRYPTO) and len(counts) == 7, counts
+    assert re.search(r"shardctl_audit_last_run_timestamp_seconds \d", body)
+    assert "audit of the last 5 minute(s) x " in (tmp_path / "supervisor.log").read_text()

@@ -183,6 +183,16 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: the supervisor runs ``shardctl audit`` every ``interval`` over the last ``window`` (optional)."""
+
+    interval: float = 3600.0
+    window: float = 86400.0
+    #: Ask REST about unexplained minutes (spends credits like backfill, ``backfill.credits_per_minute``).
+    online: bool = False
+
+
+@dataclass(frozen=True)
 class TablesConfig:
     """Relation names (plain identifiers) and which candles to keep; ``[tables]`` in the config."""
 
@@ -282,6 +292,7 @@ class Config:
     backfill: BackfillConfig = BackfillConfig()
     cluster: ClusterConfig | None = None
     timescaledb: TimescaleConfig = TimescaleConfig()
+    audit: AuditConfig | None = None
 
     def shard(self, name: str) -> ShardConfig:
         """Return the named shard or raise a ConfigError that lists the known ones."""

@@ -14,7 +14,7 @@ from shardctl.markethours import parse_market_hours
 
 #: The file's top-level keys (tables and plain keys).
 TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
-            "cluster", "shards")
+            "cluster", "shards", "audit")
 _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": ("block", "drop_oldest"),

@@ -38,6 +38,7 @@ from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
 from shardctl.report import ShardStatus
 from shardctl.supervisor.assets import asset_names_loop
+from shardctl.supervisor.audits import AuditSchedule, schedule_for
 from shardctl.supervisor.cluster import Cluster
 from shardctl.supervisor.control import Command, ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
@@ -78,6 +79,8 @@ class Supervisor:
         self.feed = LocalFeed(config.feed, log_format)
         #: Cluster mode (``[cluster]``): the lease loop that decides which shards stream on this host.
         self.cluster: Cluster | None = None
+        #: ``[audit]``: the scheduled audit, and its last result for /metrics (None without the section).
+        self.audits: AuditSchedule | None = None
         self._queue: asyncio.Queue[tuple[Request, Any, str]] | None = None
         self._done: asyncio.Event | None = None
         self._deadline: Deadline | None = None
@@ -100,7 +103,8 @@ class Supervisor:
         page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
         metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
                                 fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale,
-                                fail_on_slow=lambda: self.config.supervisor.healthz_fails_on_slow) \
+                                fail_on_slow=lambda: self.config.supervisor.healthz_fails_on_slow,
+                                audit=lambda: self.audits.last if self.audits is not None else None) \
             if sup.metrics_port else None
         try:
             await control.start()
@@ -128,6 +132,9 @@ class Supervisor:
             if self.database.needs_maintenance:
                 self._spawn(self.database.maintenance_loop())
             self._spawn(asset_names_loop(self.config.path, self.database.dsn))
+            self.audits = schedule_for(self.config, self.database.dsn, dict(os.environ))
+            if self.audits is not None:
+                self._spawn(self.audits.loop())
             await self._done.wait()
         finally:
             for task in list(self._tasks):

@@ -44,8 +44,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from shardctl.audit.classify import MinuteClass
 from shardctl.errors import ShardctlError
 from shardctl.report import ShardStatus
+from shardctl.supervisor.audits import LastAudit
 from shardctl.supervisor.states import ShardState
 
 log = logging.getLogger("shardctl.metrics")
@@ -85,11 +87,13 @@ GAUGES: tuple[tuple[str, str, Reading], ...] = (
 
 
 class ShardCollector(Collector):
-    """Renders the supervisor's shard statuses as Prometheus families."""
+    """Renders the supervisor's shard statuses (and the last scheduled audit) as Prometheus families."""
 
-    def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time,
+                 audit: Callable[[], LastAudit | None] = lambda: None) -> None:
         self.snapshot = snapshot
         self.clock = clock
+        self.audit = audit
 
     def collect(self) -> Iterator[Metric]:
         shards = list(self.snapshot())
@@ -136,6 +140,29 @@ class ShardCollector(Collector):
         if any(s.host_id for s in shards):
             yield from (hosts, epoch)
         yield from symbol_families(shards, now)
+        yield from audit_families(self.audit())
+
+
+def audit_families(last: LastAudit | None) -> tuple[Metric, ...]:
+    """The last scheduled audit (``[audit]``): minutes per class, when it ran, how long, whether it failed."""
+    if last is None:
+        return ()
+    minutes = GaugeMetricFamily("shardctl_audit_minutes", "The last audit's symbol-minutes per class",
+                                labels=["class"])
+    symbols = GaugeMetricFamily("shardctl_audit_unexplained_symbols", "Symbols with an unexplained minute in "
+                                "the last audit")
+    finished = GaugeMetricFamily("shardctl_audit_last_run_timestamp_seconds", "When the last audit finished")
+    seconds = GaugeMetricFamily("shardctl_audit_duration_seconds", "How long the last audit took")
+    failed = GaugeMetricFamily("shardctl_audit_failed", "1 when the last audit failed (see the log)")
+    finished.add_metric([], last.finished_at)
+    failed.add_metric([], 0.0 if last.report is not None else 1.0)
+    if last.report is None:
+        return finished, failed
+    for cls, n in last.report.totals.items():
+        minutes.add_metric([cls.value], float(n))
+    symbols.add_metric([], float(sum(1 for a in last.report.symbols if a.count(MinuteClass.UNEXPLAINED))))
+    seconds.add_metric([], last.report.seconds)
+    return minutes, symbols, finished, seconds, failed
 
 
 #: Stale symbols named per shard in /healthz; more are counted.
@@ -202,10 +229,10 @@ def stale_notes(shards: Iterable[ShardStatus], now: float) -> list[str]:
     return notes
 
 
-def render(snapshot: Snapshot) -> bytes:
-    """The Prometheus text exposition for ``snapshot``."""
+def render(snapshot: Snapshot, audit: Callable[[], LastAudit | None] = lambda: None) -> bytes:
+    """The Prometheus text exposition for ``snapshot`` (and the last scheduled audit)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ShardCollector(snapshot))
+    registry.register(ShardCollector(snapshot, audit=audit))
     return generate_latest(registry)
 
 
@@ -262,7 +289,9 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None, *,
                  fail_on_stale: Callable[[], bool] = lambda: False,
-                 fail_on_slow: Callable[[], bool] = lambda: False) -> None:
+                 fail_on_slow: Callable[[], bool] = lambda: False,
+                 audit: Callable[[], LastAudit | None] = lambda: None) -> None:
+        self.audit = audit
         #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale / _on_slow).
         self.fail_on_stale = fail_on_stale
         self.fail_on_slow = fail_on_slow
@@ -327,7 +356,7 @@ class MetricsServer:
         if method != "GET":
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot, self.audit)
         shards = list(self.snapshot())
         ok, problems = health(shards)
         notes = stale_notes(shards, time.time())
