@@ -20,6 +20,7 @@ from shardctl.audit.classify import (
     SymbolFacts,
     TickMinute,
     classify_symbol,
+    collecting_minutes,
     gap_minutes,
 )
 from shardctl.audit.cli import parse_window
@@ -83,7 +84,7 @@ def test_open_minutes_agrees_with_is_open_minute_by_minute() -> None:
 def facts(n: int = 10, **kw: object) -> SymbolFacts:
     base: dict[str, object] = dict(symbol="S", shard="sh", first=100, last=100 + n - 1, ticks={},
                                    backfilled=frozenset(), gaps=frozenset(), market_open=[True] * n,
-                                   collecting_from=100)
+                                   collecting=[True] * n)
     base.update(kw)
     return SymbolFacts(**base)  # type: ignore[arg-type]
 
@@ -91,12 +92,21 @@ def facts(n: int = 10, **kw: object) -> SymbolFacts:
 def test_rules_in_order() -> None:
     tick = TickMinute(1.0, Decimal(10))
     f = facts(ticks={100: tick, 105: tick}, market_open=[True] * 5 + [False] * 3 + [True] * 2,
-              collecting_from=100, backfilled=frozenset({101, 109}), gaps=frozenset({101, 102, 108}))
+              backfilled=frozenset({101, 109}), gaps=frozenset({101, 102, 108}))
     assert classify_symbol(f).classes == (T, B, G, U, U, T, C, C, G, B)
-    off = facts(n=4, collecting_from=102, market_open=[True, False, True, True])
+    off = facts(n=4, collecting=[False, False, True, True], market_open=[True, False, True, True])
     assert classify_symbol(off).classes == (OFF, C, U, U)
-    never = facts(n=2, collecting_from=None)
-    assert classify_symbol(never).classes == (OFF, OFF)
+
+
+def test_collecting_minutes_from_stretches_else_from_the_first_tick() -> None:
+    # No stretch recorded: collecting from the first tick on.
+    assert collecting_minutes([], 102, 100, 104) == [False, False, True, True, True]
+    assert collecting_minutes([], None, 100, 101) == [False, False]
+    # Stopped on purpose at minute 102 (mid-minute: that minute still counts), started again at 104.
+    stretches = [(100 * 60.0, 102 * 60 + 30.0), (104 * 60.0, None)]
+    assert collecting_minutes(stretches, 100, 100, 105) == [True, True, True, False, True, True]
+    # Before the first stretch (a database older than the record): the first tick decides.
+    assert collecting_minutes([(103 * 60.0, None)], 101, 100, 104) == [False, True, True, True, True]
 
 
 def test_rest_turns_no_tick_minutes_into_quiet_or_unexplained_and_compares_closes() -> None:
@@ -247,3 +257,47 @@ def test_supervisor_runs_the_audit_on_schedule_and_shows_its_counts_in_metrics(t
     assert sum(counts.values()) == 5 * len(CRYPTO) and len(counts) == 7, counts
     assert re.search(r"shardctl_audit_last_run_timestamp_seconds \d", body)
     assert "audit of the last 5 minute(s) x " in (tmp_path / "supervisor.log").read_text()
+
+
+@pytest.mark.slow
+def test_the_supervisor_records_what_it_collects_and_a_stop_on_purpose_is_off(tmp_path: Path,
+                                                                             schema_dsn: str) -> None:
+    from support import query, terminate_all, wait_until
+    from test_supervisor import CRYPTO, STOCKS, Supervisor, run_cli, write_config
+
+    from shardctl.feed.server import FeedServer
+
+    with FeedServer(rate=40, symbols=STOCKS + CRYPTO, seed=4) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn)
+        sup = Supervisor(config, tmp_path / "supervisor.log")
+        try:
+            sup.wait_states("RUNNING")
+            wait_until(lambda: len(query(schema_dsn, "SELECT 1 FROM shardctl_collection WHERE stopped_at IS NULL"))
+                       == len(STOCKS + CRYPTO), 20, what="a stretch per symbol")
+            stopped = run_cli("stop", str(config), "crypto")
+            assert stopped.returncode == 0, stopped.stderr
+            rows = query(schema_dsn, "SELECT symbol, stop_reason FROM shardctl_collection WHERE shard = 'crypto'")
+            assert sorted(rows) == sorted((s, "stopped by operator") for s in CRYPTO), rows
+            started = run_cli("shard", "start", str(config), "crypto")
+            assert started.returncode == 0, started.stderr
+            wait_until(lambda: len(query(schema_dsn, "SELECT 1 FROM shardctl_collection WHERE shard = 'crypto' "
+                                                     "AND stopped_at IS NULL")) == len(CRYPTO), 20,
+                       what="crypto's stretches open again")
+        finally:
+            terminate_all([sup.proc])
+            sup.close()
+    rows = query(schema_dsn, "SELECT shard, count(*) FILTER (WHERE stopped_at IS NULL), "
+                             "count(*) FILTER (WHERE stop_reason = 'supervisor stopping') FROM shardctl_collection "
+                             "GROUP BY shard ORDER BY shard")
+    assert rows == [("crypto", 0, len(CRYPTO)), ("stocks", 0, len(STOCKS))], rows
+    # The audit: crypto's stop on purpose is off, not unexplained (its stretches say so).
+    stretches = query(schema_dsn, "SELECT extract(epoch FROM min(stopped_at)), extract(epoch FROM max(started_at)) "
+                                  "FROM shardctl_collection WHERE shard = 'crypto'")
+    stop_at, restart_at = (float(v) for v in stretches[0])
+    assert restart_at > stop_at
+    first, last = int(stop_at // 60) - 1, int(restart_at // 60) + 1
+    done = _audit(config, "--from", datetime.fromtimestamp(first * 60, timezone.utc).isoformat(),
+                  "--to", datetime.fromtimestamp((last + 1) * 60, timezone.utc).isoformat(),
+                  "--symbol", CRYPTO[0], "--format", "json")
+    minutes = json.loads(done.stdout)["symbols"][0]["minutes"]
+    assert "u" not in minutes, minutes  # every minute ticks, or off while stopped (minutes shorter than a stop)

@@ -21,15 +21,15 @@ def report() -> AuditReport:
     """Three symbols whose minutes show every class."""
     tick = TickMinute(1.0, Decimal(1))
     stock = SymbolFacts("AAPL", "stocks", FIRST, FIRST + N - 1, {FIRST + i: tick for i in range(5, 30)},
-                        frozenset(), frozenset(), [i < 30 for i in range(N)], FIRST + 5)
+                        frozenset(), frozenset(), [i < 30 for i in range(N)], [i >= 5 for i in range(N)])
     crypto = SymbolFacts("BTC/USD", "crypto", FIRST, FIRST + N - 1,
                          {FIRST + i: tick for i in range(N) if not 20 <= i < 40},
                          frozenset(range(FIRST + 20, FIRST + 25)),
-                         frozenset(range(FIRST + 25, FIRST + 30)), [True] * N, FIRST,
+                         frozenset(range(FIRST + 25, FIRST + 30)), [True] * N, [True] * N,
                          {FIRST + i: RestBar(1.0, Decimal(5 if i >= 35 else 0)) for i in range(30, 40)},
                          frozenset(range(FIRST + 30, FIRST + 40)))
     fx = SymbolFacts("EUR/USD", "fx", FIRST, FIRST + N - 1, {FIRST + i: tick for i in range(N) if i % 7}, frozenset(),
-                     frozenset(), [True] * N, FIRST)
+                     frozenset(), [True] * N, [True] * N)
     return AuditReport(FIRST, FIRST + N - 1, True, tuple(classify_symbol(f) for f in (stock, crypto, fx)))
 
 

@@ -5,7 +5,9 @@ first rule that holds decides:
 
     ticks        at least one tick stored in the minute
     closed       its market was closed (the shard's calendar, ``shardctl.markethours``)
-    off          shardctl was not collecting the symbol: before its first stored tick
+    off          shardctl was not collecting the symbol: outside every stretch its supervisor recorded
+                 (``shardctl_collection``: before its shard first streamed it, after its removal, while
+                 its shard was stopped on purpose), or, with no stretch recorded, before its first tick
     backfilled   no tick, but a REST bar stored (``shardctl_bars``)
     gap          inside a gap its shard recorded (and not filled)
     quiet        market open, no tick, no gap, and REST confirms nothing traded (no bar, or zero volume)
@@ -21,7 +23,7 @@ from decimal import Decimal
 from typing import Mapping, Sequence
 
 __all__ = ["AuditedSymbol", "MinuteClass", "RestBar", "TickMinute", "SymbolFacts", "Quality", "SymbolAudit",
-           "classify_symbol", "gap_minutes", "EXPECTED"]
+           "classify_symbol", "collecting_minutes", "gap_minutes", "EXPECTED"]
 
 
 class MinuteClass(enum.Enum):
@@ -87,8 +89,8 @@ class SymbolFacts:
     gaps: frozenset[int]
     #: One flag per minute first..last: the market was open at the minute's start.
     market_open: Sequence[bool]
-    #: The first minute shardctl collected the symbol (None: never).
-    collecting_from: int | None
+    #: One flag per minute first..last: shardctl meant to collect the symbol then.
+    collecting: Sequence[bool]
     #: ``--online``: REST's bars over the minutes it was asked about (None: not asked).
     rest: Mapping[int, RestBar] | None = None
     #: ``--online``: the minutes REST was asked about (a minute outside is not confirmed either way).
@@ -149,6 +151,21 @@ class SymbolAudit:
         return best
 
 
+def collecting_minutes(stretches: Sequence[tuple[float, float | None]], first_tick: int | None, first: int,
+                       last: int) -> list[bool]:
+    """Per minute first..last: inside a recorded collection stretch (end None: open) that covers the minute's
+    start, or, before the first recorded stretch (none at all: ever), at or after the symbol's first tick."""
+    out = [False] * (last - first + 1)
+    recorded_from = min((start for start, _ in stretches), default=None)
+    for i in range(len(out)):
+        t = (first + i) * 60
+        if recorded_from is None or t < recorded_from:
+            out[i] = first_tick is not None and first + i >= first_tick
+        else:
+            out[i] = any(start <= t + 59 and (stop is None or t < stop) for start, stop in stretches)
+    return out
+
+
 def gap_minutes(spans: Sequence[tuple[float, float]], first: int, last: int) -> frozenset[int]:
     """The minutes first..last that overlap any [start, end) span of Unix seconds."""
     out: set[int] = set()
@@ -165,7 +182,7 @@ def classify_minute(facts: SymbolFacts, minute: int) -> MinuteClass:
         return MinuteClass.TICKS
     if not facts.market_open[minute - facts.first]:
         return MinuteClass.CLOSED
-    if facts.collecting_from is None or minute < facts.collecting_from:
+    if not facts.collecting[minute - facts.first]:
         return MinuteClass.OFF
     if minute in facts.backfilled:
         return MinuteClass.BACKFILLED

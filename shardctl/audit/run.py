@@ -13,10 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-from shardctl.audit.classify import AuditedSymbol, MinuteClass, SymbolAudit, SymbolFacts, classify_symbol, gap_minutes
+from shardctl.audit.classify import (
+    AuditedSymbol,
+    MinuteClass,
+    SymbolAudit,
+    SymbolFacts,
+    classify_symbol,
+    collecting_minutes,
+    gap_minutes,
+)
 from shardctl.audit.online import ask_rest
 from shardctl.audit.readout import read_facts
 from shardctl.config.model import Config
+from shardctl.db.collection import collection_stretches
 from shardctl.db.connection import connect
 from shardctl.errors import UsageError
 from shardctl.markethours import parse_market_hours
@@ -55,6 +64,10 @@ class AuditReport:
     @property
     def unexplained(self) -> int:
         return self.totals[MinuteClass.UNEXPLAINED]
+
+
+def _utc(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, timezone.utc)
 
 
 def minute_stamp(minute: int) -> str:
@@ -99,11 +112,14 @@ def run_audit(config: Config, dsn: str, first: int, last: int, *, only: Sequence
     try:
         db = read_facts(conn, config.tables, [e.symbol for e in entries], sorted({e.shard for e in entries}),
                         first, last, probe_mask)
+        stretches = collection_stretches(conn, [e.symbol for e in entries], _utc(first), _utc(last + 1))
     finally:
         conn.close()
     gaps_of = {shard: gap_minutes(spans, first, last) for shard, spans in db.gaps.items()}
     facts = [SymbolFacts(e.symbol, e.shard, first, last, db.ticks[e.symbol], db.backfilled[e.symbol],
-                         gaps_of[e.shard], hours_of[e.symbol], db.first_tick.get(e.symbol)) for e in entries]
+                         gaps_of[e.shard], hours_of[e.symbol],
+                         collecting_minutes(stretches[e.symbol], db.first_tick.get(e.symbol), first, last))
+             for e in entries]
     audits = [classify_symbol(f, tolerance) for f in facts]
     requests, errors = 0, list[str]()
     if online:
@@ -113,7 +129,7 @@ def run_audit(config: Config, dsn: str, first: int, last: int, *, only: Sequence
         requests, errors = answers.requests, answers.errors
         facts = [f if f.symbol not in answers.bars else
                  SymbolFacts(f.symbol, f.shard, f.first, f.last, f.ticks, f.backfilled, f.gaps, f.market_open,
-                             f.collecting_from, answers.bars[f.symbol], answers.asked[f.symbol]) for f in facts]
+                             f.collecting, answers.bars[f.symbol], answers.asked[f.symbol]) for f in facts]
         audits = [classify_symbol(f, tolerance) for f in facts]
     return AuditReport(first, last, online, tuple(audits), db.from_candles, db.probes, requests, tuple(errors),
                        round(time.monotonic() - started, 3))
