@@ -161,15 +161,14 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
     for symbol in FX:
         for m in range(minute_of(17, 1), minute_of(17, 6)):
             assert cls(symbol, m) == "closed", (symbol, m)
-    # BTC/USD was muted from 16:48 to 16:53: REST has bars, the database has no tick and no gap.
-    for m in range(minute_of(16, 49), minute_of(16, 53)):
-        assert cls("BTC/USD", m) in ("unexplained", "gap"), m
-        injected.add(("BTC/USD", m))
-    # ETH/USD at 2.5 %: a minute the feed streamed nothing in is unexplained (or inside the cut's gap).
-    for m in range(minute_of(16, 51), minute_of(17, 6)):
-        if tape.streamed("ETH/USD", m) is None:
-            assert cls("ETH/USD", m) in ("unexplained", "gap"), m
-            injected.add(("ETH/USD", m))
+    # BTC/USD was muted from 16:48 to 16:53 and ETH/USD slowed to 2.5 % from 16:50: a minute in which the feed
+    # streamed nothing is unexplained (REST has the market's bar; no gap), or inside the cut's gap.
+    for symbol, start, end in (("BTC/USD", (16, 48), (16, 54)), ("ETH/USD", (16, 50), (17, 6))):
+        for m in range(minute_of(*start), minute_of(*end)):
+            if tape.streamed(symbol, m) is None:
+                assert cls(symbol, m) in ("unexplained", "gap"), (symbol, m)
+                injected.add((symbol, m))
+    assert all(cls("BTC/USD", m) != "ticks" for m in range(minute_of(16, 49), minute_of(16, 53)))
     # The killed fx worker stayed down for 2 s (4 simulated minutes): the minutes without a tick are its gap.
     down = [(lo, hi) for lo, hi, reason in query(schema_dsn, "SELECT extract(epoch FROM gap_from), extract(epoch "
                                                  "FROM gap_to), reason FROM shardctl_gaps WHERE shard = 'fx'")
@@ -184,6 +183,8 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
                 assert cls(symbol, m) in ("ticks", "gap"), (symbol, m, cls(symbol, m))
     # Unexplained minutes that were not injected: under 1 %.
     stray = [(s, m) for s in classes for m in minutes if cls(s, m) == "unexplained" and (s, m) not in injected]
+    print(f"unexplained minutes not injected: {len(stray)} of {len(classes) * len(minutes)}: "
+          f"{[(s, m - first) for s, m in stray]}")
     assert len(stray) < 0.01 * len(classes) * len(minutes), stray
     assert report["totals"]["off"] > 0 and report["totals"]["closed"] > 0
     # Candles against REST bars: ticks that share a whole-second timestamp make "the last price" a tie, and a
@@ -202,5 +203,5 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
     assert eth_slow, "ETH/USD never SLOW"
     delay = eth_slow[0].real - slowed_at
     print(f"slowdown flagged after {delay:.2f} s real ({delay * SPEED / 60:.1f} simulated minutes)")
-    assert delay < 12.0  # three freshness reports (3 s each) plus a poll
+    assert delay < 15.0  # about two freshness reports (3 s each) measured; five allowed on a loaded machine
     assert timedelta(seconds=delay * SPEED) < timedelta(minutes=25)
