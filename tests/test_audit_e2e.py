@@ -3,9 +3,10 @@
 Real parts: the local feed on 127.0.0.1 (recording what it streams, so its REST ``time_series`` agrees
 with it), ``shardctl start`` with three worker processes, the test's PostgreSQL/TimescaleDB, the
 control socket, and ``shardctl audit --online`` as a subprocess. Time is simulated
-(``shardctl.simclock``): every process and the feed read one clock that starts on Friday
-2026-11-27 16:33 New York and runs SPEED times as fast as the real one, so the test sees the
-stock market close and the forex weekend begin at any hour of the real clock, in ~20 s.
+(``shardctl.simclock``): every process and the feed read one clock that reads Friday
+2026-11-27 16:37 New York LEAD seconds after the test starts (the workers start meanwhile) and runs
+SPEED times as fast as the real one, so the test sees the stock market close and the forex weekend
+begin at any hour of the real clock, in about 25 s.
 
 Injected, in simulated New York time:
 
@@ -41,7 +42,9 @@ from shardctl.simclock import SimulatedClock
 
 NY = ZoneInfo("America/New_York")
 SPEED = 120.0
-START = datetime(2026, 11, 27, 16, 33, tzinfo=NY)
+START = datetime(2026, 11, 27, 16, 37, tzinfo=NY)
+#: Real seconds from the test's start until the simulated clock reads START: the workers start meanwhile.
+LEAD = 5.0
 STOCKS, FX, CRYPTO = ("AAPL", "MSFT"), ("EUR/USD", "GBP/USD"), ("BTC/USD", "ETH/USD", "SOL/USD")
 
 
@@ -88,7 +91,7 @@ class StatusPoller(threading.Thread):
 
 @pytest.mark.slow
 def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_dsn: str) -> None:
-    clock = SimulatedClock(time.time() + 1.0, START.timestamp(), SPEED)
+    clock = SimulatedClock(time.time() + LEAD, START.timestamp(), SPEED)
     feed = FeedServer(rate=150, symbols=STOCKS + FX + CRYPTO, seed=19, clock=clock, record_bars=True,
                       keep_sent=0).start()
     common = {"stale_after": "10m", "slow_below": 0.25, "slow_window": "30m"}
@@ -107,7 +110,7 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
 
     try:
         run.wait_running(["stocks", "fx", "crypto"], timeout=30, rows=1)
-        assert clock() < at(16, 44), "the workers took over 5 real seconds to start: the script below needs them"
+        assert clock() < at(16, 44), "the workers took over 8 real seconds to start: the script below needs them"
         poller.start()
         until(16, 45)
         feed.inject("close_market", exchange="XNGS")
@@ -132,7 +135,7 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
         poller.join(5)
         assert run.stop(timeout=60) == 0, run.log()[-3000:]
 
-        window = ("--from", datetime.fromtimestamp(at(16, 30), timezone.utc).isoformat(),
+        window = ("--from", datetime.fromtimestamp(at(16, 20), timezone.utc).isoformat(),
                   "--to", datetime.fromtimestamp(at(17, 6), timezone.utc).isoformat())
         done = subprocess.run([sys.executable, "-m", "shardctl", "audit", str(config), *window, "--online",
                                "--format", "json"], capture_output=True, text=True, timeout=120)
@@ -143,7 +146,7 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
         run.close()
         feed.stop()
 
-    first = minute_of(16, 30)
+    first = minute_of(16, 20)
     classes = {s["symbol"]: s["minutes"] for s in report["symbols"]}
     legend = report["legend"]
 
