@@ -301,3 +301,26 @@ def test_the_supervisor_records_what_it_collects_and_a_stop_on_purpose_is_off(tm
                   "--symbol", CRYPTO[0], "--format", "json")
     minutes = json.loads(done.stdout)["symbols"][0]["minutes"]
     assert "u" not in minutes, minutes  # every minute ticks, or off while stopped (minutes shorter than a stop)
+
+
+def test_stretches_before_the_window_still_say_the_symbol_was_recorded(schema_dsn: str) -> None:
+    from shardctl.db.collection import collection_stretches, reconcile_collection
+    from shardctl.db.connection import connect
+
+    conn = connect(schema_dsn)
+    t0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    try:
+        reconcile_collection(conn, {"crypto": ["BTC/USD", "ETH/USD"]}, ["crypto"], t0, "started")
+        assert reconcile_collection(conn, {"crypto": ["BTC/USD", "ETH/USD"]}, ["crypto"], t0, "again") == (0, 0)
+        assert reconcile_collection(conn, {"crypto": ["ETH/USD"]}, ["crypto"], t0 + timedelta(hours=1),
+                                    "removed by reload") == (0, 1)
+        lo, hi = t0 + timedelta(hours=2), t0 + timedelta(hours=3)
+        stretches = collection_stretches(conn, ["BTC/USD", "ETH/USD", "SOL/USD"], lo, hi)
+    finally:
+        conn.close()
+    assert stretches["BTC/USD"] == [(t0.timestamp(), t0.timestamp() + 3600)]  # before the window: off in it
+    assert stretches["ETH/USD"] == [(t0.timestamp(), None)]
+    assert stretches["SOL/USD"] == []
+    first = int(lo.timestamp() // 60)
+    assert collecting_minutes(stretches["BTC/USD"], first - 200, first, first + 2) == [False] * 3
+    assert collecting_minutes(stretches["ETH/USD"], first - 200, first, first + 2) == [True] * 3

@@ -8,6 +8,7 @@ and by the supervisor's ``[audit]`` schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -128,8 +129,8 @@ def run_audit(config: Config, dsn: str, first: int, last: int, *, only: Sequence
         answers = ask_rest(config, dsn, api_key, entries, audits)
         requests, errors = answers.requests, answers.errors
         facts = [f if f.symbol not in answers.bars else
-                 SymbolFacts(f.symbol, f.shard, f.first, f.last, f.ticks, f.backfilled, f.gaps, f.market_open,
-                             f.collecting, answers.bars[f.symbol], answers.asked[f.symbol]) for f in facts]
+                 dataclasses.replace(f, rest=answers.bars[f.symbol], rest_asked=answers.asked[f.symbol])
+                 for f in facts]
         audits = [classify_symbol(f, tolerance) for f in facts]
     return AuditReport(first, last, online, tuple(audits), db.from_candles, db.probes, requests, tuple(errors),
                        round(time.monotonic() - started, 3))

@@ -64,8 +64,12 @@ def collection_stretches(conn: Connection, symbols: Sequence[str], lo: datetime,
             return out
         cur.execute("SELECT symbol, extract(epoch FROM started_at)::float8, extract(epoch FROM stopped_at)::float8 "
                     "FROM shardctl_collection WHERE symbol = ANY(%s) AND started_at < %s "
-                    "AND (stopped_at IS NULL OR stopped_at > %s) ORDER BY started_at",
-                    (list(symbols), hi.astimezone(timezone.utc), lo.astimezone(timezone.utc)))
+                    "AND (stopped_at IS NULL OR stopped_at > %s) "
+                    "UNION SELECT * FROM (SELECT DISTINCT ON (symbol) symbol, "
+                    "extract(epoch FROM started_at)::float8, extract(epoch FROM stopped_at)::float8 "
+                    "FROM shardctl_collection WHERE symbol = ANY(%s) ORDER BY symbol, started_at) AS earliest "
+                    "ORDER BY 1, 2", (list(symbols), hi.astimezone(timezone.utc), lo.astimezone(timezone.utc),
+                                      list(symbols)))
         for symbol, start, stop in cur.fetchall():
             out[symbol].append((start, stop))
     return out
