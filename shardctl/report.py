@@ -76,6 +76,9 @@ class SymbolFreshness:
     (whole seconds, so ±1 s) to receipt, over the symbol's last ticks (None
     without ticks). ``market`` is one of the MARKET_* values; ``stale`` is
     True when the market is not closed and no tick came for ``stale_after``.
+    ``rate`` is the symbol's recent tick rate and ``normal_rate`` its own
+    normal (ticks per minute, None until measured); ``slow`` is True when the
+    market is not closed and ``rate`` fell below ``slow_below`` × ``normal_rate``.
     """
 
     symbol: str
@@ -84,6 +87,9 @@ class SymbolFreshness:
     delay_p99: float | None = None
     market: str = MARKET_UNKNOWN
     stale: bool = False
+    rate: float | None = None
+    normal_rate: float | None = None
+    slow: bool = False
 
 
 _FRESHNESS_COLUMNS = tuple(f.name for f in fields(SymbolFreshness))

@@ -217,7 +217,7 @@ def test_freshness_settings_defaults_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line, key, fragment", [
     ('stale_after = "soon"', "shards.s.stale_after", 'expected a duration like "500ms"'),
     ("stale_after = 0", "shards.s.stale_after", "must be longer than zero"),
-    ('market_hours = "weekdays"', "shards.s.market_hours", "must be one of 'auto', '24/7'"),
+    ('market_hours = "weekdays"', "shards.s.market_hours", "unknown market hours 'weekdays'; expected one of"),
     ('market_state_refresh = "-1m"', "shards.s.market_state_refresh", "expected a duration"),
     ('stale_aftr = "1m"', "shards.s.stale_aftr", "did you mean 'stale_after'?"),
 ])
@@ -290,8 +290,9 @@ def test_status_symbols_table_per_shard_stale_first() -> None:
     crypto, stocks = text.split("\n\n")
     lines = crypto.splitlines()
     assert lines[0] == "crypto: 3 symbol(s), 1 stale (stale_after 30s)"
-    assert lines[1].split() == ["SYMBOL", "LAST", "TICK", "DELAY", "P50", "DELAY", "P99", "MARKET"]
-    assert lines[2].split() == ["ETH/USD", "-", "-", "-", "24/7", "STALE"]
-    assert lines[3].split() == ["BTC/USD", "2.0s", "0.4s", "0.9s", "24/7"]
+    assert lines[1].split() == ["SYMBOL", "LAST", "TICK", "DELAY", "P50", "DELAY", "P99", "RATE/MIN", "NORMAL/MIN",
+                                "MARKET"]
+    assert lines[2].split() == ["ETH/USD", "-", "-", "-", "-", "-", "24/7", "STALE"]
+    assert lines[3].split() == ["BTC/USD", "2.0s", "0.4s", "0.9s", "-", "-", "24/7"]
     assert lines[4].split()[0] == "AAPL" and lines[4].split()[-1] == "closed"
     assert stocks == "stocks: no freshness report yet (RUNNING)"

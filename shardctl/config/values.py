@@ -10,15 +10,15 @@ from typing import Any, Mapping
 
 from shardctl.config.model import MIN_DEAD_LETTER_BYTES, ShardSettings, parse_duration, parse_size
 from shardctl.errors import ConfigError
+from shardctl.markethours import parse_market_hours
 
 #: The file's top-level keys (tables and plain keys).
 TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
-            "cluster", "shards")
+            "cluster", "shards", "audit")
 _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": ("block", "drop_oldest"),
     "journal_fsync": ("never", "flush", "always"),
-    "market_hours": ("auto", "24/7"),
 }
 
 
@@ -107,6 +107,17 @@ class ValueReader:
             where = f"{prefix}.{f.name}"
             if f.name in ("batch_size", "max_pending_rows"):
                 values[f.name] = self.number(raw, f.name, where, getattr(base, f.name), integer=True, minimum=1)
+            elif f.name == "market_hours":
+                try:
+                    values[f.name] = parse_market_hours(str(raw[f.name])).name
+                except ValueError as exc:
+                    self.problem(where, str(exc))
+            elif f.name == "slow_below":
+                values[f.name] = float(self.number(raw, f.name, where, base.slow_below, integer=False, minimum=0))
+                if values[f.name] >= 1:
+                    self.problem(where, f"is a fraction of the symbol's normal tick rate (0 < x < 1; 0 turns "
+                                        f"slowdown detection off), got {raw[f.name]!r}")
+                    values[f.name] = base.slow_below
             elif f.name in _SIZE_SETTINGS:
                 try:
                     values[f.name] = parse_size(raw[f.name])

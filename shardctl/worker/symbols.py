@@ -29,7 +29,8 @@ class ShardSymbols:
         self._config_path = config_path
         self._reload_requested = False
         s = shard.settings
-        self._fresh = FreshnessTracker(shard.symbols, s.stale_after, time.time())
+        self._fresh = FreshnessTracker(shard.symbols, s.stale_after, time.time(), slow_below=s.slow_below,
+                                       slow_window=s.slow_window)
         self._markets = MarketWatch(s.market_hours, lambda: fetch_market_state(rest_url, api_key),
                                     s.market_state_refresh)
 
