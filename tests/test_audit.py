@@ -196,6 +196,14 @@ def test_audit_command_classifies_what_the_database_holds(tmp_path: Path, schema
     text = _audit(config, *window, "--symbol", "ETH/USD")
     assert text.returncode == 0, text.stderr
     assert "every minute explained" in text.stdout and "BTC/USD" not in text.stdout
+    assert "market_hours" not in text.stderr  # every shard has a calendar
+
+    auto = tmp_path / "auto.toml"
+    auto.write_text(config.read_text().replace('market_hours = "XNGS"', 'market_hours = "auto"'))
+    noted = _audit(auto, *window, "--symbol", "ETH/USD")
+    assert noted.returncode == 0
+    assert 'note: stocks: market_hours = "auto" has no calendar for the past' in noted.stderr
+    assert str(auto) in noted.stderr and "crypto" not in noted.stderr
 
     out = tmp_path / "audit.html"
     page = _audit(config, *window, "--format", "html", "--out", str(out))
@@ -222,6 +230,19 @@ def test_audit_config_section_is_checked(tmp_path: Path) -> None:
     config, problems, _ = check_config(path)
     assert not problems and config is not None and config.audit is not None
     assert (config.audit.interval, config.audit.window, config.audit.online) == (900.0, 86400.0, False)
+
+
+def test_a_scheduled_audit_that_fails_unexpectedly_is_recorded_and_the_schedule_goes_on(caplog) -> None:
+    from shardctl.config.model import AuditConfig, Config
+    from shardctl.supervisor.audits import AuditSchedule
+
+    def broken_config() -> Config:
+        raise KeyError("no such symbol")
+
+    schedule = AuditSchedule(broken_config, AuditConfig(), "postgresql://127.0.0.1:9/none", None)
+    last = schedule.run_once()
+    assert last.report is None and last.error == "KeyError: 'no such symbol'"
+    assert "audit failed unexpectedly" in caplog.text
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shardctl.audit.render import render_html, render_json, render_text
-from shardctl.audit.run import run_audit
+from shardctl.audit.run import run_audit, unscheduled_note
 from shardctl.config import load_config
 from shardctl.config.model import LOCAL_FEED_API_KEY, parse_duration
 from shardctl.db.connection import resolve_dsn
@@ -88,6 +88,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     api_key = os.environ.get(config.source.api_key_env) or (LOCAL_FEED_API_KEY if config.source.is_local else None)
     report = run_audit(config, resolve_dsn(config), first, last, only=args.symbol, online=args.online,
                        api_key=api_key, tolerance=args.tolerance)
+    note = unscheduled_note(config)
+    if note:
+        print(note, file=sys.stderr)
     text = RENDERERS[args.format](report)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

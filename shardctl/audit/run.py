@@ -31,7 +31,7 @@ from shardctl.db.connection import connect
 from shardctl.errors import UsageError
 from shardctl.markethours import parse_market_hours
 
-__all__ = ["AuditReport", "AuditedSymbol", "run_audit", "minute_stamp"]
+__all__ = ["AuditReport", "AuditedSymbol", "run_audit", "minute_stamp", "unscheduled_shards"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,22 @@ def configured_symbols(config: Config, only: Sequence[str] = ()) -> list[Audited
                              "config's symbols")
         out = [s for s in out if s.text in wanted or s.symbol in wanted]
     return out
+
+
+def unscheduled_shards(config: Config) -> list[str]:
+    """Shards whose ``market_hours`` is "auto": the audit has no calendar for their past and reads them open."""
+    return [shard.name for shard in config.shards.values()
+            if not parse_market_hours(shard.settings.market_hours).scheduled]
+
+
+def unscheduled_note(config: Config) -> str | None:
+    """One line for the user naming the shards the audit reads as always open, and the fix; None when none."""
+    names = unscheduled_shards(config)
+    if not names:
+        return None
+    return (f"note: {', '.join(names)}: market_hours = \"auto\" has no calendar for the past, so the audit reads "
+            "every minute as open (nights and weekends may show as unexplained); set market_hours in "
+            f"{config.path} (\"24/7\", \"forex\", \"XNYS\", ...)")
 
 
 def run_audit(config: Config, dsn: str, first: int, last: int, *, only: Sequence[str] = (), online: bool = False,

@@ -16,6 +16,8 @@ from shardctl.markethours import parse_market_hours
 TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
             "cluster", "shards", "audit")
 _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
+#: Durations where 0 means "none" (no drain on stop, no retention of committed journal records).
+_ZERO_ALLOWED = frozenset(("stop_drain", "journal_retain"))
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": ("block", "drop_oldest"),
     "journal_fsync": ("never", "flush", "always"),
@@ -86,7 +88,8 @@ class ValueReader:
             return default
         return value
 
-    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float, *,
+                 zero_allowed: bool = False) -> float:
         if key not in raw:
             return default
         try:
@@ -94,8 +97,8 @@ class ValueReader:
         except ValueError as exc:
             self.problem(where, str(exc))
             return default
-        if seconds <= 0:
-            self.problem(where, f"must be longer than zero, got {raw[key]!r}")
+        if seconds < 0 or (seconds == 0 and not zero_allowed):
+            self.problem(where, f"must be {'zero or more' if zero_allowed else 'longer than zero'}, got {raw[key]!r}")
             return default
         return seconds
 
@@ -130,7 +133,8 @@ class ValueReader:
                 else:
                     values[f.name] = raw[f.name]
             else:
-                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
+                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name),
+                                               zero_allowed=f.name in _ZERO_ALLOWED)
         result = ShardSettings(**{**base.__dict__, **values})
         if result.journal_max_bytes < 2 * result.journal_segment_bytes and (
                 "journal_max_bytes" in raw or "journal_segment_bytes" in raw):

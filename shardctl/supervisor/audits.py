@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
-from shardctl.audit.run import AuditReport, run_audit
+from shardctl.audit.run import AuditReport, run_audit, unscheduled_note
 from shardctl.config.model import LOCAL_FEED_API_KEY, AuditConfig, Config
 from shardctl.errors import ShardctlError
 
@@ -35,8 +36,11 @@ class LastAudit:
 class AuditSchedule:
     """Runs the config's ``[audit]`` (see the module docstring); ``last`` is None until one finished."""
 
-    def __init__(self, config: Config, settings: AuditConfig, dsn: str, api_key: str | None) -> None:
-        self.config, self.settings, self.dsn, self.api_key = config, settings, dsn, api_key
+    def __init__(self, config_of: Callable[[], Config], settings: AuditConfig, dsn: str,
+                 api_key: str | None) -> None:
+        #: The supervisor's config as it is now: a reload changes which symbols the next audit covers.
+        self.config_of = config_of
+        self.settings, self.dsn, self.api_key = settings, dsn, api_key
         self.last: LastAudit | None = None
 
     def run_once(self) -> LastAudit:
@@ -44,10 +48,14 @@ class AuditSchedule:
         last = int(time.time() // 60) - 1
         first = last - max(1, int(self.settings.window // 60)) + 1
         try:
-            report = run_audit(self.config, self.dsn, first, last, online=self.settings.online, api_key=self.api_key)
+            report = run_audit(self.config_of(), self.dsn, first, last, online=self.settings.online,
+                               api_key=self.api_key)
         except ShardctlError as exc:
             log.error("audit failed: %s", exc)
             return LastAudit(time.time(), error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug in one audit must not end the schedule
+            log.exception("audit failed unexpectedly")
+            return LastAudit(time.time(), error=f"{type(exc).__name__}: {exc}")
         totals = report.totals
         log.info("audit of the last %d minute(s) x %d symbol(s) in %.1fs: %s", report.minutes, len(report.symbols),
                  report.seconds, ", ".join(f"{c.value} {n}" for c, n in totals.items()))
@@ -62,9 +70,13 @@ class AuditSchedule:
             self.last = await asyncio.to_thread(self.run_once)
 
 
-def schedule_for(config: Config, dsn: str, api_key_of: dict[str, str]) -> AuditSchedule | None:
+def schedule_for(config_of: Callable[[], Config], dsn: str, api_key_of: dict[str, str]) -> AuditSchedule | None:
     """The config's schedule, or None without ``[audit]``; the key is the source's (the local feed's by default)."""
+    config = config_of()
     if config.audit is None:
         return None
+    note = unscheduled_note(config)
+    if note:
+        log.warning("%s", note.removeprefix("note: "))
     key = api_key_of.get(config.source.api_key_env) or (LOCAL_FEED_API_KEY if config.source.is_local else None)
-    return AuditSchedule(config, config.audit, dsn, key)
+    return AuditSchedule(config_of, config.audit, dsn, key)

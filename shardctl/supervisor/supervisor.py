@@ -140,7 +140,7 @@ class Supervisor:
             if self.database.needs_maintenance:
                 self._spawn(self.database.maintenance_loop())
             self._spawn(asset_names_loop(self.config.path, self.database.dsn))
-            self.audits = schedule_for(self.config, self.database.dsn, dict(os.environ))
+            self.audits = schedule_for(lambda: self.config, self.database.dsn, dict(os.environ))
             if self.audits is not None:
                 self._spawn(self.audits.loop())
             await self._done.wait()
