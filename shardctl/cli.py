@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "shardctl.feed.cli",
     "shardctl.db.cli",
     "shardctl.db.readouts",
+    "shardctl.audit.cli",
     "shardctl.bench.cli",
 )
 

@@ -67,8 +67,17 @@ class Counters:
         return Counters(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
-#: Market of a symbol as the worker judges it: trading, closed (never stale), always trading, or not known (open).
-MARKET_OPEN, MARKET_CLOSED, MARKET_ALWAYS, MARKET_UNKNOWN = "open", "closed", "24/7", "unknown"
+class Market(enum.StrEnum):
+    """Market of a symbol as the worker judges it: trading, closed (never stale), always trading, or not known
+    (counts as open)."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    ALWAYS = "24/7"
+    UNKNOWN = "unknown"
+
+
+MARKET_OPEN, MARKET_CLOSED, MARKET_ALWAYS, MARKET_UNKNOWN = Market.OPEN, Market.CLOSED, Market.ALWAYS, Market.UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +89,24 @@ class SymbolFreshness:
     (whole seconds, so ±1 s) to receipt, over the symbol's last ticks (None
     without ticks). ``market`` is one of the MARKET_* values; ``stale`` is
     True when the market is not closed and no tick came for ``stale_after``.
+    ``rate`` is the symbol's recent tick rate and ``normal_rate`` its own
+    normal (ticks per minute, None until measured); ``slow`` is True when the
+    market is not closed and ``rate`` fell below ``slow_below`` × ``normal_rate``.
     """
 
     symbol: str
     last_tick_at: float | None = None
     delay_p50: float | None = None
     delay_p99: float | None = None
-    market: str = MARKET_UNKNOWN
+    market: Market = Market.UNKNOWN
     stale: bool = False
+    rate: float | None = None
+    normal_rate: float | None = None
+    slow: bool = False
 
 
 _FRESHNESS_COLUMNS = tuple(f.name for f in fields(SymbolFreshness))
+_MARKETS = frozenset(m.value for m in Market)
 
 
 def freshness_to_json(records: tuple[SymbolFreshness, ...]) -> dict[str, list[Any]]:
@@ -110,6 +126,9 @@ def freshness_from_json(data: Any) -> tuple[SymbolFreshness, ...] | None:
     records = []
     for i in range(n):
         row = {name: columns[name][i] for name in _FRESHNESS_COLUMNS if columns[name][i] is not None}
+        market = row.pop("market", None)
+        if market in _MARKETS:
+            row["market"] = Market(market)
         if isinstance(row.get("symbol"), str):
             records.append(_from_mapping(SymbolFreshness, row))
     return tuple(records)

@@ -374,6 +374,14 @@ def test_bad_duration_in_defaults(tmp_path, value, fragment):
     assert_names(only(problems_of(path)), path, "defaults.flush_interval", fragment)
 
 
+def test_drain_and_retention_may_be_zero_but_not_negative(tmp_path):
+    path = write(tmp_path, LOCAL + '[defaults]\nstop_drain = "0s"\njournal_retain = 0\n' + shards_toml(1))
+    settings = next(iter(load_config(path).shards.values())).settings
+    assert (settings.stop_drain, settings.journal_retain) == (0.0, 0.0)
+    path = write(tmp_path, LOCAL + '[defaults]\njournal_retain = -1\n' + shards_toml(1))
+    assert_names(only(problems_of(path)), path, "defaults.journal_retain", "cannot be negative")
+
+
 def test_bad_duration_in_shard_and_supervisor(tmp_path):
     path = write(tmp_path, LOCAL + '[supervisor]\nstop_timeout = "soon"\n'
                  + '[shards.a]\nsymbols = ["A"]\nwatchdog_timeout = "30 s ago"\n')

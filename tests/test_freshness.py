@@ -23,6 +23,7 @@ from shardctl.report import (
     MARKET_CLOSED,
     MARKET_OPEN,
     MARKET_UNKNOWN,
+    ShardState,
     ShardStatus,
     SymbolFreshness,
     WorkerReport,
@@ -178,7 +179,7 @@ def test_freshness_crosses_the_pipe_and_the_control_socket_columnar() -> None:
     assert isinstance(back, WorkerReport) and back.freshness == RECORDS and back.stale_after == 30.0
     assert back.stale_symbols == ("ETH/USD",)
     assert decode_report(encode_report(WorkerReport())).freshness is None  # "not in this report"
-    status = ShardStatus(name="crypto", state="RUNNING", symbols=3, worker=report)
+    status = ShardStatus(name="crypto", state=ShardState.RUNNING, symbols=3, worker=report)
     again = ShardStatus.from_json(status.to_json())
     assert again.symbols == 3 and again.worker.freshness == RECORDS
 
@@ -219,7 +220,7 @@ def test_freshness_settings_defaults_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line, key, fragment", [
     ('stale_after = "soon"', "shards.s.stale_after", 'expected a duration like "500ms"'),
     ("stale_after = 0", "shards.s.stale_after", "must be longer than zero"),
-    ('market_hours = "weekdays"', "shards.s.market_hours", "must be one of 'auto', '24/7'"),
+    ('market_hours = "weekdays"', "shards.s.market_hours", "unknown market hours 'weekdays'; expected one of"),
     ('market_state_refresh = "-1m"', "shards.s.market_state_refresh", "expected a duration"),
     ('stale_aftr = "1m"', "shards.s.stale_aftr", "did you mean 'stale_after'?"),
 ])
@@ -242,9 +243,9 @@ def test_healthz_fails_on_stale_must_be_a_boolean(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ metrics, healthz, CLI
 
 def statuses() -> list[ShardStatus]:
-    return [ShardStatus(name="crypto", state="RUNNING", wanted=True, symbols=3,
+    return [ShardStatus(name="crypto", state=ShardState.RUNNING, wanted=True, symbols=3,
                         worker=WorkerReport(freshness=RECORDS, stale_after=30.0)),
-            ShardStatus(name="stocks", state="RUNNING", wanted=True, symbols=1, worker=WorkerReport())]
+            ShardStatus(name="stocks", state=ShardState.RUNNING, wanted=True, symbols=1, worker=WorkerReport())]
 
 
 def test_metrics_three_series_per_symbol_and_a_stale_count_per_shard() -> None:
@@ -292,8 +293,9 @@ def test_status_symbols_table_per_shard_stale_first() -> None:
     crypto, stocks = text.split("\n\n")
     lines = crypto.splitlines()
     assert lines[0] == "crypto: 3 symbol(s), 1 stale (stale_after 30s)"
-    assert lines[1].split() == ["SYMBOL", "LAST", "TICK", "DELAY", "P50", "DELAY", "P99", "MARKET"]
-    assert lines[2].split() == ["ETH/USD", "-", "-", "-", "24/7", "STALE"]
-    assert lines[3].split() == ["BTC/USD", "2.0s", "0.4s", "0.9s", "24/7"]
+    assert lines[1].split() == ["SYMBOL", "LAST", "TICK", "DELAY", "P50", "DELAY", "P99", "RATE/MIN", "NORMAL/MIN",
+                                "MARKET"]
+    assert lines[2].split() == ["ETH/USD", "-", "-", "-", "-", "-", "24/7", "STALE"]
+    assert lines[3].split() == ["BTC/USD", "2.0s", "0.4s", "0.9s", "-", "-", "24/7"]
     assert lines[4].split()[0] == "AAPL" and lines[4].split()[-1] == "closed"
     assert stocks == "stocks: no freshness report yet (RUNNING)"

@@ -100,6 +100,17 @@ def test_after_a_clean_stop_the_last_receive_time_survives_the_reclaim(tmp_path:
     assert again.marked_committed == ends[-1]
 
 
+def test_the_mark_never_claims_a_receive_time_the_os_has_not_been_handed(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=1 << 21, fsync="never")
+    ends = frames(j, 3, 100.0)
+    j.flush()
+    frames(j, 1, 500.0)  # buffered only: a kill -9 now loses it, so the next "worker down" gap must cover it
+    j.commit(ends[-1])
+    assert decode_mark((tmp_path / MARK_NAME).read_bytes()) == Mark(ends[-1], 102.0)
+    j.close()  # writes the buffered record out, then the mark
+    assert decode_mark((tmp_path / MARK_NAME).read_bytes()) == Mark(ends[-1], 500.0)
+
+
 def test_retained_records_outlive_their_commit_until_the_window_passes(tmp_path: Path) -> None:
     j = Journal(tmp_path, segment_bytes=2048, fsync="never", retain=3600)
     ends = frames(j, 60, 1000.0)

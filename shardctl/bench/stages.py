@@ -128,14 +128,9 @@ def breakdown(frames: list[bytes], batch_size: int, *, repeat: int = 3) -> list[
 
     def freshness() -> None:
         tracker = FreshnessTracker((t.symbol for t in ticks), 60.0, 0.0)
-        observe = tracker.observe
         now = time.time()
-        moment, ts = None, 0.0
-        for tick in ticks:  # as ``ShardSymbols.observe``
-            if tick.time is not moment:
-                moment = tick.time
-                ts = moment.timestamp()
-            observe(tick.symbol, ts, now)
+        for burst in _bursts_of(ticks, [len(b) for b in bursts]):
+            tracker.observe_ticks(burst, now)
 
     def batching() -> None:
         batcher: Batcher[Tick] = Batcher(batch_size, 1.0)

@@ -92,10 +92,15 @@ class ShardSettings:
     journal_retain: float = 300.0
     #: A symbol whose market is not closed and that has not ticked for this long is stale (status, /healthz).
     stale_after: float = 120.0
-    #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades.
+    #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades;
+    #: "forex" (weekend close) or an exchange's session ("XNYS", ...): see shardctl.markethours.
     market_hours: str = "auto"
     #: How often "auto" fetches /market_state (one API credit a fetch, per shard).
     market_state_refresh: float = 300.0
+    #: A symbol whose tick rate falls below this fraction of its own normal rate while its market is open is
+    #: SLOW (0 turns it off); the normal rate is an exponentially weighted rate over ``slow_window``.
+    slow_below: float = 0.1
+    slow_window: float = 600.0
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -188,6 +193,16 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: the supervisor runs ``shardctl audit`` every ``interval`` over the last ``window`` (optional)."""
+
+    interval: float = 3600.0
+    window: float = 86400.0
+    #: Ask REST about unexplained minutes (spends credits like backfill, ``backfill.credits_per_minute``).
+    online: bool = False
+
+
+@dataclass(frozen=True)
 class TablesConfig:
     """Relation names (plain identifiers) and which candles to keep; ``[tables]`` in the config."""
 
@@ -246,6 +261,8 @@ class SupervisorConfig:
     stop_timeout: float = 15.0
     #: /healthz answers 503 (not 200) while some symbol is stale.
     healthz_fails_on_stale: bool = False
+    #: /healthz answers 503 (not 200) while some symbol is slow.
+    healthz_fails_on_slow: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,6 +302,7 @@ class Config:
     backfill: BackfillConfig = BackfillConfig()
     cluster: ClusterConfig | None = None
     timescaledb: TimescaleConfig = TimescaleConfig()
+    audit: AuditConfig | None = None
 
     def shard(self, name: str) -> ShardConfig:
         """Return the named shard or raise a ConfigError that lists the known ones."""

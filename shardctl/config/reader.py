@@ -28,6 +28,7 @@ from shardctl.config.model import (
     DEFAULT_REST_URL,
     DEFAULT_SOURCE_URL,
     MAX_CONNECTIONS_PER_KEY,
+    AuditConfig,
     BackfillConfig,
     Config,
     FeedConfig,
@@ -53,6 +54,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "supervisor": tuple(f.name for f in fields(SupervisorConfig)),
     "backfill": tuple(f.name for f in fields(BackfillConfig)),
     "cluster": CLUSTER_KEYS,
+    "audit": tuple(f.name for f in fields(AuditConfig)),
 }
 _SHARD_KEYS = ("symbols", "api_key_env") + _SECTION_KEYS["defaults"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -126,7 +128,8 @@ def read_config(path: Path) -> tuple[Config | None, ValueReader]:
     config = Config(path=path, state_dir=state_dir, database=database, source=source, tables=tables,
                     defaults=defaults, supervisor=supervisor, shards=MappingProxyType(shards), feed=feed,
                     backfill=backfill, timescaledb=timescaledb,
-                    cluster=read_cluster(reader, reader.table(raw, "cluster")) if "cluster" in raw else None)
+                    cluster=read_cluster(reader, reader.table(raw, "cluster")) if "cluster" in raw else None,
+                    audit=_read_audit(reader, reader.table(raw, "audit")) if "audit" in raw else None)
     _check_api_keys(reader, config)
     check_cluster_keys(reader, config)
     return config, reader
@@ -151,7 +154,7 @@ def _read_supervisor(reader: ValueReader, raw: Mapping[str, Any], base: Path, st
             values[f.name] = reader.number(raw, f.name, where, default, integer=True, minimum=1)
         elif f.name == "allowed_hosts":
             values[f.name] = _read_hosts(reader, raw.get(f.name, []), where)
-        elif f.name == "healthz_fails_on_stale":
+        elif f.name in ("healthz_fails_on_stale", "healthz_fails_on_slow"):
             values[f.name] = raw.get(f.name, default)
             if not isinstance(values[f.name], bool):
                 reader.problem(where, f"must be true or false, got {values[f.name]!r}")
@@ -203,6 +206,16 @@ def _read_backfill(reader: ValueReader, raw: Mapping[str, Any]) -> BackfillConfi
         rescan_interval=reader.duration(raw, "rescan_interval", "backfill.rescan_interval",
                                         default.rescan_interval),
     )
+
+
+def _read_audit(reader: ValueReader, raw: Mapping[str, Any]) -> AuditConfig:
+    default = AuditConfig()
+    online = raw.get("online", default.online)
+    if not isinstance(online, bool):
+        reader.problem("audit.online", f"must be true or false, got {online!r}")
+        online = default.online
+    return AuditConfig(interval=reader.duration(raw, "interval", "audit.interval", default.interval),
+                       window=reader.duration(raw, "window", "audit.window", default.window), online=online)
 
 
 def _read_shards(reader: ValueReader, raw: Mapping[str, Any], source: SourceConfig,

@@ -17,15 +17,17 @@ from shardctl.config.model import (
     parse_size,
 )
 from shardctl.errors import ConfigError
+from shardctl.markethours import parse_market_hours
 
 #: The file's top-level keys (tables and plain keys).
 TOP_KEYS = ("state_dir", "database", "source", "feed", "tables", "timescaledb", "defaults", "supervisor", "backfill",
-            "cluster", "shards")
+            "cluster", "shards", "audit")
 _SIZE_SETTINGS = frozenset(("journal_segment_bytes", "journal_max_bytes", "dead_letter_max_bytes"))
+#: Durations where 0 means "none" (no drain on stop, no retention of committed journal records).
+_ZERO_ALLOWED = frozenset(("stop_drain", "journal_retain"))
 _CHOICE_SETTINGS: dict[str, tuple[str, ...]] = {
     "journal_on_full": get_args(OnFull),
     "journal_fsync": get_args(FsyncPolicy),
-    "market_hours": ("auto", "24/7"),
 }
 
 
@@ -93,7 +95,8 @@ class ValueReader:
             return default
         return value
 
-    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    def duration(self, raw: Mapping[str, Any], key: str, where: str, default: float, *,
+                 zero_allowed: bool = False) -> float:
         if key not in raw:
             return default
         try:
@@ -101,8 +104,8 @@ class ValueReader:
         except ValueError as exc:
             self.problem(where, str(exc))
             return default
-        if seconds <= 0:
-            self.problem(where, f"must be longer than zero, got {raw[key]!r}")
+        if seconds < 0 or (seconds == 0 and not zero_allowed):
+            self.problem(where, f"must be {'zero or more' if zero_allowed else 'longer than zero'}, got {raw[key]!r}")
             return default
         return seconds
 
@@ -114,6 +117,17 @@ class ValueReader:
             where = f"{prefix}.{f.name}"
             if f.name in ("batch_size", "max_pending_rows"):
                 values[f.name] = self.number(raw, f.name, where, getattr(base, f.name), integer=True, minimum=1)
+            elif f.name == "market_hours":
+                try:
+                    values[f.name] = parse_market_hours(str(raw[f.name])).name
+                except ValueError as exc:
+                    self.problem(where, str(exc))
+            elif f.name == "slow_below":
+                values[f.name] = float(self.number(raw, f.name, where, base.slow_below, integer=False, minimum=0))
+                if values[f.name] >= 1:
+                    self.problem(where, f"is a fraction of the symbol's normal tick rate (0 < x < 1; 0 turns "
+                                        f"slowdown detection off), got {raw[f.name]!r}")
+                    values[f.name] = base.slow_below
             elif f.name in _SIZE_SETTINGS:
                 try:
                     values[f.name] = parse_size(raw[f.name])
@@ -126,7 +140,8 @@ class ValueReader:
                 else:
                     values[f.name] = raw[f.name]
             else:
-                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name))
+                values[f.name] = self.duration(raw, f.name, where, getattr(base, f.name),
+                                               zero_allowed=f.name in _ZERO_ALLOWED)
         result = ShardSettings(**{**base.__dict__, **values})
         if result.journal_max_bytes < 2 * result.journal_segment_bytes and (
                 "journal_max_bytes" in raw or "journal_segment_bytes" in raw):

@@ -250,6 +250,8 @@ def apply_schema(conn: Connection, tables: TablesConfig, settings: TimescaleConf
                 cur.execute(stmt)
             for stmt in statements(conn, "common/leases.sql", tables):
                 cur.execute(stmt)
+            for stmt in statements(conn, "common/collection.sql", tables):
+                cur.execute(stmt)
             cur.execute("""
                 INSERT INTO shardctl_schema (ticks_table, flavour, version) VALUES (%s, %s, %s)
                 ON CONFLICT (ticks_table) DO UPDATE SET version = EXCLUDED.version, applied_at = now()

@@ -8,6 +8,10 @@
     bad_key          refuse every new handshake with HTTP 200 until cleared (connection-less)
     mute             stop sending one symbol's price events (symbol=S), every connection, until cleared;
                      the symbol stays subscribed and its siblings keep streaming (connection-less)
+    slow             send only a fraction of one symbol's price events (symbol=S, fraction=F, e.g. 0.025),
+                     evenly spread, every connection, until cleared: a silent slowdown (connection-less)
+    close_market     an exchange closes (exchange=MIC or name): its symbols stop streaming and REST
+                     /market_state calls it closed, until cleared (connection-less)
 
 Every connection fault takes ``after=N``: it fires once a connection has sent
 N more price events (0 = at once) and ``every=M`` to fire again every M
@@ -24,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONNECTION_FAULTS = frozenset({"close", "abort", "garbage", "malformed_price", "silence"})
-FAULTS = CONNECTION_FAULTS | {"bad_key", "mute"}
+#: Faults that change what the feed streams on every connection, armed until cleared.
+STREAM_FAULTS = frozenset({"mute", "slow", "close_market"})
+FAULTS = CONNECTION_FAULTS | STREAM_FAULTS | {"bad_key"}
 
 #: The close code of an evicted connection (Twelve Data's own code is undocumented).
 CLOSE_EVICTED = 4000
@@ -32,8 +38,8 @@ CLOSE_EVICTED = 4000
 GARBAGE_FRAME = "<<garbage: this frame is not JSON>>"
 
 _INT_PARAMS = {"after", "every", "code", "conn"}
-_FLOAT_PARAMS = {"seconds"}
-_STR_PARAMS = {"reason", "symbol"}
+_FLOAT_PARAMS = {"seconds", "fraction"}
+_STR_PARAMS = {"reason", "symbol", "exchange"}
 _ALLOWED = {
     "close": {"after", "every", "code", "reason", "conn"},
     "abort": {"after", "every", "conn"},
@@ -42,6 +48,8 @@ _ALLOWED = {
     "silence": {"after", "every", "seconds", "conn"},
     "bad_key": set(),
     "mute": {"symbol"},
+    "slow": {"symbol", "fraction"},
+    "close_market": {"exchange"},
 }
 
 
@@ -94,8 +102,12 @@ def make_fault(name: str, **params: Any) -> Fault:
     code = clean.get("code")
     if code is not None and not (code in (1000, 1001) or 3000 <= code <= 4999):
         raise ValueError(f"fault 'close': code must be 1000, 1001 or 3000-4999, got {code}")
-    if name == "mute" and not clean.get("symbol", "").strip():
-        raise ValueError("fault 'mute' needs symbol=S, the symbol to silence")
+    if name in ("mute", "slow") and not clean.get("symbol", "").strip():
+        raise ValueError(f"fault {name!r} needs symbol=S, the symbol to {'silence' if name == 'mute' else 'slow'}")
+    if name == "slow" and not 0 < clean.get("fraction", -1) < 1:
+        raise ValueError("fault 'slow' needs fraction=F between 0 and 1 (e.g. 0.025: one event in 40)")
+    if name == "close_market" and not clean.get("exchange", "").strip():
+        raise ValueError("fault 'close_market' needs exchange=MIC (e.g. XNGS) or an exchange name")
     if "every" in clean and "after" not in clean:
         clean["after"] = clean["every"]
     return Fault(name, after=clean.pop("after", 0), every=clean.pop("every", None),

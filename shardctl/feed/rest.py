@@ -58,6 +58,7 @@ from websockets.http11 import Request, Response
 from shardctl.feed.catalog import CRYPTO, FOREX, METAL, STOCK, Catalog, Instrument
 from shardctl.feed.markets import market_state
 from shardctl.feed.reference import REFERENCE_PATHS, ReferenceError, reference_list
+from shardctl.feed.tape import Tape
 
 __all__ = ["RestApi", "RestError", "Bar", "synthetic_bar", "format_value", "REST_PATHS", "REST_FAULTS",
            "MAX_OUTPUTSIZE"]
@@ -166,8 +167,22 @@ def _parse_date(text: str, name: str, zone: tzinfo) -> datetime:
     return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
 
 
-def time_series(catalog: Catalog, params: dict[str, str], now: float) -> dict[str, Any]:
+def recorded_bar(tape: Tape | None, instrument: Instrument, minute: int) -> Bar | None:
+    """REST's bar for ``minute``: from the ``tape`` when it has one (None: the market was closed), else synthetic."""
+    if tape is None:
+        return synthetic_bar(instrument, minute)
+    streamed = tape.streamed(instrument.symbol, minute)
+    if streamed is not None:
+        o, h, lo, c, volume = streamed
+        return Bar(o, h, lo, c, None if volume is None else int(volume))
+    return None if tape.was_closed(instrument, minute * 60) else synthetic_bar(instrument, minute)
+
+
+def time_series(catalog: Catalog, params: dict[str, str], now: float, tape: Tape | None = None) -> dict[str, Any]:
     """Answer one ``/time_series`` query (``params``: first value of each query parameter) at Unix time ``now``.
+
+    With a ``tape`` (``FeedServer(record_bars=True)``) the bars agree with what the feed streamed and leave
+    out the minutes its market was closed (``recorded_bar``); a range with no bar left is "no data".
 
     Raises ``RestError`` for anything Twelve Data would refuse (see the module docstring).
     """
@@ -209,13 +224,17 @@ def time_series(catalog: Catalog, params: dict[str, str], now: float) -> dict[st
         raise RestError(400, NO_DATA)
     values = []
     for minute in range(hi - 1, first - 1, -1):
-        bar = synthetic_bar(instrument, minute)
+        bar = recorded_bar(tape, instrument, minute)
+        if bar is None:
+            continue
         stamp = datetime.fromtimestamp(minute * 60, zone).strftime("%Y-%m-%d %H:%M:%S")
         row = {"datetime": stamp, "open": format_value(bar.open, dp), "high": format_value(bar.high, dp),
                "low": format_value(bar.low, dp), "close": format_value(bar.close, dp)}
         if bar.volume is not None:
             row["volume"] = str(bar.volume)
         values.append(row)
+    if not values:
+        raise RestError(400, NO_DATA)
     if order == "asc":
         values.reverse()
     return {"meta": _meta(instrument, zone_name), "values": values, "status": "ok"}
@@ -241,8 +260,9 @@ class RestApi:
     """
 
     def __init__(self, catalog: Catalog, *, api_key: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tape: Tape | None = None) -> None:
         self.catalog = catalog
+        self.tape = tape
         self.api_key = api_key
         self._clock = clock
         self._lock = threading.Lock()
@@ -328,7 +348,7 @@ class RestApi:
                 return _json_response(market_state(self.catalog, self._closed, params))
             if path in REFERENCE_PATHS:
                 return _json_response(reference_list(self.catalog, path, params))
-            return _json_response(time_series(self.catalog, params, now))
+            return _json_response(time_series(self.catalog, params, now, self.tape))
         except (RestError, ReferenceError) as exc:
             return _error(exc.code, exc.message)
 

@@ -43,10 +43,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from shardctl.config.model import MAX_CONNECTIONS_PER_KEY
-from shardctl.feed.catalog import Catalog
-from shardctl.feed.faults import CLOSE_EVICTED, Fault, make_fault
+from shardctl.feed.catalog import Catalog, PriceState
+from shardctl.feed.faults import CLOSE_EVICTED, STREAM_FAULTS, Fault, make_fault
 from shardctl.feed.rest import REST_FAULTS, RestApi
 from shardctl.feed.session import FeedError, ReplayEntry, Session, load_replay
+from shardctl.feed.tape import Tape
 
 __all__ = ["FeedServer", "FeedStats", "FeedError", "CLOSE_EVICTED", "PATH"]
 
@@ -104,7 +105,8 @@ class FeedServer:
                  api_key: str | None = None, sent_log: str | os.PathLike[str] | None = None,
                  replay: str | os.PathLike[str] | None = None, replay_fast: bool = False,
                  seed: int | None = None, faults: Iterable[Fault] = (), keep_sent: int = 100_000,
-                 close_timeout: float = 2.0, also_on: Iterable[str] = ()) -> None:
+                 close_timeout: float = 2.0, also_on: Iterable[str] = (),
+                 clock: Callable[[], float] = time.time, record_bars: bool = False) -> None:
         _local_only(host)
         #: Further addresses served on the same port (link-local ones: a test's network namespaces).
         self.also_on = tuple(_local_only(h) for h in also_on)
@@ -120,15 +122,26 @@ class FeedServer:
         self._replay_path = replay
         self.replay_entries: list[ReplayEntry] | None = None
         self.catalog = Catalog(symbols, seed=seed)
+        #: Unix time as the feed sees it: its ticks' timestamps and REST's "now" (tests pass a simulated clock).
+        self.clock = clock
+        #: The bars it streamed, for REST (``shardctl.feed.tape``), with ``record_bars``.
+        self.tape = Tape() if record_bars else None
         #: Twelve Data REST (``/time_series``...) on the same port; see ``shardctl.feed.rest``.
-        self.rest = RestApi(self.catalog, api_key=api_key)
+        self.rest = RestApi(self.catalog, api_key=api_key, clock=clock, tape=self.tape)
         self._cond = threading.Condition()
         #: The API key each accepted handshake gave, until its session starts.
         self._handshake_keys: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
         self._standing: list[Fault] = list(faults)
         self._bad_key = any(f.name == "bad_key" for f in self._standing)
-        self.muted: frozenset[str] = frozenset(str(f.params["symbol"]) for f in self._standing if f.name == "mute")
-        self._standing = [f for f in self._standing if f.name not in ("bad_key", "mute")]
+        #: Symbols whose price events are not sent (``mute``), sent at a fraction (``slow``: symbol -> [fraction,
+        #: credit]), and exchanges whose symbols are not sent (``close_market``, upper case).
+        self.muted: frozenset[str] = frozenset()
+        self.slowed: dict[str, list[float]] = {}
+        self.closed_streams: frozenset[str] = frozenset()
+        self.shaping = self.tape is not None
+        for fault in [f for f in self._standing if f.name in STREAM_FAULTS]:
+            self._apply_stream_fault(fault)
+        self._standing = [f for f in self._standing if f.name != "bad_key" and f.name not in STREAM_FAULTS]
         self._conns: dict[int, Session] = {}
         self._per_conn: dict[int, int] = {}
         self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep_sent or None)
@@ -376,10 +389,8 @@ class FeedServer:
             self.rest.inject(fault, **params)
             return
         f = make_fault(fault, **params)
-        if f.name == "mute":
-            with self._cond:
-                self.muted = self.muted | {str(f.params["symbol"])}
-            log.info("fault mute on: not sending %s", f.params["symbol"])
+        if f.name in STREAM_FAULTS:
+            self._apply_stream_fault(f)
             return
         if f.name == "bad_key":
             with self._cond:
@@ -408,12 +419,54 @@ class FeedServer:
                 self._bad_key = False
             if fault in (None, "mute"):
                 self.muted = frozenset()
+            if fault in (None, "slow"):
+                self.slowed = {}
+            if fault in (None, "close_market"):
+                for exchange in self.closed_streams:
+                    self.rest.set_market(exchange, open=True)
+                    if self.tape is not None:
+                        self.tape.open_market(exchange, self.clock())
+                self.closed_streams = frozenset()
+            self.shaping = bool(self.tape is not None or self.muted or self.slowed or self.closed_streams)
 
         def disarm() -> None:
             now = asyncio.get_running_loop().time()
             for conn in list(self._conns.values()):
                 conn.disarm(fault, now)
         self._in_loop(disarm)
+
+    def _apply_stream_fault(self, fault: Fault) -> None:
+        """Arm a mute, slow or close_market (thread-safe; the loop reads the new sets on its next burst)."""
+        with self._cond:
+            if fault.name == "mute":
+                self.muted = self.muted | {str(fault.params["symbol"])}
+            elif fault.name == "slow":
+                self.slowed = {**self.slowed, str(fault.params["symbol"]): [float(fault.params["fraction"]), 0.0]}
+            else:
+                exchange = str(fault.params["exchange"]).strip().upper()
+                self.closed_streams = self.closed_streams | {exchange}
+                self.rest.set_market(exchange, open=False)
+                if self.tape is not None:
+                    self.tape.close_market(exchange, self.clock())
+            self.shaping = True
+        log.info("fault %s on: %s", fault.name, ", ".join(f"{k}={v}" for k, v in fault.params.items()))
+
+    def withheld(self, state: PriceState) -> bool:
+        """True when a stream fault keeps this tick of ``state``'s symbol from being sent (loop thread)."""
+        instrument = state.instrument
+        if instrument.symbol in self.muted:
+            return True
+        closed = self.closed_streams
+        if closed and (instrument.mic_code.upper() in closed or instrument.exchange.upper() in closed):
+            return True
+        slow = self.slowed.get(instrument.symbol)
+        if slow is None:
+            return False
+        slow[1] += slow[0]  # evenly spread: one tick goes each time the credit reaches 1
+        if slow[1] < 1.0:
+            return True
+        slow[1] -= 1.0
+        return False
 
     def set_market(self, exchange: str, *, open: bool) -> None:
         """Make REST ``/market_state`` call ``exchange`` (MIC or name) open or closed (``shardctl.feed.markets``)."""

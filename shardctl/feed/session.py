@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ from websockets.protocol import State
 from shardctl.errors import ShardctlError
 from shardctl.feed.catalog import Catalog, PriceState
 from shardctl.feed.faults import GARBAGE_FRAME, Fault
+from shardctl.feed.tape import Tape
 
 log = logging.getLogger("shardctl.feed")
 
@@ -112,8 +112,14 @@ class Hub(Protocol):
     duration: float | None
     replay_entries: list[ReplayEntry] | None
     replay_fast: bool
-    #: Symbols whose price events are not sent (the ``mute`` fault); they stay subscribed.
-    muted: frozenset[str]
+    #: True while some stream fault (mute, slow, close_market) or the tape wants each tick looked at.
+    shaping: bool
+    #: What streamed ticks are recorded on (``FeedServer(record_bars=True)``), or None.
+    tape: Tape | None
+
+    def clock(self) -> float: ...
+
+    def withheld(self, state: PriceState) -> bool: ...
 
     def record_sent(self, session: Session, prices: list[bytes]) -> None: ...
 
@@ -305,14 +311,24 @@ class Session:
                 due = lag_cap
             n = min(n, due)
         self.pace_sent += n
-        ts = int(time.time())
-        order, count, tick = self.order, len(self.order), self.hub.catalog.tick
+        hub = self.hub
+        ts = int(hub.clock())
+        order, count, tick = self.order, len(self.order), hub.catalog.tick
         start = self.rr
         self.rr = (start + n) % count
-        muted = self.hub.muted
-        frames = [tick(order[(start + i) % count], ts) for i in range(n)
-                  if not muted or order[(start + i) % count].instrument.symbol not in muted]
-        if not frames:  # every slot due was a muted symbol's: look again at the next slot, never wait for a wake-up
+        if hub.shaping:
+            frames = []
+            tape, withheld = hub.tape, hub.withheld
+            for i in range(n):
+                state = order[(start + i) % count]
+                if withheld(state):
+                    continue
+                frames.append(tick(state, ts))
+                if tape is not None:
+                    tape.record(state, ts)
+        else:
+            frames = [tick(order[(start + i) % count], ts) for i in range(n)]
+        if not frames:  # every slot due was withheld (muted...): look again at the next slot, never wait for a wake-up
             return [], [], (self.pace_sent + 1) / rate - (now - self.pace_t0) if rate else 0.0
         return frames, frames, None
 
@@ -388,5 +404,5 @@ class Session:
         elif fault.name == "malformed_price":
             catalog = self.hub.catalog
             state = self.order[self.rr % len(self.order)] if self.order else catalog.state("AAPL")
-            await ws.send(catalog.malformed(state, int(time.time())).decode())
+            await ws.send(catalog.malformed(state, int(self.hub.clock())).decode())
         self.hub.record_fault(fault.name)

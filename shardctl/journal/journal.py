@@ -206,6 +206,9 @@ class Journal:
                     mark.committed_offset):
                 self.committed_offset = mark.committed_offset  # the retained records before it are committed
         self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(self.committed_offset)
+        #: The receive time of the last record handed to the OS: what the mark may claim (a record still
+        #: buffered dies with the process, and must fall inside the next start's "worker down" gap).
+        self._written_received_at = self.last_received_at
 
     def _create(self, base: int, first_seq: int) -> _Segment:
         """A new segment file holding only its header, created atomically (write aside, then rename)."""
@@ -331,6 +334,7 @@ class Journal:
             raise JournalError(f"journal {self.directory}: cannot write: {exc.strerror}") from None
         self.disk_full = False
         del buf[:done]
+        self._written_received_at = self.last_received_at
         self.flushed_offset += done
         self._segments[-1].size = self.flushed_offset - self._segments[-1].base
 
@@ -424,7 +428,7 @@ class Journal:
                     and (self.disk_full or active.size - SEG_HEADER >= RECLAIM_BYTES)):
                 self._reclaim()
             self._marked = offset
-            self._mark.write(Mark(offset, self.last_received_at))
+            self._mark.write(Mark(offset, self._written_received_at))
 
     def _drop_retained(self, *, force: bool) -> None:
         """Delete committed segments past the retention window (all of them with ``force``). Lock held.
@@ -456,7 +460,7 @@ class Journal:
             self.committed_offset = start
             self._committed_seq, self.oldest_uncommitted_received_at = self._head_at(start)
             self._marked = start
-            self._mark.write(Mark(start, self.last_received_at))
+            self._mark.write(Mark(start, self._written_received_at))
             return start
 
     def _is_boundary(self, offset: int) -> bool:
@@ -559,7 +563,7 @@ class Journal:
                 finally:
                     os.close(self._fd)
                     self._fd = -1
-                    self._mark.write(Mark(self._marked, self.last_received_at))
+                    self._mark.write(Mark(self._marked, self._written_received_at))
                     self._mark.close()
 
     def __enter__(self) -> Journal:

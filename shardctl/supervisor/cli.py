@@ -175,18 +175,27 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s" if abs(value) < 100 else f"{value:.0f}s"
 
 
+def _per_minute(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def format_symbols(shards: list[ShardStatus], now: float | None = None) -> str:
-    """One table per shard: each symbol's last tick age, delay p50/p99, market and STALE; stale symbols first."""
+    """One table per shard: each symbol's last tick age, delay p50/p99, tick rate, market and STALE or SLOW.
+
+    Stale symbols first, then slow ones.
+    """
     now = time.time() if now is None else now
     blocks = []
     for s in shards:
-        records = sorted(s.worker.freshness or (), key=lambda r: not r.stale)
-        stale = sum(r.stale for r in records)
+        records = sorted(s.worker.freshness or (), key=lambda r: (not r.stale, not r.slow))
+        stale, slow = sum(r.stale for r in records), sum(r.slow for r in records)
         title = f"{s.name}: {len(records)} symbol(s), {stale} stale (stale_after {_duration(s.worker.stale_after)})" \
-            if s.worker.freshness is not None else f"{s.name}: no freshness report yet ({s.state})"
-        rows = [("SYMBOL", "LAST TICK", "DELAY P50", "DELAY P99", "MARKET", "")]
-        rows += [(r.symbol, _ago(r.last_tick_at, now), _seconds(r.delay_p50), _seconds(r.delay_p99), r.market,
-                  "STALE" if r.stale else "") for r in records]
+            + (f", {slow} slow" if slow else "") if s.worker.freshness is not None else \
+            f"{s.name}: no freshness report yet ({s.state})"
+        rows = [("SYMBOL", "LAST TICK", "DELAY P50", "DELAY P99", "RATE/MIN", "NORMAL/MIN", "MARKET", "")]
+        rows += [(r.symbol, _ago(r.last_tick_at, now), _seconds(r.delay_p50), _seconds(r.delay_p99),
+                  _per_minute(r.rate), _per_minute(r.normal_rate), r.market,
+                  "STALE" if r.stale else "SLOW" if r.slow else "") for r in records]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         blocks.append("\n".join([title, *table]) if records else title)

@@ -38,7 +38,9 @@ from shardctl.journal.space import journal_space_warnings
 from shardctl.private import private_dir
 from shardctl.report import ShardState, ShardStatus
 from shardctl.supervisor.assets import asset_names_loop
+from shardctl.supervisor.audits import AuditSchedule, schedule_for
 from shardctl.supervisor.cluster import Cluster
+from shardctl.supervisor.collecting import CollectionRecord
 from shardctl.supervisor.control import Command, ControlServer, Request
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
@@ -78,6 +80,13 @@ class Supervisor:
         self.feed = LocalFeed(config.feed, log_format)
         #: Cluster mode (``[cluster]``): the lease loop that decides which shards stream on this host.
         self.cluster: Cluster | None = None
+        #: ``[audit]``: the scheduled audit, and its last result for /metrics (None without the section).
+        self.audits: AuditSchedule | None = None
+        #: Single-host mode: which symbols it means to collect, for the audit's "off" (``supervisor.collecting``).
+        self.collection: CollectionRecord | None = None
+        self._shard_names: set[str] = set(config.shards)
+        #: Shards that reached RUNNING since they were last started on purpose (their stretches are open).
+        self._streamed: set[str] = set()
         self._queue: asyncio.Queue[tuple[Request, Any, str]] | None = None
         self._done: asyncio.Event | None = None
         self._deadline: Deadline | None = None
@@ -99,7 +108,9 @@ class Supervisor:
         control = ControlServer(sup.control_socket, self.handle)
         page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
         metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
-                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale) \
+                                fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale,
+                                fail_on_slow=lambda: self.config.supervisor.healthz_fails_on_slow,
+                                audit=lambda: self.audits.last if self.audits is not None else None) \
             if sup.metrics_port else None
         try:
             await control.start()
@@ -121,12 +132,17 @@ class Supervisor:
             else:
                 for shard in self.shards.values():
                     await shard.launch(reason="supervisor started")
+                self.collection = CollectionRecord(self.database.dsn, self._wanted_symbols,
+                                                   lambda: sorted(self._shard_names))
             log.info("supervising %d shard(s); control socket %s", len(self.shards), sup.control_socket)
             self._spawn(self._dispatch())
             self._spawn(self._ticker())
             if self.database.needs_maintenance:
                 self._spawn(self.database.maintenance_loop())
             self._spawn(asset_names_loop(self.config.path, self.database.dsn))
+            self.audits = schedule_for(lambda: self.config, self.database.dsn, dict(os.environ))
+            if self.audits is not None:
+                self._spawn(self.audits.loop())
             await self._done.wait()
         finally:
             for task in list(self._tasks):
@@ -144,6 +160,31 @@ class Supervisor:
                 loop.remove_signal_handler(signum)
             self.database.stop_embedded()
         return self.exit_code
+
+    def _wanted_symbols(self) -> dict[str, tuple[str, ...]]:
+        """The symbols of every shard that has streamed since it was last started and is still wanted."""
+        return {name: self.config.shards[name].symbols for name, shard in self.shards.items()
+                if name in self._streamed and shard.machine.wanted and name in self.config.shards
+                and not self.shutting_down}
+
+    def _note_streaming(self) -> None:
+        """A wanted shard that reached RUNNING starts its collection stretch; one no longer wanted ends it.
+
+        A crash does not end a stretch (the shard stays wanted: its gap explains the minutes), a stop does.
+        """
+        if self.collection is None:
+            return
+        streaming = {n for n, s in self.shards.items() if s.machine.wanted and s.state is ShardState.RUNNING}
+        # A shard under an operator's command is left to that command (it records with its own reason).
+        kept = {n for n in self._streamed if n in self.shards and (self.shards[n].machine.wanted
+                                                                    or self.shards[n].lock.locked())}
+        if streaming - kept or kept != self._streamed:
+            self._streamed = kept | streaming
+            self._record_collection("streaming" if streaming - kept else "stopped")
+
+    def _record_collection(self, reason: str) -> None:
+        if self.collection is not None:
+            self._spawn(self.collection.sync(reason))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -168,6 +209,7 @@ class Supervisor:
             if not self.shutting_down:
                 for shard in list(self.shards.values()):
                     shard.poll()
+                self._note_streaming()
             await asyncio.sleep(TICK)
 
     async def _dispatch(self) -> None:
@@ -243,6 +285,8 @@ class Supervisor:
                 if state in (ShardState.STOPPED, ShardState.FATAL):
                     raise ControlError(ControlCode.NOT_RUNNING, f"shard {shard.name} is {state.value}, not running")
                 killed = await shard.stop()
+                self._streamed.discard(shard.name)
+                self._record_collection("stopped by operator")
                 return {"shard": shard.status().to_json(), "killed": killed}
             # restart: one lock held across stop and start, so it is atomic for other commands
             if state in PROCESS_STATES or state is ShardState.BACKOFF:
@@ -311,6 +355,8 @@ class Supervisor:
             if isinstance(result, BaseException):
                 log.error("stopping failed: %s", result, extra={"shard": name})
         await asyncio.gather(*(shard.close() for shard in self.shards.values()), return_exceptions=True)
+        if self.collection is not None:
+            await self.collection.sync("supervisor stopping")
         await self.feed.stop()
         return killed
 
@@ -343,6 +389,8 @@ class Supervisor:
                 self.shards[name].change_symbols(new.shards[name])
             await asyncio.gather(*(self._reload_shard(n, added=n in added, removed=n in removed)
                                    for n in added + removed + restarted))
+            self._shard_names |= set(new.shards)
+            self._record_collection(f"reload ({source})")
             return {"added": added, "removed": removed, "restarted": restarted, "resubscribed": live}
 
     async def _reload_shard(self, name: str, *, added: bool, removed: bool) -> None:

@@ -25,6 +25,7 @@ from shardctl.db.schema import apply_schema
 from shardctl.errors import ShardctlError
 from shardctl.journal.space import journal_space_warnings
 from shardctl.private import PRIVATE_UMASK, private_dir
+from shardctl.simclock import install_from_env
 from shardctl.worker.process import ShardLock
 from shardctl.worker.switches import Switches
 from shardctl.worker.worker import Worker, log
@@ -96,4 +97,5 @@ def _run(config: Config, shard: ShardConfig, report_fd: int | None, switches: Sw
 
 
 if __name__ == "__main__":
+    install_from_env()  # end-to-end tests only: SHARDCTL_SIMULATED_CLOCK (shardctl.simclock)
     sys.exit(main())

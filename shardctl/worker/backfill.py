@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import requests
 from psycopg2.extensions import connection as Connection
@@ -41,7 +41,7 @@ from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.logs import mask_secrets
 from shardctl.twelvedata.rest import RestCallError, rest_client
 
-__all__ = ["Backfiller", "BackfillResult", "CreditLimiter", "RestCallError", "WINDOW_MINUTES"]
+__all__ = ["Backfiller", "BackfillResult", "CreditLimiter", "RestCallError", "RestUnavailable", "WINDOW_MINUTES"]
 
 log = logging.getLogger("shardctl.backfill")
 
@@ -94,6 +94,10 @@ class _Item:
     gap: gaps.Gap | None
     new: tuple[datetime, datetime, str] | None = None
     due: float = 0.0  # wall-clock Unix time before which the gap is not worked on
+
+
+class RestUnavailable(ShardctlError):
+    """``fetch_bars`` could not get a symbol's bars: refused, or failing after every retry (one masked line)."""
 
 
 class _Stopped(Exception):
@@ -296,18 +300,36 @@ class Backfiller:
 
     def _fill_symbol(self, text: str, first: int, last: int) -> int:
         """Fetch and store the bars of minutes ``first..last`` for one symbol; return how many were stored."""
-        symbol, _, exchange = (part.strip() for part in text.partition(":"))
         stored = 0
+        for bars in self._bar_windows(text, first, last):
+            stored += gaps.upsert_bars(self._db(), bars) if bars else 0
+        return stored
+
+    def _bar_windows(self, text: str, first: int, last: int) -> Iterator[list[gaps.BarRow]]:
+        """The bars of minutes ``first..last`` of ``SYMBOL[:EXCHANGE]``, one request window at a time."""
+        symbol, _, exchange = (part.strip() for part in text.partition(":"))
         for start in range(first, last + 1, WINDOW_MINUTES):
             end = min(start + WINDOW_MINUTES, last + 1)
-            rows = self._fetch(symbol, exchange, start, end)
             bars = []
-            for row in rows:
+            for row in self._fetch(symbol, exchange, start, end):
                 bar = gaps.bar_row(symbol, row)
                 if bar is not None and start * 60 <= bar[1].timestamp() < end * 60:
                     bars.append(bar)
-            stored += gaps.upsert_bars(self._db(), bars) if bars else 0
-        return stored
+            yield bars
+
+    def fetch_bars(self, text: str, first: int, last: int) -> list[gaps.BarRow]:
+        """REST's one-minute bars of minutes ``first..last`` (minute numbers) for ``SYMBOL[:EXCHANGE]``; stores nothing.
+
+        Goes through this backfiller's credit limiter and retries (blocking, in the
+        calling thread). Raises ``RestUnavailable`` when REST refuses or keeps failing.
+        """
+        try:
+            return [bar for bars in self._bar_windows(text, first, last) for bar in bars]
+        except RestCallError as exc:
+            raise RestUnavailable(self._mask(f"{text}: Twelve Data refused time_series: {exc.code} {exc}")[:300]) \
+                from None
+        except _GaveUp as exc:
+            raise RestUnavailable(self._mask(f"{text}: time_series: {exc}")[:300]) from None
 
     def _fetch(self, symbol: str, exchange: str, start: int, end: int) -> Sequence[dict[str, Any]]:
         """One window's rows, after the credit limiter, retrying 429s and transient failures with backoff."""

@@ -1,7 +1,7 @@
 """Per-symbol freshness: when each symbol last ticked, how late its ticks arrive, and which ones are stale.
 
-The worker calls ``FreshnessTracker.observe`` once per price event; it is the
-hot path, so it only stores two floats in the symbol's slot (a ring of the
+The worker calls ``FreshnessTracker.observe_ticks`` once per burst with its
+price events; it is the hot path, so per tick it only stores two floats in the symbol's slot (a ring of the
 last ``RING`` delays). Everything else happens at report time, every few
 seconds: ``snapshot`` sorts each ring for its p50/p99 and judges staleness.
 
@@ -10,23 +10,38 @@ A symbol is stale when its market is not closed and no tick came for
 since the tracker started watching it. A closed market (``MARKET_CLOSED``,
 from ``shardctl.worker.markets``) is never stale: a stock that does not
 tick at night is fine. Every time comes from the caller, so tests inject a clock.
+
+A symbol is slow (a silent slowdown: it still ticks, so it is never stale)
+when its market is not closed and its recent tick rate fell below
+``slow_below`` × its own normal rate. Both rates are exponentially weighted
+and updated at report time from the tick count (``observe`` only counts):
+the recent one with a time constant of ``slow_window / 10``, the normal one
+with ``slow_window``. The normal rate is not updated while the symbol is
+slow or its market closed (a slowdown does not become the new normal), and a
+symbol is judged only once its normal rate promises at least
+``MIN_EXPECTED`` ticks per recent time constant (a thin symbol is not slow
+by chance) and it has been measured for ``slow_window / 10``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+import math
+from typing import Callable, Iterable, Mapping, Sequence
 
-from shardctl.report import MARKET_CLOSED, MARKET_UNKNOWN, SymbolFreshness
+from shardctl.report import MARKET_CLOSED, MARKET_UNKNOWN, Market, SymbolFreshness
+from shardctl.rows import Tick
 
 #: Delays kept per symbol: percentiles are over the symbol's last RING ticks. A power of two (the ring index is masked).
 RING = 128
 _MASK = RING - 1
+#: Ticks the normal rate must promise per recent time constant before a symbol can be judged slow.
+MIN_EXPECTED = 20.0
 
 
 class _Slot:
     """One symbol's ring of delays; ``count`` is how many ticks it has seen (the ring holds the last RING)."""
 
-    __slots__ = ("last_at", "delays", "count", "since")
+    __slots__ = ("last_at", "delays", "count", "since", "rate_count", "rate_at", "recent", "normal", "measured")
 
     def __init__(self, since: float) -> None:
         self.last_at: float | None = None
@@ -34,6 +49,36 @@ class _Slot:
         self.count = 0
         #: When the tracker started watching the symbol: a symbol that never ticks turns stale from here.
         self.since = since
+        #: Slowdown: the count and time of the last rate update, the two rates (ticks/s), seconds measured.
+        self.rate_count = 0
+        self.rate_at = since
+        self.recent: float | None = None
+        self.normal: float | None = None
+        self.measured = 0.0
+
+    def update_rates(self, now: float, closed: bool, window: float, below: float) -> bool:
+        """Fold the ticks since the last update into both rates; True when the symbol is slow now."""
+        dt = now - self.rate_at
+        if dt <= 0:
+            return self._slow(closed, window, below)
+        rate = (self.count - self.rate_count) / dt
+        self.rate_count, self.rate_at = self.count, now
+        if closed:
+            self.recent, self.measured = None, 0.0  # a market that reopens starts its recent rate afresh
+            return False
+        fast = 1.0 - math.exp(-dt / (window / 10))
+        self.recent = rate if self.recent is None else self.recent + fast * (rate - self.recent)
+        self.measured += dt
+        slow = self._slow(closed, window, below)
+        if not slow:
+            self.normal = rate if self.normal is None else self.normal + (1.0 - math.exp(-dt / window)) * (
+                rate - self.normal)
+        return slow
+
+    def _slow(self, closed: bool, window: float, below: float) -> bool:
+        if closed or below <= 0 or self.recent is None or self.normal is None or self.measured < window / 10:
+            return False
+        return self.normal * window / 10 >= MIN_EXPECTED and self.recent < below * self.normal
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -45,8 +90,10 @@ def percentile(ordered: list[float], q: float) -> float:
 class FreshnessTracker:
     """Last-tick times and receipt delays of a shard's symbols; ``observe`` per tick, ``snapshot`` per report."""
 
-    def __init__(self, symbols: Iterable[str], stale_after: float, now: float) -> None:
+    def __init__(self, symbols: Iterable[str], stale_after: float, now: float, *, slow_below: float = 0.0,
+                 slow_window: float = 600.0) -> None:
         self.stale_after = stale_after
+        self.slow_below, self.slow_window = slow_below, slow_window
         self._slots: dict[str, _Slot] = {}
         self.set_symbols(symbols, now)
 
@@ -64,7 +111,23 @@ class FreshnessTracker:
         slot.delays[slot.count & _MASK] = received_at - event_ts
         slot.count += 1
 
-    def snapshot(self, now: float, markets: Mapping[str, str] | Callable[[str], str]) -> tuple[SymbolFreshness, ...]:
+    def observe_ticks(self, ticks: Sequence[Tick], received_at: float) -> None:
+        """``observe`` each of ``ticks``, all received at ``received_at`` (one burst: the worker's hot path)."""
+        slots = self._slots
+        moment, ts = None, 0.0
+        for tick in ticks:
+            if tick.time is not moment:  # the ticks of one second share their datetime (the parser's cache)
+                moment = tick.time
+                ts = moment.timestamp()
+            slot = slots.get(tick.symbol)
+            if slot is None:
+                slot = slots[tick.symbol] = _Slot(received_at)
+            slot.last_at = received_at
+            slot.delays[slot.count & _MASK] = received_at - ts
+            slot.count += 1
+
+    def snapshot(self, now: float,
+                 markets: Mapping[str, Market] | Callable[[str], Market]) -> tuple[SymbolFreshness, ...]:
         """Every watched symbol's record at ``now``; ``markets`` gives each symbol's MARKET_* value."""
         market_of = markets if callable(markets) else (lambda s: markets.get(s, MARKET_UNKNOWN))
         out = []
@@ -76,5 +139,11 @@ class FreshnessTracker:
             market = market_of(symbol)
             quiet_since = slot.last_at if slot.last_at is not None else slot.since
             stale = market != MARKET_CLOSED and now - quiet_since > self.stale_after
-            out.append(SymbolFreshness(symbol, slot.last_at, p50, p99, market, stale))
+            slow = slot.update_rates(now, market == MARKET_CLOSED, self.slow_window, self.slow_below)
+            out.append(SymbolFreshness(symbol, slot.last_at, p50, p99, market, stale, _per_minute(slot.recent),
+                                       _per_minute(slot.normal), slow and not stale))
         return tuple(out)
+
+
+def _per_minute(rate: float | None) -> float | None:
+    return None if rate is None else round(rate * 60.0, 3)

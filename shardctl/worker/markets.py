@@ -8,6 +8,8 @@ The shard's ``market_hours`` setting decides:
              every ``market_state_refresh`` (one API credit a fetch, all
              exchanges at once), and only while some symbol needs it
     "24/7"   every symbol trades all the time (no REST calls): any quiet symbol turns stale
+    "forex", "XNYS", "America/New_York 09:30-16:00"...   a schedule (``shardctl.markethours``, the
+             calendar ``shardctl audit`` uses too): open or closed by the wall clock, no REST calls
 
 A symbol's exchange, MIC and type come from the server's subscribe-status
 ``success`` entries (``learn``). A symbol whose exchange is not known (yet),
@@ -23,13 +25,13 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from shardctl.report import MARKET_ALWAYS, MARKET_CLOSED, MARKET_OPEN, MARKET_UNKNOWN
+from shardctl.markethours import ALWAYS, AUTO, parse_market_hours
+from shardctl.report import MARKET_ALWAYS, MARKET_CLOSED, MARKET_OPEN, MARKET_UNKNOWN, Market
 from shardctl.twelvedata.markets import ExchangeState, MarketStateUnavailable
 from shardctl.twelvedata.parse import StatusEvent
 
 log = logging.getLogger("shardctl.worker")
 
-MARKET_HOURS = ("auto", "24/7")
 CRYPTO_TYPE = "Digital Currency"
 Fetch = Callable[[], Iterable[ExchangeState]]
 
@@ -37,8 +39,12 @@ Fetch = Callable[[], Iterable[ExchangeState]]
 class MarketWatch:
     """Each symbol's MARKET_* value; ``start`` runs the refresh thread (mode "auto" only), ``stop`` ends it."""
 
-    def __init__(self, mode: str, fetch: Fetch, refresh: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, mode: str, fetch: Fetch, refresh: float, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.mode = mode
+        self.hours = parse_market_hours(mode)
+        self._wall = wall
+        self._scheduled: tuple[int, Market] = (-1, MARKET_UNKNOWN)  # (second, state): one calendar look per second
         self.refresh = refresh
         self._fetch = fetch
         self._clock = clock
@@ -59,10 +65,15 @@ class MarketWatch:
             for entry in event.success:
                 self._listing[entry.symbol] = (entry.mic_code, entry.exchange.lower(), entry.type)
 
-    def market(self, symbol: str) -> str:
+    def market(self, symbol: str) -> Market:
         """The symbol's MARKET_* value now."""
-        if self.mode == "24/7":
+        if self.mode == ALWAYS:
             return MARKET_ALWAYS
+        if self.mode != AUTO:
+            second = int(self._wall())
+            if self._scheduled[0] != second:
+                self._scheduled = (second, MARKET_OPEN if self.hours.is_open(second) else MARKET_CLOSED)
+            return self._scheduled[1]
         info = self._listing.get(symbol)
         if info is None:
             return MARKET_UNKNOWN
@@ -75,7 +86,7 @@ class MarketWatch:
 
     def needs_exchanges(self) -> bool:
         """True when some symbol's state depends on an exchange (a listed symbol that is not crypto)."""
-        return self.mode == "auto" and any(kind != CRYPTO_TYPE for _, _, kind in self._listing.values())
+        return self.mode == AUTO and any(kind != CRYPTO_TYPE for _, _, kind in self._listing.values())
 
     def refresh_now(self) -> bool:
         """Fetch ``/market_state`` if due and needed; True if it fetched. Errors keep the last states (logged once)."""
@@ -104,7 +115,7 @@ class MarketWatch:
 
     def start(self) -> None:
         """Refresh in a daemon thread (mode "auto"): looks every second, fetches every ``refresh`` when needed."""
-        if self.mode != "auto" or self._thread is not None:
+        if self.mode != AUTO or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="market-state", daemon=True)
         self._thread.start()

@@ -31,7 +31,8 @@ class ShardSymbols:
         self._config_path = config_path
         self._reload_requested = False
         s = shard.settings
-        self._fresh = FreshnessTracker(shard.symbols, s.stale_after, time.time())
+        self._fresh = FreshnessTracker(shard.symbols, s.stale_after, time.time(), slow_below=s.slow_below,
+                                       slow_window=s.slow_window)
         self._markets = MarketWatch(s.market_hours, lambda: fetch_market_state(rest_url, api_key),
                                     s.market_state_refresh)
 
@@ -47,13 +48,7 @@ class ShardSymbols:
 
     def observe(self, ticks: Sequence[Tick], received_at: float) -> None:
         """``ticks`` arrived together at ``received_at`` (Unix seconds): each one counts for its symbol's freshness."""
-        observe = self._fresh.observe
-        moment, ts = None, 0.0
-        for tick in ticks:
-            if tick.time is not moment:  # the ticks of one second share their datetime (the parser's cache)
-                moment = tick.time
-                ts = moment.timestamp()
-            observe(tick.symbol, ts, received_at)
+        self._fresh.observe_ticks(ticks, received_at)
 
     def on_status(self, stream: StreamClient, event: StatusEvent) -> None:
         """A subscribe/unsubscribe/reset answer: the stream takes it, and it names the symbols' exchanges."""

@@ -44,8 +44,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from shardctl.audit.classify import MinuteClass
 from shardctl.errors import ShardctlError
 from shardctl.report import ShardState, ShardStatus
+from shardctl.supervisor.audits import LastAudit
 
 log = logging.getLogger("shardctl.metrics")
 
@@ -87,11 +89,13 @@ GAUGES: tuple[tuple[str, str, Reading], ...] = (
 
 
 class ShardCollector(Collector):
-    """Renders the supervisor's shard statuses as Prometheus families."""
+    """Renders the supervisor's shard statuses (and the last scheduled audit) as Prometheus families."""
 
-    def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, snapshot: Snapshot, clock: Callable[[], float] = time.time,
+                 audit: Callable[[], LastAudit | None] = lambda: None) -> None:
         self.snapshot = snapshot
         self.clock = clock
+        self.audit = audit
 
     def collect(self) -> Iterator[Metric]:
         shards = list(self.snapshot())
@@ -138,6 +142,29 @@ class ShardCollector(Collector):
         if any(s.host_id for s in shards):
             yield from (hosts, epoch)
         yield from symbol_families(shards, now)
+        yield from audit_families(self.audit())
+
+
+def audit_families(last: LastAudit | None) -> tuple[Metric, ...]:
+    """The last scheduled audit (``[audit]``): minutes per class, when it ran, how long, whether it failed."""
+    if last is None:
+        return ()
+    minutes = GaugeMetricFamily("shardctl_audit_minutes", "The last audit's symbol-minutes per class",
+                                labels=["class"])
+    symbols = GaugeMetricFamily("shardctl_audit_unexplained_symbols", "Symbols with an unexplained minute in "
+                                "the last audit")
+    finished = GaugeMetricFamily("shardctl_audit_last_run_timestamp_seconds", "When the last audit finished")
+    seconds = GaugeMetricFamily("shardctl_audit_duration_seconds", "How long the last audit took")
+    failed = GaugeMetricFamily("shardctl_audit_failed", "1 when the last audit failed (see the log)")
+    finished.add_metric([], last.finished_at)
+    failed.add_metric([], 0.0 if last.report is not None else 1.0)
+    if last.report is None:
+        return finished, failed
+    for cls, n in last.report.totals.items():
+        minutes.add_metric([cls.value], float(n))
+    symbols.add_metric([], float(sum(1 for a in last.report.symbols if a.count(MinuteClass.UNEXPLAINED))))
+    seconds.add_metric([], last.report.seconds)
+    return minutes, symbols, finished, seconds, failed
 
 
 #: Stale symbols named per shard in /healthz; more are counted.
@@ -152,20 +179,43 @@ def symbol_families(shards: list[ShardStatus], now: float) -> tuple[Metric, ...]
                               "last ticks (whole-second timestamps: ±1 s)", labels=["shard", "symbol", "quantile"])
     stale = GaugeMetricFamily("shardctl_stale_symbols", "Symbols whose market is not closed and that have not "
                               "ticked for stale_after", labels=["shard"])
+    rate = GaugeMetricFamily("shardctl_symbol_ticks_per_minute", "The symbol's tick rate: recent, and its own "
+                             "normal (exponentially weighted over slow_window)", labels=["shard", "symbol", "window"])
+    slow = GaugeMetricFamily("shardctl_slow_symbols", "Symbols whose market is not closed and whose tick rate fell "
+                             "below slow_below of their normal rate", labels=["shard"])
     for shard in shards:
         records = shard.worker.freshness or ()
         for r in records:
+            if r.rate is not None and r.last_tick_at is not None:
+                rate.add_metric([shard.name, r.symbol, "recent"], r.rate)
+            if r.normal_rate is not None and r.last_tick_at is not None:
+                rate.add_metric([shard.name, r.symbol, "normal"], r.normal_rate)
             if r.last_tick_at is not None:
                 age.add_metric([shard.name, r.symbol], max(0.0, now - r.last_tick_at))
             if r.delay_p50 is not None and r.delay_p99 is not None:
                 delay.add_metric([shard.name, r.symbol, "0.5"], r.delay_p50)
                 delay.add_metric([shard.name, r.symbol, "0.99"], r.delay_p99)
         stale.add_metric([shard.name], float(sum(r.stale for r in records)))
-    return age, delay, stale
+        slow.add_metric([shard.name], float(sum(r.slow for r in records)))
+    return age, delay, stale, rate, slow
 
 
 def _quiet(last_tick_at: float | None, now: float) -> str:
     return "no tick yet" if last_tick_at is None else f"last tick {max(0.0, now - last_tick_at):.0f}s ago"
+
+
+def slow_notes(shards: Iterable[ShardStatus]) -> list[str]:
+    """One ``slow: shard: SYM (1.2/min, normal 60/min), ...`` line per shard with slow symbols (at most 20 named)."""
+    notes = []
+    for s in shards:
+        slow = [r for r in s.worker.freshness or () if r.slow]
+        if not slow:
+            continue
+        named = ", ".join(f"{r.symbol} ({r.rate:.3g}/min, normal {r.normal_rate:.3g}/min)"
+                          for r in slow[:HEALTHZ_MAX_NAMES] if r.rate is not None and r.normal_rate is not None)
+        more = f" and {len(slow) - HEALTHZ_MAX_NAMES} more" if len(slow) > HEALTHZ_MAX_NAMES else ""
+        notes.append(f"slow: {s.name}: {named}{more}")
+    return notes
 
 
 def stale_notes(shards: Iterable[ShardStatus], now: float) -> list[str]:
@@ -181,10 +231,10 @@ def stale_notes(shards: Iterable[ShardStatus], now: float) -> list[str]:
     return notes
 
 
-def render(snapshot: Snapshot) -> bytes:
-    """The Prometheus text exposition for ``snapshot``."""
+def render(snapshot: Snapshot, audit: Callable[[], LastAudit | None] = lambda: None) -> bytes:
+    """The Prometheus text exposition for ``snapshot`` (and the last scheduled audit)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ShardCollector(snapshot))
+    registry.register(ShardCollector(snapshot, audit=audit))
     return generate_latest(registry)
 
 
@@ -195,7 +245,7 @@ def health(shards: Iterable[ShardStatus]) -> tuple[bool, list[str]]:
     """
     problems = []
     for s in shards:
-        if s.wanted and s.state not in (ShardState.RUNNING.value, ShardState.STANDBY.value):
+        if s.wanted and s.state not in (ShardState.RUNNING, ShardState.STANDBY):
             problems.append(f"{s.name}: {s.state} ({s.reason or 'no reason'})")
         elif s.worker.disk_full:
             problems.append(f"{s.name}: {s.worker.last_error or 'disk full'}")
@@ -240,9 +290,13 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, snapshot: Snapshot, app: App | None = None, *,
-                 fail_on_stale: Callable[[], bool] = lambda: False) -> None:
-        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale).
+                 fail_on_stale: Callable[[], bool] = lambda: False,
+                 fail_on_slow: Callable[[], bool] = lambda: False,
+                 audit: Callable[[], LastAudit | None] = lambda: None) -> None:
+        self.audit = audit
+        #: Asked at every /healthz (a reload may change supervisor.healthz_fails_on_stale / _on_slow).
         self.fail_on_stale = fail_on_stale
+        self.fail_on_slow = fail_on_slow
         self.host = host
         self.port = port
         self.snapshot = snapshot
@@ -304,12 +358,16 @@ class MetricsServer:
         if method != "GET":
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot)
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render(self.snapshot, self.audit)
         shards = list(self.snapshot())
         ok, problems = health(shards)
         notes = stale_notes(shards, time.time())
         if notes and self.fail_on_stale():
             ok, problems = False, problems + notes
+        slow = slow_notes(shards)
+        if slow and self.fail_on_slow():
+            ok, problems = False, problems + slow
+        notes += slow
         if ok:
             return 200, "text/plain", ("\n".join(["ok", *notes]) + "\n").encode()
         return 503, "text/plain", ("\n".join(problems) + "\n").encode()

@@ -164,9 +164,11 @@
       if (!f || !Array.isArray(f.symbol)) continue;
       f.symbol.forEach((symbol, i) => records.push({
         shard: s.name, symbol, last: f.last_tick_at[i], p50: f.delay_p50[i], p99: f.delay_p99[i],
-        market: f.market[i], stale: f.stale[i], staleAfter: s.stale_after}));
+        market: f.market[i], stale: f.stale[i], staleAfter: s.stale_after,
+        slow: Boolean(f.slow && f.slow[i]), rate: f.rate ? f.rate[i] : null,
+        normal: f.normal_rate ? f.normal_rate[i] : null}));
     }
-    records.sort((a, b) => Number(b.stale) - Number(a.stale));
+    records.sort((a, b) => Number(b.stale) - Number(a.stale) || Number(b.slow) - Number(a.slow));
     const fragment = document.createDocumentFragment();
     for (const r of records) {
       const tr = document.createElement("tr");
@@ -174,11 +176,15 @@
       if (r.stale) {
         tr.className = "stale";
         tr.title = `no tick for longer than stale_after (${r.staleAfter}s) while its market is ${r.market}`;
+      } else if (r.slow) {
+        tr.className = "slow";
+        tr.title = `ticking at ${r.rate}/min, well below its normal ${r.normal}/min, while its market is ${r.market}`;
       }
       const cells = [["shard", r.shard], ["symbol", r.symbol],
                      ["age", r.last === null ? "never" : duration(data.now - r.last), true],
                      ["p50", seconds(r.p50), true], ["p99", seconds(r.p99), true],
-                     ["market", r.market], ["stale", r.stale ? "STALE" : ""]];
+                     ["rate", r.rate === null ? "—" : `${r.rate}/min`, true],
+                     ["market", r.market], ["stale", r.stale ? "STALE" : r.slow ? "SLOW" : ""]];
       for (const [key, text, num] of cells) {
         const td = document.createElement("td");
         td.className = `col-${key}${num ? " num" : ""}${key === "market" ? ` ${r.market}` : ""}`;
@@ -188,9 +194,9 @@
       fragment.appendChild(tr);
     }
     document.querySelector("#symbols tbody").replaceChildren(fragment);
-    const stale = records.filter((r) => r.stale).length;
-    $("symbols-note").textContent = `${records.length} symbol(s) · ${stale} stale`;
-    $("symbols-note").className = stale ? "error-text" : "muted";
+    const stale = records.filter((r) => r.stale).length, slow = records.filter((r) => r.slow).length;
+    $("symbols-note").textContent = `${records.length} symbol(s) · ${stale} stale` + (slow ? ` · ${slow} slow` : "");
+    $("symbols-note").className = stale || slow ? "error-text" : "muted";
   }
 
   // ---------------------------------------------------------------- chart selects
