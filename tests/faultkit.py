@@ -84,16 +84,6 @@ def tick_key(event: dict[str, Any]) -> Key:
     return (event["symbol"], int(event["timestamp"]), float(event["price"]), int(event["day_volume"]))
 
 
-def settle(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    """Like ``wait_until`` but returns the last value instead of failing: the caller asserts with the figures."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 # ---------------------------------------------------------------- the feed, observed
 
 @dataclass(frozen=True)

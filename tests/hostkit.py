@@ -24,7 +24,6 @@ import socket
 import statistics
 import subprocess
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import psycopg2
 from faultkit import SentTick, SupervisorRun, TimedFeed, write_config
 from netkit import LinkPostgres, Network
+from support import wait_until
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.connection import connect
@@ -88,15 +88,14 @@ class Host:
         return self.run.try_status()
 
     def wait(self, predicate: Any, timeout: float, what: str, interval: float = 0.05) -> dict[str, dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = self.status()
-            if last and predicate(last):
-                return last
-            time.sleep(interval)
-        raise AssertionError(f"host {self.host_id}: not {what} after {timeout:g}s; status: {last}\n"
-                             f"{self.run.log()[-3000:] if self.run else ''}")
+        last: list[dict[str, dict[str, Any]] | None] = [None]
+
+        def matches() -> dict[str, dict[str, Any]] | None:
+            last[0] = self.status()
+            return last[0] if last[0] and predicate(last[0]) else None
+
+        return wait_until(matches, timeout, interval, f"host {self.host_id} {what}",
+                          details=lambda: f"status: {last[0]}\n{self.run.log()[-3000:] if self.run else ''}")
 
     def streams(self, names: Any = SHARDS) -> Any:
         return lambda s: all(s[n]["state"] == "RUNNING" and s[n]["lease_owner"] == self.host_id for n in names)

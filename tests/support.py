@@ -19,16 +19,44 @@ import pytest
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+def _poll(predicate: Callable[[], T], timeout: float, interval: float) -> tuple[bool, T]:
+    """Call ``predicate`` every ``interval`` until it returns something truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        if value or time.monotonic() > deadline:
+            return bool(value), value
         time.sleep(interval)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "",
+               details: Callable[[], str] | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); fail the test after ``timeout``,
+    with ``details()`` (the last status, a log's tail) in the message."""
+    ok, value = _poll(predicate, timeout, interval)
+    if not ok:
+        more = f"\n{details()}" if details is not None else ""
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}{more}")
+    return value
+
+
+def settle(predicate: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
+    """Like ``wait_until`` but returns the last value instead of failing: the caller asserts with the figures."""
+    return _poll(predicate, timeout, interval)[1]
+
+
+def holds_for(condition: Callable[[], object], seconds: float, what: str, interval: float = 0.2) -> None:
+    """Check that ``condition`` stays truthy for ``seconds`` ("nothing happened"); fail at the first time it
+    is not, saying ``what`` should have held and when it stopped."""
+    started = time.monotonic()
+    while True:
+        value = condition()
+        elapsed = time.monotonic() - started
+        if not value:
+            raise AssertionError(f"{what} held for {elapsed:.1f}s only, not {seconds:g}s (got {value!r})")
+        if elapsed >= seconds:
+            return
+        time.sleep(min(interval, max(0.0, seconds - elapsed)))
 
 
 def postgresql_only(flavour: str, what: str) -> None:
@@ -37,12 +65,27 @@ def postgresql_only(flavour: str, what: str) -> None:
         pytest.skip(f"{what} exists on plain PostgreSQL only")
 
 
-def query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
+def query(dsn: str, sql: str, params: tuple = (), *, utc: bool = False) -> list[tuple]:
+    """The rows ``sql`` returns ([] for a statement without rows), read in a transaction rolled back after
+    (``utc``: with the session's TimeZone set to UTC)."""
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
+            if utc:
+                cur.execute("SET TimeZone = 'UTC'")
             cur.execute(sql, params)
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def execute(dsn: str, statement: str, params: tuple = ()) -> None:
+    """Run ``statement`` and commit."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
     finally:
         conn.close()
 

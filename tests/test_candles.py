@@ -8,6 +8,7 @@ as the catch-up, and ``materialized_only`` for real-time candles.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import psycopg2
 import psycopg2.extras
 import pytest
+from support import query as query_any
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.candles import refresh_all_candles, refresh_range
@@ -30,6 +32,9 @@ from shardctl.db.readouts import format_candles
 
 UTC = timezone.utc
 D = datetime(2030, 3, 10, tzinfo=UTC)
+
+#: Candle buckets read in UTC (the session time zone shapes the datetimes psycopg2 returns).
+query = functools.partial(query_any, utc=True)
 
 
 def at(day: datetime, h: int, m: int = 0, s: int = 0) -> datetime:
@@ -86,18 +91,6 @@ def insert_ticks(dsn: str, rows: list[tuple], table: str = "crypto_ticks") -> No
                 cur, f'INSERT INTO {table} ("time", symbol, price, day_volume) VALUES %s', rows)
         conn.commit()
     finally:
-        conn.close()
-
-
-def query(dsn: str, text: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET TimeZone = 'UTC'")
-            cur.execute(text, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.rollback()
         conn.close()
 
 

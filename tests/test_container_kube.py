@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
-from faultkit import Frozen, TimedFeed, freeze_then_kill, gap_rows, ledger_rows, settle, stored_keys, tally
+from faultkit import Frozen, TimedFeed, freeze_then_kill, gap_rows, ledger_rows, stored_keys, tally
 from podkit import (
     SHARDCTL_UID,
     KubePlay,
@@ -49,7 +49,7 @@ from podkit import (
     volume_path,
     wait_exited,
 )
-from support import query, wait_until
+from support import query, settle, wait_until
 
 #: A build from scratch (a changed pyproject.toml: psycopg2 compiled, every package fetched) takes about 2 min
 #: on a busy machine, on top of the test itself.

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-import psycopg2
 import pytest
 from conftest import write_config_file
-from support import query
+from support import execute, query
 
 from shardctl.config import check_config
 from shardctl.config.model import SupervisorConfig
@@ -25,15 +24,6 @@ from shardctl.supervisor.lease import Act, LeaseTracker
 from shardctl.supervisor.states import ShardMachine
 
 TTL = 8.0
-
-
-def execute(dsn: str, statement: str) -> None:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def row(owner: str | None, epoch: int, heartbeat: int | None = 1, move_to: str | None = None) -> LeaseRow:

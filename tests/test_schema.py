@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import psycopg2
 import pytest
-from support import chunk_placement, wait_until
+from support import chunk_placement, query, wait_until
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.candles import refresh_range
@@ -33,29 +33,18 @@ SEED_QUERY = ("SELECT * FROM one_day_candle WHERE symbol = 'BTC/USD' AND bucket 
 UTC = timezone.utc
 
 
-def _query(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.rollback()
-        conn.close()
-
-
 def _objects(dsn: str) -> list[tuple]:
-    return _query(dsn, """SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    return query(dsn, """SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                           WHERE n.nspname = 'public' ORDER BY 1""")
 
 
 def _columns(dsn: str, table: str) -> list[tuple]:
-    return _query(dsn, """SELECT column_name, data_type, is_nullable FROM information_schema.columns
+    return query(dsn, """SELECT column_name, data_type, is_nullable FROM information_schema.columns
                           WHERE table_name = %s ORDER BY ordinal_position""", (table,))
 
 
 def test_apply_twice_is_a_noop(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
-    before = _objects(schema_dsn), _query(schema_dsn, "SELECT * FROM shardctl_schema")
+    before = _objects(schema_dsn), query(schema_dsn, "SELECT * FROM shardctl_schema")
     conn = connect(schema_dsn)
     try:
         assert apply_schema(conn, tables) == flavour
@@ -63,7 +52,7 @@ def test_apply_twice_is_a_noop(schema_dsn: str, tables: TablesConfig, flavour: s
         assert recorded_schema(conn, tables) == (flavour, SCHEMA_VERSION)
     finally:
         conn.close()
-    assert (_objects(schema_dsn), _query(schema_dsn, "SELECT * FROM shardctl_schema")) == before
+    assert (_objects(schema_dsn), query(schema_dsn, "SELECT * FROM shardctl_schema")) == before
 
 
 def test_flavour_tables(schema_dsn: str, tables: TablesConfig, flavour: str) -> None:
@@ -80,23 +69,23 @@ def test_flavour_tables(schema_dsn: str, tables: TablesConfig, flavour: str) -> 
     assert [c[:2] for c in _columns(schema_dsn, "shardctl_ledger")] == [
         ("shard", "text"), ("last_seq", "bigint"), ("journal_offset", "bigint"), ("rows_total", "bigint"),
         ("updated_at", "timestamp with time zone"), ("received_at", "timestamp with time zone")]
-    index = _query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'crypto_ticks'")
+    index = query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'crypto_ticks'")
     assert any('(symbol, "time" DESC)' in row[0] for row in index)
     if flavour == "timescaledb":
         # A hypertable with the tutorial's 7-day chunks; a chunk appears for each week a tick falls in.
-        assert _query(schema_dsn, "SELECT time_interval FROM timescaledb_information.dimensions "
+        assert query(schema_dsn, "SELECT time_interval FROM timescaledb_information.dimensions "
                                   "WHERE hypertable_name = 'crypto_ticks'") == [(timedelta(days=7),)]
-        assert _query(schema_dsn, "SELECT count(*) FROM timescaledb_information.chunks") == [(0,)]
+        assert query(schema_dsn, "SELECT count(*) FROM timescaledb_information.chunks") == [(0,)]
         moments = [datetime(2030, 1, 1, tzinfo=UTC) + timedelta(days=d) for d in (0, 1, 20)]
         with Writer(schema_dsn, tables, "s") as writer:
             assert writer.write(1, [Tick(m, "A", 1.0, None, None, None) for m in moments])
         placed = chunk_placement(schema_dsn)
         assert [inside for _, inside in placed] == [True] * 3 and len({chunk for chunk, _ in placed}) == 2
         return
-    assert _query(schema_dsn, "SELECT relkind FROM pg_class WHERE relname = 'crypto_ticks'") == [("p",)]
+    assert query(schema_dsn, "SELECT relkind FROM pg_class WHERE relname = 'crypto_ticks'") == [("p",)]
     # Partitions from yesterday to a week ahead, plus the DEFAULT one.
     today = datetime.now(UTC).date()
-    names = {r[0] for r in _query(schema_dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
+    names = {r[0] for r in query(schema_dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
                                              "c.oid = i.inhrelid WHERE i.inhparent = 'crypto_ticks'::regclass")}
     expected = {partition_name(TablesConfig(), today + timedelta(days=d)) for d in range(-1, 8)}
     assert expected | {"crypto_ticks_default"} == names
@@ -120,7 +109,7 @@ def test_rows_in_the_default_partition_move_when_their_day_gets_one(schema_dsn: 
         assert ensure_partition(conn, tables, day) is False
     finally:
         conn.close()
-    where = _query(schema_dsn, "SELECT tableoid::regclass::text, symbol, price FROM crypto_ticks ORDER BY price")
+    where = query(schema_dsn, "SELECT tableoid::regclass::text, symbol, price FROM crypto_ticks ORDER BY price")
     assert where == [("crypto_ticks_p20010203", "A", 1.0), ("crypto_ticks_p20010203", "A", 2.0),
                      ("crypto_ticks_default", "B", 3.0)]
 
@@ -195,7 +184,7 @@ def test_seed_candle_query_gives_ohlcv(schema_dsn: str, tables: TablesConfig, fl
         assert refresh_days(conn, tables, d0, d2 + timedelta(days=1)) == written  # idempotent
     finally:
         conn.close()
-    result = _query(schema_dsn, SEED_QUERY)
+    result = query(schema_dsn, SEED_QUERY)
     if flavour == "timescaledb":
         # first()/last() keep whichever tied row the scan meets first: d2's open, close and volume are one
         # of the two ticks of their second; everything else is the same as on PostgreSQL.
@@ -224,7 +213,7 @@ def test_refresh_only_touches_its_window(schema_dsn: str, tables: TablesConfig, 
         assert refresh_days(conn, tables, now - timedelta(days=3), now) == written[1]  # 2030-06-01 is outside: kept
     finally:
         conn.close()
-    assert [r[0] for r in _query(schema_dsn, "SELECT bucket FROM one_day_candle ORDER BY bucket")] == [
+    assert [r[0] for r in query(schema_dsn, "SELECT bucket FROM one_day_candle ORDER BY bucket")] == [
         datetime(2030, 6, 1, tzinfo=UTC), datetime(2030, 6, 10, tzinfo=UTC)]
 
 
@@ -238,17 +227,17 @@ def test_custom_table_names_are_quoted(fresh_dsn: str, flavour: str) -> None:
     with Writer(fresh_dsn, tables, "a") as writer:
         assert writer.write(1, [Tick(datetime(1999, 12, 31, 23, 59, tzinfo=UTC), "Z", 1.0, None, None, None)])
     if flavour == "timescaledb":
-        assert _query(fresh_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables") == [("MyTicks",)]
-        assert _query(fresh_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates "
+        assert query(fresh_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables") == [("MyTicks",)]
+        assert query(fresh_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates "
                                  "WHERE view_name = 'DayCandle'") == [("DayCandle",)]
-        assert _query(fresh_dsn, 'SELECT count(*) FROM "MyTicks"') == [(1,)]
+        assert query(fresh_dsn, 'SELECT count(*) FROM "MyTicks"') == [(1,)]
     else:
-        assert _query(fresh_dsn, 'SELECT tableoid::regclass::text FROM "MyTicks"') == [('"MyTicks_p19991231"',)]
-    assert _query(fresh_dsn, 'SELECT last_seq FROM "Ledger"') == [(1,)]
+        assert query(fresh_dsn, 'SELECT tableoid::regclass::text FROM "MyTicks"') == [('"MyTicks_p19991231"',)]
+    assert query(fresh_dsn, 'SELECT last_seq FROM "Ledger"') == [(1,)]
 
 
 def test_existing_unpartitioned_ticks_table_is_refused(fresh_dsn: str, tables: TablesConfig, flavour: str) -> None:
-    _query(fresh_dsn, "CREATE TABLE crypto_ticks (time timestamptz, symbol text); COMMIT")
+    query(fresh_dsn, "CREATE TABLE crypto_ticks (time timestamptz, symbol text); COMMIT")
     conn = connect(fresh_dsn)
     try:
         with pytest.raises(DatabaseError, match="not a hypertable" if flavour == "timescaledb" else "not partitioned"):
@@ -262,10 +251,10 @@ def test_candle_tables_and_state(schema_dsn: str, flavour: str) -> None:
         assert [c[0] for c in _columns(schema_dsn, table)] == [
             "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
         if flavour == "timescaledb":  # continuous aggregates (indexed by TimescaleDB) with a refresh policy each
-            assert _query(schema_dsn, "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name = %s "
+            assert query(schema_dsn, "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name = %s "
                                       "AND proc_name = 'policy_refresh_continuous_aggregate'", (table,)) == [(1,)]
             continue
-        index = _query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,))
+        index = query(schema_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,))
         assert any(row[0].endswith("USING btree (bucket)") for row in index), table
     if flavour == "postgresql":  # shardctl's refresh progress; TimescaleDB keeps its own watermarks
         assert [c[0] for c in _columns(schema_dsn, "shardctl_candle_state")] == [
@@ -276,7 +265,7 @@ def test_migration_from_version_1_adds_candles_and_keeps_rows(schema_dsn: str, t
                                                               flavour: str) -> None:
     if flavour == "timescaledb":
         # Version 1 on TimescaleDB: only one_day_candle (a continuous aggregate with its policy).
-        _query(schema_dsn, """DROP MATERIALIZED VIEW one_minute_candle, one_hour_candle;
+        query(schema_dsn, """DROP MATERIALIZED VIEW one_minute_candle, one_hour_candle;
                               UPDATE shardctl_schema SET version = 1;
                               INSERT INTO crypto_ticks (time, symbol, price) VALUES ('2030-01-01 10:00+00', 'A', 1);
                               COMMIT""")
@@ -288,16 +277,16 @@ def test_migration_from_version_1_adds_candles_and_keeps_rows(schema_dsn: str, t
             assert apply_schema(conn, tables) == "timescaledb"  # idempotent
         finally:
             conn.close()
-        assert sorted(_query(schema_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates")) == [
+        assert sorted(query(schema_dsn, "SELECT view_name FROM timescaledb_information.continuous_aggregates")) == [
             ("one_day_candle",), ("one_hour_candle",), ("one_minute_candle",)]
-        assert _query(schema_dsn, "SELECT count(*) FROM timescaledb_information.jobs "
+        assert query(schema_dsn, "SELECT count(*) FROM timescaledb_information.jobs "
                                   "WHERE proc_name = 'policy_refresh_continuous_aggregate'") == [(3,)]
         # The new aggregates are created WITH DATA: they already hold the old tick's candles.
-        assert _query(schema_dsn, "SELECT symbol, high FROM one_hour_candle") == [("A", 1.0)]
-        assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(1,)]
+        assert query(schema_dsn, "SELECT symbol, high FROM one_hour_candle") == [("A", 1.0)]
+        assert query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(1,)]
         return
     # Make the database look like version 1: no finer candles, no state table, no bucket index.
-    _query(schema_dsn, """DROP TABLE one_minute_candle, one_hour_candle, shardctl_candle_state;
+    query(schema_dsn, """DROP TABLE one_minute_candle, one_hour_candle, shardctl_candle_state;
                           DROP INDEX one_day_candle_bucket_idx;
                           UPDATE shardctl_schema SET version = 1;
                           INSERT INTO one_day_candle VALUES ('2030-01-01', 'A', 1, 2, 0.5, 1.5, 10);
@@ -311,10 +300,10 @@ def test_migration_from_version_1_adds_candles_and_keeps_rows(schema_dsn: str, t
         assert apply_schema(conn, tables) == "postgresql"  # idempotent
     finally:
         conn.close()
-    assert _query(schema_dsn, "SELECT symbol, high FROM one_day_candle") == [("A", 2.0)]
-    assert _query(schema_dsn, "SELECT count(*) FROM one_minute_candle") == [(0,)]
-    assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(1,)]
-    assert _query(schema_dsn, "SELECT count(*) FROM pg_indexes WHERE indexname = 'one_day_candle_bucket_idx'") == [(1,)]
+    assert query(schema_dsn, "SELECT symbol, high FROM one_day_candle") == [("A", 2.0)]
+    assert query(schema_dsn, "SELECT count(*) FROM one_minute_candle") == [(0,)]
+    assert query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(1,)]
+    assert query(schema_dsn, "SELECT count(*) FROM pg_indexes WHERE indexname = 'one_day_candle_bucket_idx'") == [(1,)]
 
 
 def test_upsert_assets_never_blanks_a_name(schema_dsn: str, tables: TablesConfig) -> None:
@@ -326,7 +315,7 @@ def test_upsert_assets_never_blanks_a_name(schema_dsn: str, tables: TablesConfig
         assert upsert_assets(conn, tables, {}) == 0
     finally:
         conn.close()
-    assert _query(schema_dsn, "SELECT symbol, name FROM crypto_assets ORDER BY symbol") == [
+    assert query(schema_dsn, "SELECT symbol, name FROM crypto_assets ORDER BY symbol") == [
         ("AAPL", None), ("BTC/USD", "Bitcoin"), ("ETH/USD", "Ethereum")]
 
 
@@ -334,9 +323,9 @@ def test_upsert_assets_never_blanks_a_name(schema_dsn: str, tables: TablesConfig
 
 @pytest.mark.timescaledb
 def test_timescaledb_hypertable_and_columnstore(schema_dsn: str) -> None:
-    assert _query(schema_dsn, "SELECT flavour FROM shardctl_schema") == [("timescaledb",)]
-    assert _query(schema_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables") == [("crypto_ticks",)]
-    settings = _query(schema_dsn, "SELECT attname, segmentby_column_index, orderby_column_index, orderby_asc "
+    assert query(schema_dsn, "SELECT flavour FROM shardctl_schema") == [("timescaledb",)]
+    assert query(schema_dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables") == [("crypto_ticks",)]
+    settings = query(schema_dsn, "SELECT attname, segmentby_column_index, orderby_column_index, orderby_asc "
                                "FROM timescaledb_information.compression_settings "
                                "WHERE hypertable_name = 'crypto_ticks' ORDER BY attname")
     assert ("symbol", 1, None, None) in settings and ("time", None, 1, False) in settings
@@ -346,10 +335,10 @@ def test_timescaledb_hypertable_and_columnstore(schema_dsn: str) -> None:
 
 @pytest.mark.timescaledb
 def test_timescaledb_candle_aggregates_and_policies(schema_dsn: str) -> None:
-    assert sorted(_query(schema_dsn, "SELECT view_name, materialized_only FROM "
+    assert sorted(query(schema_dsn, "SELECT view_name, materialized_only FROM "
                                      "timescaledb_information.continuous_aggregates")) == [
         ("one_day_candle", True), ("one_hour_candle", True), ("one_minute_candle", True)]
-    jobs = _query(schema_dsn, "SELECT schedule_interval, config->>'start_offset', config->>'end_offset' "
+    jobs = query(schema_dsn, "SELECT schedule_interval, config->>'start_offset', config->>'end_offset' "
                               "FROM timescaledb_information.jobs "
                               "WHERE proc_name = 'policy_refresh_continuous_aggregate' ORDER BY schedule_interval")
     assert jobs == [(timedelta(minutes=1), "00:10:00", "00:01:00"),
@@ -358,7 +347,7 @@ def test_timescaledb_candle_aggregates_and_policies(schema_dsn: str) -> None:
     for table in ("one_minute_candle", "one_hour_candle", "one_day_candle"):
         assert [c[0] for c in _columns(schema_dsn, table)] == [
             "bucket", "symbol", "open", "high", "low", "close", "day_volume"]
-    assert _query(schema_dsn, SEED_QUERY) == []
+    assert query(schema_dsn, SEED_QUERY) == []
 
 
 @pytest.mark.timescaledb
@@ -369,7 +358,7 @@ def test_timescaledb_realtime_candles_setting(schema_dsn: str) -> None:
         apply_schema(conn, tables)
     finally:
         conn.close()
-    assert {r[0] for r in _query(schema_dsn, "SELECT materialized_only FROM "
+    assert {r[0] for r in query(schema_dsn, "SELECT materialized_only FROM "
                                             "timescaledb_information.continuous_aggregates")} == {False}
 
 
@@ -390,7 +379,7 @@ def test_timescaledb_candles_equal_the_postgresql_ones(schema_dsn: str, tables: 
     expected = {k: list(v) for k, v in EXPECTED.items()}
     expected["1m"][0] = (expected["1m"][0][0], "BTC/USD", 100.0, 103.0, 100.0, 103.0, Decimal(2))
     for interval, table in (("1m", "one_minute_candle"), ("1h", "one_hour_candle"), ("1d", "one_day_candle")):
-        rows = _query(schema_dsn, f"SELECT * FROM {table} ORDER BY symbol, bucket")
+        rows = query(schema_dsn, f"SELECT * FROM {table} ORDER BY symbol, bucket")
         assert rows == sorted(expected[interval], key=lambda r: (r[1], r[0])), interval
 
 
@@ -406,7 +395,7 @@ def test_timescaledb_apply_twice_is_a_noop(schema_dsn: str, tables: TablesConfig
 
 
 def _policies(dsn: str) -> list[tuple]:
-    return _query(dsn, """SELECT hypertable_name, proc_name, coalesce(config->>'compress_after', config->>'drop_after')
+    return query(dsn, """SELECT hypertable_name, proc_name, coalesce(config->>'compress_after', config->>'drop_after')
                           FROM timescaledb_information.jobs
                           WHERE proc_name IN ('policy_compression', 'policy_retention') ORDER BY 1, 2""")
 
@@ -427,10 +416,10 @@ def test_timescaledb_settings_are_applied_and_changed_idempotently(schema_dsn: s
                                              ("crypto_ticks", "policy_retention", "90 days"),
                                              ("one_day_candle", "policy_retention", "400 days"),
                                              ("one_minute_candle", "policy_retention", "7 days")]
-        jobs = _query(schema_dsn, "SELECT job_id FROM timescaledb_information.jobs ORDER BY 1")
+        jobs = query(schema_dsn, "SELECT job_id FROM timescaledb_information.jobs ORDER BY 1")
         apply_schema(conn, tables, custom)
-        assert _query(schema_dsn, "SELECT job_id FROM timescaledb_information.jobs ORDER BY 1") == jobs
-        assert _query(schema_dsn, "SELECT time_interval FROM timescaledb_information.dimensions "
+        assert query(schema_dsn, "SELECT job_id FROM timescaledb_information.jobs ORDER BY 1") == jobs
+        assert query(schema_dsn, "SELECT time_interval FROM timescaledb_information.dimensions "
                                   "WHERE hypertable_name = 'crypto_ticks'") == [(timedelta(days=1),)]
         apply_schema(conn, tables, TimescaleConfig())  # back to the defaults: retentions removed
         assert _policies(schema_dsn) == [("crypto_ticks", "policy_compression", "7 days")]

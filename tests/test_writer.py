@@ -7,7 +7,7 @@ from decimal import Context, Decimal
 
 import psycopg2
 import pytest
-from support import chunk_placement
+from support import chunk_placement, execute, query
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.writer import Writer
@@ -18,27 +18,8 @@ UTC = timezone.utc
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def _query(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def _execute(dsn: str, statement: str) -> None:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 def _ledger(dsn: str, shard: str) -> tuple:
-    return _query(dsn, "SELECT last_seq, rows_total, journal_offset FROM shardctl_ledger WHERE shard = %s",
+    return query(dsn, "SELECT last_seq, rows_total, journal_offset FROM shardctl_ledger WHERE shard = %s",
                   (shard,))[0]
 
 
@@ -54,7 +35,7 @@ def test_rows_land_with_the_ledger(schema_dsn: str, tables: TablesConfig) -> Non
         assert writer.write(1, rows, journal_offset=4096) is True
         assert writer.ledger_position().offset == 4096  # the journal offset, above the batch number
         assert writer.write(2, rows[:1]) is True
-    got = _query(schema_dsn, "SELECT time, symbol, price, day_volume, bid, ask FROM crypto_ticks "
+    got = query(schema_dsn, "SELECT time, symbol, price, day_volume, bid, ask FROM crypto_ticks "
                              "ORDER BY time, price")
     assert got == [
         (NOW, "BTC/USD", 65000.5, Decimal("123.45"), 64999.0, 65001.0),
@@ -77,7 +58,7 @@ def test_a_ledger_behind_what_the_writer_committed_is_refused_as_a_rollback(sche
     with Writer(schema_dsn, tables, "stocks") as writer:
         assert writer.write(5, rows, journal_offset=5, received_at=received) is True
         assert writer.write(10, rows, journal_offset=10) is True
-        _execute(schema_dsn, "UPDATE shardctl_ledger SET last_seq = 5, journal_offset = 5 WHERE shard = 'stocks'")
+        execute(schema_dsn, "UPDATE shardctl_ledger SET last_seq = 5, journal_offset = 5 WHERE shard = 'stocks'")
         with pytest.raises(LedgerRolledBack) as info:
             writer.write(11, rows, journal_offset=11)
         assert (info.value.ledger_offset, info.value.known_offset) == (5, 10)
@@ -98,7 +79,7 @@ def test_committed_seq_is_never_written_twice(schema_dsn: str, tables: TablesCon
         assert again.ledger_position().offset == 5
         assert again.write(5, rows) is False
         assert again.write(6, []) is True  # an empty batch still advances the ledger
-    assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(6,)]
+    assert query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(6,)]
     assert _ledger(schema_dsn, "stocks") == (6, 3, None)
 
 
@@ -112,10 +93,10 @@ def test_days_without_a_partition_get_one(schema_dsn: str, tables: TablesConfig,
         placed = chunk_placement(schema_dsn)
         assert [inside for _, inside in placed] == [True] * 3 and placed[0][0] == placed[1][0] != placed[2][0]
         return
-    got = _query(schema_dsn, "SELECT tableoid::regclass::text, price FROM crypto_ticks ORDER BY price")
+    got = query(schema_dsn, "SELECT tableoid::regclass::text, price FROM crypto_ticks ORDER BY price")
     assert got == [("crypto_ticks_p19900517", 1.0), ("crypto_ticks_p21001231", 2.0),
                    ("crypto_ticks_p19900517", 3.0)]
-    assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks_default") == [(0,)]
+    assert query(schema_dsn, "SELECT count(*) FROM crypto_ticks_default") == [(0,)]
 
 
 def test_bad_row_is_a_database_error_and_the_writer_recovers(schema_dsn: str, tables: TablesConfig) -> None:
@@ -125,7 +106,7 @@ def test_bad_row_is_a_database_error_and_the_writer_recovers(schema_dsn: str, ta
         assert not isinstance(err.value, DatabaseUnavailable)
         assert "\n" not in str(err.value) and "batch 1" in str(err.value)
         assert writer.write(1, [Tick(NOW, "OK", 1.0, None, None, None)]) is True
-    assert _query(schema_dsn, "SELECT symbol FROM crypto_ticks") == [("OK",)]
+    assert query(schema_dsn, "SELECT symbol FROM crypto_ticks") == [("OK",)]
     assert _ledger(schema_dsn, "x") == (1, 1, None)
 
 
@@ -133,7 +114,7 @@ def test_lost_connection_is_retryable(schema_dsn: str, tables: TablesConfig) -> 
     rows = [Tick(NOW, "A", 1.0, None, None, None)]
     with Writer(schema_dsn, tables, "killed") as writer:
         assert writer.write(1, rows)
-        _query(schema_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        query(schema_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE application_name = 'shardctl:killed'")
         with pytest.raises(DatabaseUnavailable) as err:
             writer.write(2, rows)
@@ -192,11 +173,11 @@ def test_concurrent_shards_creating_the_same_days(schema_dsn: str, tables: Table
         thread.join(60)
     assert not errors, errors
     if flavour == "timescaledb":  # the writers created the chunks between them: one copy of each row, placed right
-        assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(4 * 5 * 50,)]
+        assert query(schema_dsn, "SELECT count(*) FROM crypto_ticks") == [(4 * 5 * 50,)]
         assert {inside for _, inside in chunk_placement(schema_dsn)} == {True}
         return
-    assert _query(schema_dsn, "SELECT count(*), count(DISTINCT tableoid) FROM crypto_ticks") == [(4 * 5 * 50, 5)]
-    assert _query(schema_dsn, "SELECT count(*) FROM crypto_ticks_default") == [(0,)]
+    assert query(schema_dsn, "SELECT count(*), count(DISTINCT tableoid) FROM crypto_ticks") == [(4 * 5 * 50, 5)]
+    assert query(schema_dsn, "SELECT count(*) FROM crypto_ticks_default") == [(0,)]
 
 
 # ------------------------------------------------------------------ the fast COPY encoder, through the server
@@ -241,7 +222,7 @@ def test_fast_encoder_round_trip(schema_dsn: str, tables: TablesConfig) -> None:
         assert writer.write(1, rows)
         assert writer._copy is not None and writer._copy.encoder is not None
         assert writer._copy.encoder.slow_rows == 1
-    got = _query(schema_dsn, "SELECT time, symbol, price, day_volume, scale(day_volume), bid, ask FROM crypto_ticks")
+    got = query(schema_dsn, "SELECT time, symbol, price, day_volume, scale(day_volume), bid, ask FROM crypto_ticks")
     want = []
     for r in rows:
         volume = _expected_volume(r[3])
@@ -268,7 +249,7 @@ def test_table_column_order_is_respected(schema_dsn: str, tables: TablesConfig) 
     with Writer(schema_dsn, odd, "odd") as writer:
         assert writer.write(1, rows)
         assert writer._copy is not None and writer._copy.encoder is not None
-    assert _query(schema_dsn, 'SELECT "time", symbol, price, day_volume, bid, ask, note FROM odd_ticks '
+    assert query(schema_dsn, 'SELECT "time", symbol, price, day_volume, bid, ask, note FROM odd_ticks '
                               "ORDER BY id") == [
         (NOW, "A", 1.5, Decimal(42), 1.25, 1.75, "n"),
         (NOW, "B", -2.0, None, None, 3.5, "n"),
