@@ -37,7 +37,6 @@ What is here, and why:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -355,29 +354,6 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
 
 
 # ---------------------------------------------------------------- config and supervisor
-
-def write_config(directory: Path, url: str, dsn: str, shards: dict[str, dict[str, Any]], *,
-                 defaults: dict[str, Any] | None = None, supervisor: dict[str, Any] | None = None,
-                 state_dir: Path | None = None, source: dict[str, Any] | None = None) -> Path:
-    """A TOML config: ``shards`` maps a name to its keys (``symbols``, ``api_key_env``, overrides)."""
-    d = {"batch_size": 200, "flush_interval": "100ms", "reconnect_initial": "100ms", "reconnect_max": "1s",
-         "watchdog_timeout": "20s", "stop_timeout": "10s", **(defaults or {})}
-    s = {"start_grace": "3s", "heartbeat_timeout": "5s", "restart_initial": "100ms", "restart_max": "500ms",
-         "healthy_after": "30s", "max_failures": 5, "failure_window": "60s", "stop_timeout": "15s",
-         "metrics_port": 0, **(supervisor or {})}
-    lines = [f"state_dir = {json.dumps(str(state_dir or directory / 'state'))}",
-             "[database]", f"dsn = {json.dumps(dsn)}",
-             "[source]", f"url = {json.dumps(url)}"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in (source or {}).items()]
-    lines += ["[defaults]"] + [f"{k} = {json.dumps(v)}" for k, v in d.items()]
-    lines += ["[supervisor]"] + [f"{k} = {json.dumps(v)}" for k, v in s.items()]
-    for name, keys in shards.items():
-        lines.append(f"[shards.{name}]")
-        lines += [f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in keys.items()]
-    path = directory / "shardctl.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 class SupervisorRun:
     """``python -m shardctl start CONFIG``; its output (and the workers' stderr) in ``log_path``."""

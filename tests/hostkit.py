@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import psycopg2
-from faultkit import SentTick, SupervisorRun, TimedFeed, write_config
+from faultkit import SentTick, SupervisorRun, TimedFeed
 from netkit import LinkPostgres, Network
-from support import wait_until
+from support import wait_until, write_config
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.connection import connect

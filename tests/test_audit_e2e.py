@@ -33,8 +33,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from faultkit import SupervisorRun, write_config
-from support import query, wait_until
+from faultkit import SupervisorRun
+from support import query, wait_until, write_config
 
 from shardctl.feed.server import FeedServer
 from shardctl.simclock import ENV as SIMCLOCK_ENV

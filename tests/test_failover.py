@@ -18,9 +18,9 @@ import urllib.request
 from typing import Any
 
 import pytest
-from faultkit import CRYPTO, SupervisorRun, TimedFeed, free_port, gap_rows, stored_keys, tally, write_config
+from faultkit import CRYPTO, SupervisorRun, TimedFeed, free_port, gap_rows, stored_keys, tally
 from pgpair import PgPair, available, timescaledb_installed
-from support import query, settle, wait_until
+from support import query, settle, wait_until, write_config
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.connection import connect

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 import pytest
-from faultkit import CRYPTO, STOCKS, SupervisorRun, TimedFeed, gap_rows, stored_keys, tally, write_config
-from support import settle, wait_until
+from faultkit import CRYPTO, STOCKS, SupervisorRun, TimedFeed, gap_rows, stored_keys, tally
+from support import settle, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 

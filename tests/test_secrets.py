@@ -24,6 +24,7 @@ from typing import Iterator
 
 import psycopg2.extensions
 import pytest
+import support
 from support import WorkerProcess, row_count, wait_until
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -36,17 +37,9 @@ KEY_ENV = "SHARDCTL_TEST_SECRET_KEY"
 
 
 def write_config(tmp_path: Path, url: str, dsn: str, **settings: object) -> Path:
-    defaults = {"batch_size": 50, "flush_interval": "200ms", "reconnect_initial": "100ms", "reconnect_max": "1s",
-                "stop_timeout": "10s", **settings}
-    lines = [f'state_dir = "{tmp_path / "state"}"',
-             "[database]", f"dsn = {json.dumps(dsn)}",
-             "[source]", f'url = "{url}"', f'api_key_env = "{KEY_ENV}"',
-             "[defaults]"]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in defaults.items()]
-    lines += ["[shards.s1]", f"symbols = {json.dumps(list(SYMBOLS))}"]
-    path = tmp_path / "shardctl.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return support.write_config(tmp_path, url, dsn, {"s1": {"symbols": SYMBOLS, "api_key_env": KEY_ENV}},
+                                defaults={"batch_size": 50, "flush_interval": "200ms", **settings},
+                                with_supervisor=False)
 
 
 def new_key() -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Union
 
 import pytest
+import support
 from support import (
     WorkerProcess,
     query,
@@ -36,17 +37,9 @@ SYMBOLS = ("AAPL", "BTC/USD", "EUR/USD")
 
 def write_config(tmp_path: Path, url: str, dsn: str, *, symbols: tuple[str, ...] = SYMBOLS,
                  key_env: str = "SHARDCTL_TEST_KEY", **settings: object) -> Path:
-    defaults = {"batch_size": 100, "flush_interval": "200ms", "reconnect_initial": "100ms",
-                "reconnect_max": "1s", "watchdog_timeout": "5s", "stop_timeout": "10s", **settings}
-    lines = [f'state_dir = "{tmp_path / "state"}"',
-             "[database]", f"dsn = {json.dumps(dsn)}",
-             "[source]", f'url = "{url}"', f'api_key_env = "{key_env}"',
-             "[defaults]"]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in defaults.items()]
-    lines += ["[shards.s1]", f"symbols = {json.dumps(list(symbols))}"]
-    path = tmp_path / "shardctl.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A one-shard (``s1``) config for a worker run alone."""
+    return support.write_config(tmp_path, url, dsn, {"s1": {"symbols": symbols, "api_key_env": key_env}},
+                                defaults={"batch_size": 100, "watchdog_timeout": "5s", **settings})
 
 
 def start_worker(workers: list[WorkerProcess], tmp_path: Path, config: Path, **kw: object) -> WorkerProcess:
