@@ -21,11 +21,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardctl.errors import ControlError, ShardctlError, SupervisorNotRunning
-from shardctl.report import ShardStatus
+from shardctl.report import ShardState, ShardStatus
 from shardctl.supervisor.control import (
     ControlClient,
     ControlServer,
+    Reply,
     Request,
+    ShardReply,
+    StatusReply,
+    SupervisorInfo,
     parse_request,
 )
 from shardctl.supervisor.http.metrics import MetricsServer, health, render
@@ -67,14 +71,15 @@ class LoopThread:
         self.thread.start()
         self.call(self.server.start())
 
-    async def handler(self, request: Request) -> dict[str, Any]:
+    async def handler(self, request: Request) -> Reply:
         if request.cmd == "status":
-            return {"shards": [], "echo": request.shard}
+            return StatusReply((), SupervisorInfo(pid=1, config=request.shard or "", shutting_down=False,
+                                                  metrics_port=None, feed_pid=None, host_id=None))
         if request.cmd == "start" and request.shard == "crash":
             raise RuntimeError("boom")
         if request.shard != "known":
             raise ControlError("no_such_shard", f"no shard named {request.shard!r}")
-        return {"done": request.cmd}
+        return ShardReply(ShardStatus(name="known", state=ShardState.STOPPED), killed=False)
 
     def call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -113,8 +118,10 @@ def test_socket_and_directory_permissions(server: tuple[LoopThread, Path]) -> No
 def test_client_round_trip_and_refusals(server: tuple[LoopThread, Path]) -> None:
     _, path = server
     client = ControlClient(path, "cfg.toml")
-    assert client.request("status", "x") == {"shards": [], "echo": "x"}
-    assert client.request("stop", "known") == {"done": "stop"}
+    assert client.request("status", "x") == {"shards": [], "supervisor": {
+        "pid": 1, "config": "x", "shutting_down": False, "metrics_port": None, "feed_pid": None, "host_id": None}}
+    stopped = client.request("stop", "known")
+    assert (stopped["shard"]["name"], stopped["shard"]["state"], stopped["killed"]) == ("known", "STOPPED", False)
     with pytest.raises(ControlError) as info:
         client.request("stop", "other")
     assert info.value.code == "no_such_shard" and "other" in str(info.value)

@@ -28,6 +28,7 @@ from shardctl.config.model import ClusterConfig
 from shardctl.db.leases import ClusterView, LeaseStore
 from shardctl.errors import ControlCode, ControlError, DatabaseError
 from shardctl.report import Role, ShardState, ShardStatus
+from shardctl.supervisor.control import MoveReply
 from shardctl.supervisor.lease import Act, Decision, LeaseTracker
 from shardctl.supervisor.shard import Shard
 from shardctl.supervisor.states import PROCESS_STATES
@@ -188,7 +189,7 @@ class Cluster:
                                f"shard {shard.name} is streamed by {owner or 'another host'}, not {self.host_id}; "
                                f"move it here with `shardctl move {shard.name} --to {self.host_id}`")
 
-    async def move(self, shard: Shard, to: str, wait: float) -> dict[str, Any]:
+    async def move(self, shard: Shard, to: str, wait: float) -> MoveReply:
         """Ask the owner to drain and hand ``shard`` to host ``to``; wait up to ``wait`` s for ``to`` to own it."""
         view = self.view
         hosts = view.hosts if view is not None else {}
@@ -207,7 +208,7 @@ class Cluster:
         while self.clock() < deadline:
             row = self.tracker(shard.name).row
             if row is not None and row.owner == to and row.move_to is None:
-                return {"shard": shard.name, "from": owner, "to": to, "epoch": row.epoch}
+                return MoveReply(shard.name, owner, to, row.epoch)
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), max(0.0, deadline - self.clock()))

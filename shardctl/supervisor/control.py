@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import errno
 import json
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from shardctl.errors import ControlCode, ControlError, ShardctlError, SupervisorNotRunning
+from shardctl.report import ShardStatus
 
 log = logging.getLogger("shardctl.control")
 
@@ -95,6 +97,90 @@ def parse_request(line: bytes | str) -> Request:
                    to=to if isinstance(to, str) else None)
 
 
+@dataclass(frozen=True)
+class SupervisorInfo:
+    """The supervisor itself, in a status reply."""
+
+    pid: int
+    config: str
+    shutting_down: bool
+    metrics_port: int | None
+    feed_pid: int | None
+    host_id: str | None
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    """``status``: every shard (or the one asked for) and the supervisor."""
+
+    shards: tuple[ShardStatus, ...]
+    supervisor: SupervisorInfo
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shards": [s.to_json() for s in self.shards], "supervisor": dataclasses.asdict(self.supervisor)}
+
+
+@dataclass(frozen=True)
+class ShardReply:
+    """``start``/``restart``: the shard once RUNNING; ``stop``: the shard, and whether it had to be killed."""
+
+    shard: ShardStatus
+    killed: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"shard": self.shard.to_json()}
+        if self.killed is not None:
+            data["killed"] = self.killed
+        return data
+
+
+@dataclass(frozen=True)
+class MoveReply:
+    """``move`` (cluster mode): the shard's lease went from one host to ``to`` at ``epoch``."""
+
+    shard: str
+    from_host: str | None
+    to: str
+    epoch: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shard": self.shard, "from": self.from_host, "to": self.to, "epoch": self.epoch}
+
+
+@dataclass(frozen=True)
+class ReloadReply:
+    """``reload``: the shards added, removed, restarted, and re-subscribed on their open connection."""
+
+    added: list[str]
+    removed: list[str]
+    restarted: list[str]
+    resubscribed: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class StoppedReply:
+    """``stop_all``: the supervisor stopped; which shards had to be killed, and the totals."""
+
+    stopped: list[str]
+    killed: list[str]
+    shards: tuple[ShardStatus, ...]
+    ticks_received: int
+    rows_written: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "killed": self.killed, "shards": [s.to_json() for s in self.shards],
+                "ticks_received": self.ticks_received, "rows_written": self.rows_written}
+
+
+#: What a command answers (on the wire: ``{"ok": true, **reply.to_json()}``).
+Reply = StatusReply | ShardReply | MoveReply | ReloadReply | StoppedReply
+#: Where a queued command's reply arrives.
+ReplyFuture = asyncio.Future[Reply]
+
+
 def refusal(code: ControlCode, message: str) -> dict[str, Any]:
     return {"ok": False, "code": code, "error": " ".join(message.split())}
 
@@ -103,7 +189,7 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
-Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+Handler = Callable[[Request], Awaitable[Reply]]
 
 
 def peer_uid(sock: Any) -> int | None:
@@ -224,7 +310,7 @@ class ControlServer:
         except Exception as exc:  # a bug must not take the supervisor down
             log.exception("control request %r failed", line[:200])
             return refusal(ControlCode.INTERNAL, f"internal error: {exc}")
-        return {"ok": True, **response}
+        return {"ok": True, **response.to_json()}
 
 
 def _answers(path: Path) -> bool:

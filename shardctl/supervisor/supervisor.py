@@ -29,7 +29,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from shardctl.config import load_config
 from shardctl.config.model import Config
@@ -41,7 +41,18 @@ from shardctl.supervisor.assets import asset_names_loop
 from shardctl.supervisor.audits import AuditSchedule, schedule_for
 from shardctl.supervisor.cluster import Cluster
 from shardctl.supervisor.collecting import CollectionRecord
-from shardctl.supervisor.control import Command, ControlServer, Request
+from shardctl.supervisor.control import (
+    Command,
+    ControlServer,
+    ReloadReply,
+    Reply,
+    ReplyFuture,
+    Request,
+    ShardReply,
+    StatusReply,
+    StoppedReply,
+    SupervisorInfo,
+)
 from shardctl.supervisor.http.metrics import MetricsServer
 from shardctl.supervisor.http.statuspage import StatusPage
 from shardctl.supervisor.pidfile import Pidfile
@@ -87,10 +98,10 @@ class Supervisor:
         self._shard_names: set[str] = set(config.shards)
         #: Shards that reached RUNNING since they were last started on purpose (their stretches are open).
         self._streamed: set[str] = set()
-        self._queue: asyncio.Queue[tuple[Request, Any, str]] | None = None
+        self._queue: asyncio.Queue[tuple[Request, ReplyFuture | None, str]] | None = None
         self._done: asyncio.Event | None = None
         self._deadline: Deadline | None = None
-        self._stop_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self._stop_waiters: list[ReplyFuture] = []
         self._reload_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.exit_code = 0
@@ -106,7 +117,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_signal, signum)
         sup = self.config.supervisor
         control = ControlServer(sup.control_socket, self.handle)
-        page = StatusPage(lambda: self.config, self.status, self.handle, lambda: self.database.dsn)
+        page = StatusPage(lambda: self.config, lambda: self.status().to_json(), self.handle, lambda: self.database.dsn)
         metrics = MetricsServer(sup.metrics_host, sup.metrics_port, self.statuses, page.serve,
                                 fail_on_stale=lambda: self.config.supervisor.healthz_fails_on_stale,
                                 fail_on_slow=lambda: self.config.supervisor.healthz_fails_on_slow,
@@ -227,12 +238,12 @@ class Supervisor:
 
     # ------------------------------------------------------------ control
 
-    async def handle(self, request: Request) -> dict[str, Any]:
+    async def handle(self, request: Request) -> Reply:
         """The control server's handler: status is answered at once, the rest goes through the queue."""
         if request.cmd is Command.STATUS:
             return self.status(request.shard)
         assert self._queue is not None
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        reply: ReplyFuture = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((request, reply, "control socket"))
         return await reply
 
@@ -243,15 +254,13 @@ class Supervisor:
         status = shard.status()
         return self.cluster.annotate(status) if self.cluster is not None else status
 
-    def status(self, name: str | None = None) -> dict[str, Any]:
-        """``{"shards": [...], "supervisor": {...}}``; ``name`` limits it to one shard (no_such_shard if unknown)."""
+    def status(self, name: str | None = None) -> StatusReply:
+        """Every shard, or only ``name`` (no_such_shard if unknown), and the supervisor."""
         shards = [self._status(self._shard(name))] if name else self.statuses()
-        return {"shards": [s.to_json() for s in shards],
-                "supervisor": {"pid": os.getpid(), "config": str(self.config.path),
-                               "shutting_down": self.shutting_down,
-                               "metrics_port": self.metrics_port,
-                               "feed_pid": self.feed.process.pid if self.feed.process else None,
-                               "host_id": self.cluster.host_id if self.cluster is not None else None}}
+        return StatusReply(tuple(shards), SupervisorInfo(
+            pid=os.getpid(), config=str(self.config.path), shutting_down=self.shutting_down,
+            metrics_port=self.metrics_port, feed_pid=self.feed.process.pid if self.feed.process else None,
+            host_id=self.cluster.host_id if self.cluster is not None else None))
 
     def _shard(self, name: str | None) -> Shard:
         shard = self.shards.get(name or "")
@@ -260,7 +269,7 @@ class Supervisor:
             raise ControlError(ControlCode.NO_SUCH_SHARD, f"no shard named {name!r} (known: {known})")
         return shard
 
-    async def _shard_command(self, request: Request) -> dict[str, Any]:
+    async def _shard_command(self, request: Request) -> Reply:
         shard = self._shard(request.shard)
         if shard.lock.locked():
             raise ControlError(ControlCode.BUSY, f"shard {shard.name} is busy with another command; try again")
@@ -287,7 +296,7 @@ class Supervisor:
                 killed = await shard.stop()
                 self._streamed.discard(shard.name)
                 self._record_collection("stopped by operator")
-                return {"shard": shard.status().to_json(), "killed": killed}
+                return ShardReply(shard.status(), killed=killed)
             # restart: one lock held across stop and start, so it is atomic for other commands
             if state in PROCESS_STATES or state is ShardState.BACKOFF:
                 await shard.stop(reason="restarting by operator")
@@ -296,10 +305,10 @@ class Supervisor:
             await shard.launch(manual=True, reason="restarted by operator")
             return await self._await_running(shard, wait)
 
-    async def _await_running(self, shard: Shard, wait: float) -> dict[str, Any]:
+    async def _await_running(self, shard: Shard, wait: float) -> ShardReply:
         state = await shard.wait_for(_DONE_STATES, wait)
         if state is ShardState.RUNNING:
-            return {"shard": shard.status().to_json()}
+            return ShardReply(shard.status())
         if state in (ShardState.FATAL, ShardState.STOPPED):
             raise ControlError(ControlCode.NOT_RUNNING, f"shard {shard.name} did not start: {state.value}: "
                                               f"{shard.machine.reason}")
@@ -308,7 +317,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ shutdown
 
-    def _request_shutdown(self, reply: Any, source: str) -> None:
+    def _request_shutdown(self, reply: ReplyFuture | None, source: str) -> None:
         if self.shutting_down:
             if reply is None and self._deadline is not None:
                 log.warning("%s again: stopping stragglers now", source)
@@ -333,8 +342,7 @@ class Supervisor:
         shards = self.statuses()
         ticks = sum(s.counters.ticks_received for s in shards)
         rows = sum(s.counters.rows_written for s in shards)
-        result = {"stopped": sorted(self.shards), "killed": killed, "shards": [s.to_json() for s in shards],
-                  "ticks_received": ticks, "rows_written": rows}
+        result = StoppedReply(sorted(self.shards), killed, tuple(shards), ticks, rows)
         for waiter in self._stop_waiters:
             if not waiter.done():
                 waiter.set_result(result)
@@ -362,7 +370,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ reload
 
-    async def _reload(self, source: str) -> dict[str, Any]:
+    async def _reload(self, source: str) -> ReloadReply:
         assert self._reload_lock is not None
         async with self._reload_lock:
             old = self.config
@@ -391,7 +399,7 @@ class Supervisor:
                                    for n in added + removed + restarted))
             self._shard_names |= set(new.shards)
             self._record_collection(f"reload ({source})")
-            return {"added": added, "removed": removed, "restarted": restarted, "resubscribed": live}
+            return ReloadReply(added, removed, restarted, live)
 
     async def _reload_shard(self, name: str, *, added: bool, removed: bool) -> None:
         if self.shutting_down:
@@ -417,7 +425,7 @@ class Supervisor:
                     await shard.launch(manual=True, reason="config changed")
 
 
-async def _answer(reply: Any, work: Any) -> None:
+async def _answer(reply: ReplyFuture | None, work: Awaitable[Reply]) -> None:
     try:
         result = await work
     except ControlError as exc:
@@ -430,7 +438,7 @@ async def _answer(reply: Any, work: Any) -> None:
             reply.set_result(result)
 
 
-def _fail(reply: Any, exc: ControlError) -> None:
+def _fail(reply: ReplyFuture | None, exc: ControlError) -> None:
     if reply is not None and not reply.done():
         reply.set_exception(exc)
 

@@ -66,7 +66,7 @@ from shardctl.db import candles
 from shardctl.db import connection as database
 from shardctl.db.candlespec import candle_specs
 from shardctl.errors import ControlCode, ControlError, ShardctlError
-from shardctl.supervisor.control import Command, Request
+from shardctl.supervisor.control import Command, Reply, Request
 from shardctl.supervisor.http.metrics import HttpRequest, HttpResponse
 
 log = logging.getLogger("shardctl.supervisor")
@@ -157,7 +157,7 @@ class StatusPage:
     """The page and API over a supervisor's ``status``/``handle``; ``serve`` is a ``MetricsServer`` app."""
 
     def __init__(self, config: Callable[[], Config], status: Callable[[], dict[str, Any]],
-                 handle: Callable[[Request], Awaitable[dict[str, Any]]], dsn: Callable[[], str]) -> None:
+                 handle: Callable[[Request], Awaitable[Reply]], dsn: Callable[[], str]) -> None:
         self.config = config
         self.status = status
         self.handle = handle
@@ -337,7 +337,7 @@ class StatusPage:
             result = await self.handle(Request(Command(action), shard=name))
         except ControlError as exc:
             return _error(_CONTROL_STATUS.get(exc.code, 500), exc.code, exc.message)
-        return _json(200, {"ok": True, **result})
+        return _json(200, {"ok": True, **result.to_json()})
 
 
 def _form_token(request: HttpRequest) -> str:
