@@ -109,3 +109,16 @@ def test_compare_and_percentiles() -> None:
     assert bench_data.compare(expected, {"AAPL": (2, 4.0)}, lossy_ok=True).ok   # baseline: fewer is allowed
     assert percentiles([float(i) for i in range(1, 101)]) == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0}
     assert percentiles([]) is None
+
+
+def test_the_stage_breakdown_times_every_stage_on_the_replay(tmp_path: Path) -> None:
+    from shardctl.bench.stages import breakdown, format_breakdown, replay_frames
+
+    replay = tmp_path / "replay.jsonl"
+    bench_data.write_replay(replay, 3000, bench_data.BENCH_SYMBOLS)
+    stages = breakdown(replay_frames(replay, 3000), 1000, repeat=1)
+    assert [s.name for s in stages] == ["socket read + frame cutting", "masking", "journal append", "parse",
+                                        "freshness", "batching", "encoding"]
+    assert all(s.ns_per_tick > 0 for s in stages)
+    table = format_breakdown(stages, worker_ns=sum(s.ns_per_tick for s in stages) + 100)
+    assert "worker loop and the rest" in table and "100 ns/tick" in table

@@ -200,7 +200,7 @@ def _describe(key: str, value: dict[str, Any]) -> str:
         lines.append(f"[{thread}] top functions by own time:")
         lines += [f"  {r['share'] * 100:5.1f}%  {r['tottime_s']:7.3f}s  {r['calls']:>9}  {r['function']}"
                   for r in top[:12]]
-    return "\n".join([value.get("note", "")] + lines)
+    return "\n".join([value.get("note", "")] + lines + ["per-tick cost by stage:", value.get("breakdown", "")])
 
 
 def _run(progress: bench_report.Progress, fn: Any, *args: Any, **kw: Any) -> RunResult:
@@ -232,7 +232,10 @@ def _run_all(ctx: BenchContext, args: argparse.Namespace, sizes: list[int], soak
         extra["soak"] = {"batch_size": size, "rate": args.rate,
                          **bench_report.soak_summary(run.rss_series or [], min(60.0, soak / 5))}
     if args.profile:
-        extra["profile"] = _profile(ctx, max(sizes), args.ticks, progress)
+        size = max(sizes)
+        measured = next((r for r in results if r.system == "shardctl" and r.kind == "throughput"
+                         and r.batch_size == size and r.ok), None)
+        extra["profile"] = _profile(ctx, size, args.ticks, progress, measured)
     if args.storage:
         from shardctl.bench.storage import run_storage
 
@@ -241,12 +244,21 @@ def _run_all(ctx: BenchContext, args: argparse.Namespace, sizes: list[int], soak
     return results, extra
 
 
-def _profile(ctx: BenchContext, size: int, ticks: int, progress: bench_report.Progress) -> dict[str, Any]:
+def _profile(ctx: BenchContext, size: int, ticks: int, progress: bench_report.Progress,
+             throughput: RunResult | None) -> dict[str, Any]:
     from shardctl.bench.profile import top_functions
+    from shardctl.bench.stages import breakdown, format_breakdown, replay_frames
 
     prefix = ctx.workdir / "profile"
     run = _run(progress, bench_runs.run_shardctl, ctx, "profile", size, 1, ticks, None, profile=prefix)
     threads = {p.name.split(".")[-2]: top_functions(p, 20) for p in sorted(ctx.workdir.glob("profile.s0.*.prof"))}
     note = (f"worker under cProfile (all threads) at max throughput, batch {size}: "
             f"{run.rows_per_s or 0:,.0f} rows/s with profiling overhead; share = of that thread's own time")
-    return {"note": note, "rows_per_s": run.rows_per_s, "threads": threads}
+    stages = breakdown(replay_frames(ctx.replay, min(ticks, 100_000)), size)
+    worker_ns = None
+    if throughput is not None and throughput.process_cpu and throughput.seconds and throughput.stored:
+        worker_ns = throughput.process_cpu / 100 * throughput.seconds / throughput.stored * 1e9
+    table = format_breakdown(stages, worker_ns)
+    progress.line(f"per-tick cost by stage (this process, CPU time; batch {size}):\n{table}")
+    return {"note": note, "rows_per_s": run.rows_per_s, "threads": threads, "breakdown": table,
+            "stages_ns_per_tick": {s.name: round(s.ns_per_tick) for s in stages}, "worker_ns_per_tick": worker_ns}

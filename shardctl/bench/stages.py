@@ -178,16 +178,16 @@ def replay_frames(path: Path, limit: int) -> list[bytes]:
     return frames
 
 
-def format_breakdown(stages: list[Stage], worker_ns: float | None = None, committer_share: float | None = None) -> str:
-    """A table of the stages; with the real run's CPU ns per tick, the loop's share as the rest."""
+def format_breakdown(stages: list[Stage], worker_ns: float | None = None) -> str:
+    """A table of the stages; with the real run's CPU ns per tick (worker process, both threads), the rest:
+    the worker's loop, system calls (recv, write, COPY) and the report. The committer thread's share of the
+    GIL is its encoding (COPY itself runs in libpq, outside the GIL)."""
     total = sum(s.ns_per_tick for s in stages)
     lines = [f"  {s.name:<30} {s.ns_per_tick:8.0f} ns/tick" for s in stages]
     lines.append(f"  {'sum of the stages':<30} {total:8.0f} ns/tick")
     if worker_ns is not None:
         lines.append(f"  {'worker loop and the rest':<30} {worker_ns - total:8.0f} ns/tick "
                      f"(the run's worker CPU {worker_ns:.0f} ns/tick)")
-    if committer_share is not None:
-        lines.append(f"  committer thread's share of the worker's CPU: {committer_share * 100:.0f}%")
     return "\n".join(lines)
 
 
