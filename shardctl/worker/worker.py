@@ -174,8 +174,6 @@ class Worker:
         self._last_event_ts: int | None = None
         self._gate = ReadGate(self._journal)
         self._symbols = ShardSymbols(shard, config.path, config.source.rest_url, api_key)
-        #: Wall clock minus monotonic clock, refreshed every report: turns an arrival into Unix seconds.
-        self._wall_offset = time.time() - time.monotonic()
         self._reports = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -316,7 +314,7 @@ class Worker:
             self._commit_trailing_frames()
             # Gaps noticed since the last second's hand-over:
             self._books.hand_over(self._stream, self._journal, self._gate, self._committer,
-                              self._parser.take_new_names())
+                                  self._parser.take_new_names())
         if self._backfill is not None:
             self._backfill.stop(timeout=1.0)
         self._symbols.stop()
@@ -576,6 +574,5 @@ class Worker:
             self._symbols.snapshot() if freshness else None, self._symbols.stale_after)
 
     def _report(self, *, final: bool = False) -> None:
-        self._wall_offset = time.time() - time.monotonic()
         self._reports += 1
         self._reporter.send(self.stats(freshness=final or self._reports % FRESHNESS_EVERY == 1))
