@@ -53,7 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import psutil
-from support import query, wait_until
+from support import LoggedProcess, query, wait_until
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -355,24 +355,18 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
 
 # ---------------------------------------------------------------- config and supervisor
 
-class SupervisorRun:
+class SupervisorRun(LoggedProcess):
     """``python -m shardctl start CONFIG``; its output (and the workers' stderr) in ``log_path``."""
 
     def __init__(self, config: Path, log_path: Path, *, env: dict[str, str] | None = None,
                  umask: int = -1, prefix: Sequence[str] = ()) -> None:
         self.config_path = config
         self.config = load_config(config)
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
         base = {k: v for k, v in os.environ.items() if k != "SHARDCTL_DSN"}
         # prefix: e.g. ``ip netns exec NS``, which execs: the pid is still the supervisor's
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "shardctl", "start", str(config)],
-                                     stdout=self._log,
-                                     stderr=subprocess.STDOUT, env={**base, **(env or {})}, umask=umask)
+        super().__init__([*prefix, sys.executable, "-m", "shardctl", "start", str(config)], log_path,
+                         env={**base, **(env or {})}, umask=umask, append=True)
         self.client = ControlClient(self.config.supervisor.control_socket, config)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {s["name"]: s for s in self.client.request("status", timeout=10)["shards"]}
@@ -397,15 +391,10 @@ class SupervisorRun:
         return wait_until(check, timeout, interval=0.1, what=f"{names} RUNNING with >= {rows} rows written")
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return self.terminate(timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+        super().close()
         # Workers run in their own sessions: kill any this supervisor left behind (by pid, ours only).
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info["cmdline"] or []

@@ -141,15 +141,44 @@ def write_config(directory: Path, url: str, dsn: str, shards: dict[str, dict[str
     return path
 
 
-class WorkerProcess:
+class LoggedProcess:
+    """The tests' one process wrapper: a real subprocess with its output in ``log_path``."""
+
+    def __init__(self, argv: list[str], log_path: Path, *, env: dict[str, str] | None = None, umask: int = -1,
+                 pass_fds: tuple[int, ...] = (), append: bool = False) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab" if append else "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, umask=umask,
+                                     pass_fds=pass_fds)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        """SIGKILL it if it still runs; close the log."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+class WorkerProcess(LoggedProcess):
     """A real ``python -m shardctl.worker`` subprocess with its log captured to a file."""
 
     def __init__(self, config: Path, shard: str, log_path: Path, *, env: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = (), report: bool = False) -> None:
         """Start the worker; with ``report`` it gets a report pipe (as under the supervisor): see ``reports``."""
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        env = {**os.environ, **(env or {})}
+        full_env = {**os.environ, **(env or {})}
         self._report_fd: int | None = None
         self._report_buf = b""
         self._reports: list[dict] = []
@@ -157,11 +186,10 @@ class WorkerProcess:
         if report:
             self._report_fd, write_fd = os.pipe()
             os.set_blocking(self._report_fd, False)
-            env["SHARDCTL_REPORT_FD"] = str(write_fd)
+            full_env["SHARDCTL_REPORT_FD"] = str(write_fd)
             pass_fds = (write_fd,)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardctl.worker", "--config", str(config), "--shard", shard, *extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds)
+        super().__init__([sys.executable, "-m", "shardctl.worker", "--config", str(config), "--shard", shard,
+                          *extra_args], log_path, env=full_env, pass_fds=pass_fds)
         for fd in pass_fds:
             os.close(fd)
 
@@ -179,13 +207,6 @@ class WorkerProcess:
         self._reports.extend(json.loads(line) for line in lines if line.strip())
         return self._reports
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
         """Wait until ``pattern`` (a regex) matches ``count`` times in the log; return the log."""
         regex = re.compile(pattern)
@@ -200,17 +221,8 @@ class WorkerProcess:
 
         return wait_until(seen, timeout, what=f"log line {pattern!r}")
 
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+        super().close()
         if self._report_fd is not None:
             os.close(self._report_fd)
             self._report_fd = None
