@@ -31,7 +31,6 @@ What is here, and why:
 * ``journal_ticks``: the price events in a shard's journal segment files
   (``shardctl.journal.format``), read while the database is down.
 * ``pg_kill_hard``: ``pg_ctl stop -m immediate`` on the session's embedded server.
-* ``TmpfsMount``: a small tmpfs (root only) for the disk-full scenario.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import os
 import signal
 import socket
 import stat as stat_mod
-import subprocess
 import sys
 import threading
 import time
@@ -422,30 +420,6 @@ def pg_kill_hard(pg_server: Any) -> None:
 
 
 # ---------------------------------------------------------------- a tmpfs
-
-class TmpfsMount:
-    """``mount -t tmpfs -o size=SIZE,mode=0700 tmpfs DIR``; ``unmount()`` in teardown (lazily if busy)."""
-
-    def __init__(self, path: Path, size: str) -> None:
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                                capture_output=True, text=True, timeout=30)
-        self.error = None if result.returncode == 0 else (result.stderr.strip() or f"exit {result.returncode}")
-        self.mounted = result.returncode == 0
-
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
-
-    def unmount(self) -> None:
-        if not self.mounted:
-            return
-        result = subprocess.run(["umount", str(self.path)], capture_output=True, text=True, timeout=30)
-        if result.returncode != 0:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, text=True, timeout=30)
-        self.mounted = False
-
 
 # ---------------------------------------------------------------- a scripted Twelve Data look-alike
 

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg2
 import pytest
@@ -139,6 +140,44 @@ def write_config(directory: Path, url: str, dsn: str, shards: dict[str, dict[str
     path = directory / "shardctl.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class TmpfsMount:
+    """``mount -t tmpfs -o size=SIZE,mode=0700 tmpfs DIR``; ``unmount()`` in teardown (lazily if busy)."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                                capture_output=True, text=True, timeout=30)
+        self.error = None if result.returncode == 0 else (result.stderr.strip() or f"exit {result.returncode}")
+        self.mounted = result.returncode == 0
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def unmount(self) -> None:
+        if not self.mounted:
+            return
+        result = subprocess.run(["umount", str(self.path)], capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, text=True, timeout=30)
+        self.mounted = False
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path`` for a full disk (needs root, as in CI); skips the test elsewhere, saying why."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs for a full disk")
+    mount = TmpfsMount(path, size)
+    if not mount.mounted:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.error}")
+    try:
+        yield path
+    finally:
+        mount.unmount()
 
 
 class LoggedProcess:

@@ -50,7 +50,6 @@ from faultkit import (
     SentTick,
     SupervisorRun,
     TimedFeed,
-    TmpfsMount,
     freeze_then_kill,
     gap_rows,
     grep_files,
@@ -59,12 +58,10 @@ from faultkit import (
     loose_modes,
     pg_kill_hard,
     price_event,
-    settle,
     stored_keys,
     tally,
-    write_config,
 )
-from support import WorkerProcess, row_count, wait_until
+from support import TmpfsMount, WorkerProcess, row_count, settle, wait_until, write_config
 
 from shardctl.config import load_config
 from shardctl.config.model import ShardSettings

@@ -13,8 +13,10 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from support import small_tmpfs
 
 from shardctl.journal.errors import JournalCorrupt, JournalError, JournalFull
 from shardctl.journal.format import MAX_FRAME, REC_HEADER, SEG_HEADER, Record, _scan
@@ -434,17 +436,10 @@ def test_committed_space_in_the_active_segment_is_given_back(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Path:
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (needs root, as in CI); skipped elsewhere with the reason."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs for a full disk")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "tiny", "1m") as mount:
+        yield mount
 
 
 def test_a_full_disk_keeps_every_record_and_resumes(tiny_fs: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support import query, row_count, terminate_all, wait_until
+from support import query, row_count, small_tmpfs, terminate_all, wait_until
 from test_worker import start_worker, write_config
 
 from shardctl.feed.server import FeedServer
@@ -308,15 +308,8 @@ def test_kill_9_right_after_a_burst_was_read_loses_none_of_it(tmp_path, schema_d
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 6 MiB tmpfs for a state directory (needs root, as in CI); skipped elsewhere with the reason."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs for a full disk")
-    mount = tmp_path / "state"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "state", "6m") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_a_state_not_a_crash(tmp_path, pg_server, schema_dsn, workers, small_disk) -> None:
