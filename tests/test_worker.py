@@ -39,7 +39,8 @@ def write_config(tmp_path: Path, url: str, dsn: str, *, symbols: tuple[str, ...]
                  key_env: str = "SHARDCTL_TEST_KEY", **settings: object) -> Path:
     """A one-shard (``s1``) config for a worker run alone."""
     return support.write_config(tmp_path, url, dsn, {"s1": {"symbols": symbols, "api_key_env": key_env}},
-                                defaults={"batch_size": 100, "watchdog_timeout": "5s", **settings})
+                                defaults={"batch_size": 100, "watchdog_timeout": "5s", **settings},
+                                with_supervisor=False)
 
 
 def start_worker(workers: list[WorkerProcess], tmp_path: Path, config: Path, **kw: object) -> WorkerProcess:

@@ -11,8 +11,9 @@ queue allows; when the database returns it re-reads the backlog from the
 journal in order, then goes live again. Disconnections, the stretch the
 worker was down and frames dropped at the journal cap are recorded as gaps.
 
-Every frame reaches the OS (``write(2)``) before the worker reads its socket
-again, so a killed worker loses nothing it had read but the burst in hand;
+Every burst reaches the OS (``write(2)``) as soon as it is journaled, before
+it is parsed (and again, if anything is left, before every read of the
+socket), so a killed worker loses nothing it had read but the burst in hand;
 the "worker down" gap starts at the last frame the journal holds, so every
 tick a crash loses lies inside it. A full disk is a state, not a crash: the
 worker stops reading the socket, keeps writing the journal's backlog to the
@@ -358,6 +359,12 @@ class Worker:
         frames = mask_frames(frames, self._secrets)  # a server that echoes the key must not put it on the disk
         received = time.time()
         ends = self._journal.append_many(frames, received)
+        # In the OS before anything else happens to them: no extra write(2), the one before the next read of
+        # the socket then finds nothing left to write.
+        try:
+            self._journal.write_buffered()
+        except JournalDiskFull as exc:
+            self._enter_disk_full(exc)
         if self._lifecycle.live:
             self._process(frames, ends, received, time.monotonic(), from_socket=True)
         else:
