@@ -1,6 +1,6 @@
 """Everyday lifecycle actions lose nothing (issue 17): graceful restarts, reload restarts, an operator's stop and
-start of one shard, a supervisor killed
-with -9 and started again at once while its orphaned workers are still stopping.
+start of one shard, a supervisor killed with -9 and started again at once while its orphaned workers are still
+stopping.
 
 Each worker says goodbye on its websocket (unsubscribe, close frame) and reads what the feed sent before
 the feed's answering close: every tick the feed wrote on a connection that a graceful stop closed must be
