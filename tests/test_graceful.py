@@ -1,5 +1,6 @@
-"""Everyday lifecycle actions lose nothing (issue 17): graceful restarts, reload restarts, a supervisor killed
-with -9 and started again at once while its orphaned workers are still stopping.
+"""Everyday lifecycle actions lose nothing (issue 17): graceful restarts, reload restarts, an operator's stop and
+start of one shard, a supervisor killed with -9 and started again at once while its orphaned workers are still
+stopping.
 
 Each worker says goodbye on its websocket (unsubscribe, close frame) and reads what the feed sent before
 the feed's answering close: every tick the feed wrote on a connection that a graceful stop closed must be
@@ -68,6 +69,13 @@ def test_restarts_reloads_and_a_killed_supervisor_lose_no_tick_sent_before_the_s
                 assert answer.get("restarted") == ["crypto"], answer
                 pid = new_pid(sup, "crypto", pid)
                 time.sleep(0.3)
+            # an operator's stop of one shard, and its start a little later: a stretch on purpose, a gap
+            sup.client.request("stop", "crypto", timeout=40)
+            wait_until(lambda: sup.status()["crypto"]["state"] == "STOPPED", 40, what="crypto STOPPED")
+            time.sleep(0.5)
+            sup.client.request("start", "crypto", timeout=40)
+            pid = new_pid(sup, "crypto", pid)
+            time.sleep(0.3)
             # kill -9 of the supervisor and an immediate new start: the orphans are still stopping
             orphans = {name: int(s["pid"]) for name, s in sup.status().items()}
             sup.proc.kill()
@@ -95,7 +103,7 @@ def test_restarts_reloads_and_a_killed_supervisor_lose_no_tick_sent_before_the_s
     drains = [(kind, float(sec), int(nbytes)) for kind, sec, nbytes in DRAIN_LINE.findall(logs)]
     drain_ms = sorted(sec * 1000 for _, sec, _ in drains)
     result.extra.update(
-        restarts=RESTARTS, reloads=RELOADS, supervisor_kills=1, drains=len(drains),
+        restarts=RESTARTS, reloads=RELOADS, stops=1, supervisor_kills=1, drains=len(drains),
         drain_ms_median=f"{statistics.median(drain_ms):.1f}" if drain_ms else "-",
         drain_ms_max=f"{max(drain_ms):.1f}" if drain_ms else "-",
         restart_s_median=f"{statistics.median(restart_seconds):.2f}",
@@ -109,7 +117,7 @@ def test_restarts_reloads_and_a_killed_supervisor_lose_no_tick_sent_before_the_s
     # nothing the feed sent on one may be missing.
     assert result.lost_in_gaps == 0 and result.open_missing == 0, message
     assert all(kind == "the server closed" for kind, _, _ in drains), message
-    # restarts + reloads + the orphan's stop + the final stop, each of crypto; stocks at least twice
-    assert len(drains) >= RESTARTS + RELOADS + 2 + 2, message
+    # restarts + reloads + the operator's stop + the orphan's stop + the final stop, each of crypto; stocks twice
+    assert len(drains) >= RESTARTS + RELOADS + 3 + 2, message
     # every start after the first knows when its predecessor last read, even with its journal reclaimed
-    assert result.extra["down_gaps"] >= RESTARTS + RELOADS + 1, message
+    assert result.extra["down_gaps"] >= RESTARTS + RELOADS + 2, message
