@@ -132,15 +132,16 @@ def _text(value: object) -> str:
 
 def status_event(name: StatusName, event: dict[str, Any]) -> StatusEvent:
     """The typed form of a decoded status event."""
+    entries, refusals = event.get("success"), event.get("fails")
     success: list[Listing] = []
-    for entry in event.get("success") or () if isinstance(event.get("success"), list) else ():
+    for entry in entries if isinstance(entries, list) else ():
         if isinstance(entry, dict) and isinstance(entry.get("symbol"), str):
             success.append(Listing(entry["symbol"], _text(entry.get("exchange")), _text(entry.get("mic_code")),
                                    _text(entry.get("type"))))
         elif isinstance(entry, str):
             success.append(Listing(entry))
     fails: list[Refusal] = []
-    for fail in event.get("fails") or () if isinstance(event.get("fails"), list) else ():
+    for fail in refusals if isinstance(refusals, list) else ():
         symbol = fail.get("symbol") if isinstance(fail, dict) else fail
         if isinstance(symbol, str):
             message = fail.get("message") if isinstance(fail, dict) else None
