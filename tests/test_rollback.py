@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import pytest
+from support import wait_until
 
 from shardctl.db.writer import LedgerPosition
+from shardctl.errors import LedgerRolledBack
 from shardctl.journal.journal import Journal
 from shardctl.journal.mark import MARK_NAME, Mark, decode_mark, encode_mark
+from shardctl.rows import Tick
+from shardctl.worker.committer import Committer
 from shardctl.worker.lifecycle import Lifecycle, Mode, Phase
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.rollback import Rollback
@@ -189,6 +195,39 @@ def test_a_rollback_past_what_the_journal_kept_is_a_gap_from_the_older_ledger(tm
     assert isinstance(found, Rollback) and found.resume_offset > ends[9]
     assert found.lost is not None and found.lost[0] == 1009.0
     assert "recorded as a gap" in found.describe()
+
+
+class _RolledBackWriter:
+    """A writer whose database went back in time before the first batch (the committer's thread logic only)."""
+
+    known_offset = 0
+
+    def ledger_position(self) -> LedgerPosition:
+        return LedgerPosition(0, None)
+
+    def write(self, seq: int, rows: Sequence[Tick], *, journal_offset: int | None = None,
+              received_at: datetime | None = None) -> bool:
+        raise LedgerRolledBack("s", 0, 4096)
+
+    def record_gap(self, gap_from: datetime, gap_to: datetime, reason: str) -> None: ...
+    def upsert_assets(self, names: Mapping[str, str | None]) -> None: ...
+    def close(self) -> None: ...
+
+
+def test_a_stop_waiting_on_the_committer_returns_when_it_finds_the_database_went_back_in_time() -> None:
+    committer = Committer(_RolledBackWriter(), max_pending_rows=100)
+    committer.start()
+    try:
+        committer.submit([], 4096)
+        # A stop's final drain with an hour's deadline: it must not wait for a commit that waits for the worker.
+        drained: list[bool] = []
+        stop = threading.Thread(target=lambda: drained.append(committer.drain(time.monotonic() + 3600)), daemon=True)
+        stop.start()
+        wait_until(lambda: drained, 30, what="the drain to return")
+        assert drained == [False]
+        assert committer.rolled_back is not None and committer.rolled_back.known_offset == 4096
+    finally:
+        committer.close()
 
 
 def test_a_ledger_at_or_past_the_mark_is_no_rollback(tmp_path: Path) -> None:

@@ -176,9 +176,14 @@ class Committer:
             self._cond.notify_all()
 
     def drain(self, deadline: float) -> bool:
-        """Wait until everything queued is done or ``deadline`` (monotonic) passes; True if all is."""
+        """Wait until everything queued is done or ``deadline`` (monotonic) passes; True if all is.
+
+        Returns at once (False) when the thread cannot go on: it failed, it is fenced, or it waits for the
+        worker to line its journal up after a rollback.
+        """
         with self._cond:
-            while self._queue and self.failure is None and self.fenced is None and time.monotonic() < deadline:
+            while (self._queue and self.failure is None and self.fenced is None and self.rolled_back is None
+                   and time.monotonic() < deadline):
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             return not self._queue
 
@@ -242,7 +247,9 @@ class Committer:
         except LedgerRolledBack as exc:
             log.error("%s", exc)
             self._resumed.clear()
-            self.rolled_back = exc
+            with self._cond:
+                self.rolled_back = exc
+                self._cond.notify_all()
             while not self._resumed.wait(0.1):
                 if self._abandon.is_set():
                     return False

@@ -338,8 +338,10 @@ class Worker:
             log.warning("%d journal record(s) were not committed before another host took the shard over; they "
                         "are lost, inside the gap its new owner records", waiting)
         elif waiting:
+            why = ("the database went back in time during the stop" if self._committer.rolled_back is not None
+                   else stats.last_error or ("stop deadline" if not drained else "not handed over"))
             log.warning("%d journal record(s) are not in the database yet (%s); they are written at the next start",
-                        waiting, stats.last_error or ("stop deadline" if not drained else "not handed over"))
+                        waiting, why)
         return self._exit_code
 
     # ------------------------------------------------------------ the data path
