@@ -51,6 +51,15 @@ def pair_factory():
         pair.close()
 
 
+def with_schema(pair: PgPair) -> str:
+    """Apply shardctl's schema on the pair's primary; the flavour it took."""
+    conn = connect(pair.primary_dsn())
+    try:
+        return apply_schema(conn, TablesConfig())
+    finally:
+        conn.close()
+
+
 def start_shard(tmp_path, feed: TimedFeed, dsn: str, metrics_port: int, **settings: Any) -> SupervisorRun:
     config = write_config(tmp_path, feed.url, dsn, {"crypto": {"symbols": CRYPTO, "api_key_env": "FAILOVER_KEY"}},
                           defaults={"batch_size": 1000, "flush_interval": "1s", **settings},
@@ -104,11 +113,7 @@ def test_a_retention_shorter_than_the_lag_leaves_a_gap_naming_the_rollback(tmp_p
     """``journal_retain`` 1 s against 8 s of lag: what the journal no longer holds is a recorded gap."""
     started = time.monotonic()
     pair = pair_factory()
-    conn = connect(pair.primary_dsn())
-    try:
-        apply_schema(conn, TablesConfig())
-    finally:
-        conn.close()
+    with_schema(pair)
     pair.wait_in_step()
     metrics_port = free_port()
     with TimedFeed(rate=RATE, symbols=CRYPTO, seed=1719) as feed:
@@ -136,12 +141,7 @@ def test_failover_to_a_standby_8s_behind_loses_and_duplicates_nothing(tmp_path, 
         pytest.skip("TimescaleDB is not installed into PostgreSQL 15 (../shared/tools/timescaledb build)")
     started = time.monotonic()
     pair = pair_factory(timescaledb=extension == "timescaledb")
-    conn = connect(pair.primary_dsn())
-    try:
-        flavour = apply_schema(conn, TablesConfig())
-    finally:
-        conn.close()
-    assert flavour == extension
+    assert with_schema(pair) == extension
     pair.wait_in_step()
     metrics_port = free_port()
     with TimedFeed(rate=RATE, symbols=CRYPTO, seed=1717) as feed:
@@ -171,11 +171,7 @@ def test_failover_to_a_standby_8s_behind_loses_and_duplicates_nothing(tmp_path, 
 def test_a_restore_of_an_older_base_backup_under_a_running_worker_is_written_again(tmp_path, pair_factory) -> None:
     started = time.monotonic()
     pair = pair_factory()
-    conn = connect(pair.primary_dsn())
-    try:
-        apply_schema(conn, TablesConfig())
-    finally:
-        conn.close()
+    with_schema(pair)
     pair.stop("standby")  # not part of this scenario
     metrics_port = free_port()
     backup = pair.root / "backup"
@@ -205,11 +201,7 @@ def test_a_restore_while_the_shard_is_stopped_is_found_at_its_next_start(tmp_pat
     worker starts again: the journal's committed.mark is ahead of the ledger, and the stretch is written again."""
     started = time.monotonic()
     pair = pair_factory()
-    conn = connect(pair.primary_dsn())
-    try:
-        apply_schema(conn, TablesConfig())
-    finally:
-        conn.close()
+    with_schema(pair)
     pair.stop("standby")
     metrics_port = free_port()
     backup = pair.root / "backup"
