@@ -73,6 +73,8 @@ def test_slow_and_close_market_shape_the_stream_and_rest_agrees_with_it() -> Non
         for symbol in ("BTC/USD", "ETH/USD", "AAPL", "EUR/USD"):
             rest = bars(feed, symbol, first_m, last_m)
             for minute, price in last[symbol].items():
+                if minute == last_m:  # still streaming when the test stopped reading: its close came later
+                    continue
                 assert float(rest[minute]["close"]) == pytest.approx(price, abs=1e-9), (symbol, minute)
         # After the close, AAPL has no bar (its market was closed); BTC/USD has one every minute.
         closed_minute = int(closed_at // 60) + 1
