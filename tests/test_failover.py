@@ -168,6 +168,15 @@ def test_failover_to_a_standby_8s_behind_loses_and_duplicates_nothing(tmp_path, 
     check(result, metrics, last_rollback, log)
 
 
+def check_restore(result: Any, metrics: str, last_rollback: str, log: str, rolled_back: int,
+                  started: float) -> None:
+    """Print the scenario's line; the restore went back more than a second of ticks, and ``check`` holds."""
+    result.extra.update(rolled_back_rows=rolled_back, runtime=f"{time.monotonic() - started:.1f}s")
+    print("\n" + result.line(), flush=True)
+    assert rolled_back > RATE, "the restore did not go back as planned\n" + result.line()
+    check(result, metrics, last_rollback, log)
+
+
 def test_a_restore_of_an_older_base_backup_under_a_running_worker_is_written_again(tmp_path, pair_factory) -> None:
     started = time.monotonic()
     pair = pair_factory()
@@ -189,11 +198,7 @@ def test_a_restore_of_an_older_base_backup_under_a_running_worker_is_written_aga
         finally:
             sup.close()
             shutil.rmtree(backup, ignore_errors=True)
-    log = sup.log()
-    result.extra.update(rolled_back_rows=on_primary - on_restored, runtime=f"{time.monotonic() - started:.1f}s")
-    print("\n" + result.line(), flush=True)
-    assert on_primary - on_restored > RATE, "the restore did not go back as planned\n" + result.line()
-    check(result, metrics, last_rollback, log)
+    check_restore(result, metrics, last_rollback, sup.log(), on_primary - on_restored, started)
 
 
 def test_a_restore_while_the_shard_is_stopped_is_found_at_its_next_start(tmp_path, pair_factory) -> None:
@@ -223,8 +228,4 @@ def test_a_restore_while_the_shard_is_stopped_is_found_at_its_next_start(tmp_pat
         finally:
             sup.close()
             shutil.rmtree(backup, ignore_errors=True)
-    log = sup.log()
-    result.extra.update(rolled_back_rows=on_primary - on_restored, runtime=f"{time.monotonic() - started:.1f}s")
-    print("\n" + result.line(), flush=True)
-    assert on_primary - on_restored > RATE, "the restore did not go back as planned\n" + result.line()
-    check(result, metrics, last_rollback, log)
+    check_restore(result, metrics, last_rollback, sup.log(), on_primary - on_restored, started)
