@@ -267,7 +267,8 @@ class Tally:
     lost_outside: int = 0
     duplicated: int = 0
     lost_read: int = 0
-    lost_last_read: int = 0  #: in the worker's last READ_SLACK bytes before its kill (allowed, inside a gap)
+    lost_last_read: int = 0  #: in the worker's last ``read_slack`` bytes before its kill (allowed, inside a gap)
+    read_slack: int = READ_SLACK
     open_missing: int = 0  #: ticks sent on connections still open, not stored (yet)
     gaps: int = 0
     outside_examples: list[str] = field(default_factory=list)
@@ -280,7 +281,7 @@ class Tally:
         return (f"[faults:{self.scenario}] sent {self.sent}, stored {self.stored}, lost inside gaps "
                 f"{self.lost_in_gaps}, lost outside gaps {self.lost_outside}, duplicated {self.duplicated}, "
                 f"lost after the worker read them {self.lost_read} (+{self.lost_last_read} in its last "
-                f"{READ_SLACK // 1024} KiB read), gaps recorded {self.gaps}{extra}")
+                f"{self.read_slack // 1024} KiB read), gaps recorded {self.gaps}{extra}")
 
     def details(self) -> str:
         parts = [self.line()]
@@ -295,7 +296,7 @@ class Tally:
 
 def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, list[tuple[float, float, str]]],
           shard_of: Callable[[str], str], *, frozen: dict[int, Frozen] | None = None,
-          open_conns: Iterable[int] = ()) -> Tally:
+          open_conns: Iterable[int] = (), read_slack: int = READ_SLACK) -> Tally:
     """Compare, tick by tick (see ``Tally``).
 
     Which time of a lost tick to hold against a gap: it was never received, so
@@ -306,13 +307,13 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
     clock, like the worker's gap stamps; the event's own ``timestamp`` is
     whole seconds, too coarse. So: a lost tick is inside a gap when its send
     time lies within [gap_from, gap_to] of a gap of its shard (± GAP_TOLERANCE).
-    On a frozen connection, a tick the worker had read more than READ_SLACK
+    On a frozen connection, a tick the worker had read more than ``read_slack``
     bytes before its kill is "lost after read" whatever the gaps say.
     """
     frozen = frozen or {}
     open_set = set(open_conns)
     result = Tally(scenario, sent=len(sent), stored=sum(stored.values()),
-                   gaps=sum(len(v) for v in gaps.values()))
+                   gaps=sum(len(v) for v in gaps.values()), read_slack=read_slack)
     sent_count = Counter(t.key for t in sent)
     for key, n in stored.items():
         extra = n - sent_count.get(key, 0)
@@ -329,7 +330,7 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
             result.open_missing += 1
             continue
         fz = frozen.get(tick.conn)
-        if fz is not None and tick.end <= fz.read_to - READ_SLACK:
+        if fz is not None and tick.end <= fz.read_to - read_slack:
             result.lost_read += 1
             if len(result.read_examples) < 5:
                 result.read_examples.append(f"{tick.key} conn {tick.conn} ending at byte {tick.end} "

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections import Counter
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -216,6 +218,76 @@ def test_kill_9_while_blocked_at_the_journal_cap_the_gap_starts_at_the_last_jour
     assert_no_loss(result, message, outside_hint="the ticks waited in the socket while the worker was blocked; "
                                                  "its gap must start at the journal's last record, not at a liveness "
                                                  "stamp the blocked worker kept writing")
+
+
+# ------------------------------------------------------------------ 1c. kill -9 of a worker behind its socket
+
+#: How long the worker stands still: past one socket read's worth (256 KiB) of the feed at ~750 ticks/s.
+STALL = 3.0
+#: Stalls tried until one leaves, at its kill, ticks sent before the worker read again and never read.
+STALLS = 4
+#: A worker behind its socket reads whole 256 KiB chunks (``shardctl.twelvedata.frames``): a kill between
+#: such a read and its journal write loses the chunk, inside the gap (READ_SLACK is for a worker that keeps up).
+BEHIND_READ_SLACK = 256 * 1024
+
+
+def journal_bytes(directory: Path) -> int:
+    with os.scandir(directory) as entries:
+        return sum(e.stat().st_size for e in entries if e.name.endswith(".seg"))
+
+
+def test_kill_9_of_a_worker_behind_its_socket_starts_the_gap_before_what_it_never_read(
+        tmp_path, schema_dsn, workers) -> None:
+    """A worker stands still (a VM pause, a starved CPU, a stuck disk: SIGSTOP here) while the feed streams,
+    reads one burst when it moves again and is killed right after: at its last receive time it had read
+    frames sent seconds before, and what it left unread was sent before that receive time too. The gap
+    must start before the first of them, not at the last receive time."""
+    started = time.monotonic()
+    frozen: dict[int, Frozen] = {}
+    behind: list[SentTick] = []
+    with TimedFeed(rate=750, symbols=STOCKS, seed=121) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, {"stocks": {"symbols": STOCKS}},
+                              defaults={"batch_size": 1000, "flush_interval": "1s"})
+        journal = tmp_path / "state" / "shards" / "stocks" / "journal"
+        for attempt in range(STALLS):
+            worker = WorkerProcess(config, "stocks", tmp_path / f"worker{attempt}.log")
+            workers.append(worker)
+            rows = row_count(schema_dsn)
+            wait_until(lambda: row_count(schema_dsn) > rows + 100, 30, what="the worker streaming")
+            os.kill(worker.pid, signal.SIGSTOP)
+            time.sleep(STALL)  # the stall is a duration by definition
+            before, resumed_at = journal_bytes(journal), time.time()
+            os.kill(worker.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while journal_bytes(journal) == before and time.monotonic() < deadline:
+                pass  # the first burst after the stall reaches the journal: kill within that burst's work
+            measured = freeze_then_kill(worker.pid, feed)
+            worker.close()
+            if measured is None:
+                continue
+            frozen[measured.conn] = measured
+            behind = [t for t in feed.sent_ticks()
+                      if t.conn == measured.conn and t.end > measured.read_to and t.sent_at < resumed_at]
+            if behind:
+                break
+        workers.append(WorkerProcess(config, "stocks", tmp_path / "worker-last.log"))
+        wait_until(lambda: feed.connection_ids() and row_count(schema_dsn) > rows, 30, what="the last worker")
+        feed.inject("silence", standing=True, seconds=600)
+
+        def current() -> Any:
+            return tally("kill-behind-the-socket", feed.sent_ticks(), stored_keys(schema_dsn), gap_rows(schema_dsn),
+                         lambda _: "stocks", frozen=frozen, open_conns=feed.connection_ids(),
+                         read_slack=BEHIND_READ_SLACK)
+
+        settle(lambda: current().open_missing == 0, 60)
+        settle(lambda: current().lost_outside == 0, 5)
+        result = current()
+    gaps = [f"{reason} [{a:.3f}, {b:.3f}]" for a, b, reason in gap_rows(schema_dsn).get("stocks", [])]
+    result.extra.update(stalls=attempt + 1, left_unread=len(behind), runtime=f"{time.monotonic() - started:.1f}s")
+    message = report(result) + f"\ngaps: {gaps}"
+    assert behind, f"no stall left ticks sent before the worker read again unread at its kill\n{message}"
+    assert_no_loss(result, message, outside_hint="a worker behind its socket had read, at its last receive time, "
+                                                 "frames sent long before; its gap must start at their event time")
 
 
 # ------------------------------------------------------------------ 2. the database killed hard, three times

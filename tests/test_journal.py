@@ -329,7 +329,7 @@ def test_fuzz_garbage_after_valid_records_is_cut(tmp_path: Path) -> None:
     for _ in range(500):  # the scanner itself never raises, whatever the bytes
         blob = rng.randbytes(rng.randrange(0, 300))
         out: list[Record] = []
-        pos, _, problem, _ = _scan(memoryview(blob), 0, None, 10**9, out, 0)
+        pos, _, problem, *_ = _scan(memoryview(blob), 0, None, 10**9, out, 0)
         assert pos <= len(blob) and (problem is None) == (pos == len(blob))
 
 
@@ -416,6 +416,26 @@ def test_last_received_at_comes_from_the_last_intact_record(tmp_path: Path) -> N
     with open(active, "ab") as f:
         f.write(b"\x07" * 10)  # a torn record after the last intact one
     assert Journal(tmp_path, segment_bytes=256, fsync="never").last_received_at == 1029.0
+
+
+def test_the_last_burst_is_the_run_of_records_sharing_the_last_receive_time(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=4096, fsync="never")
+    assert j.last_burst == []
+    j.append_many([b"a", b"b"], 10.0)
+    j.append_many([b"c", b"d", b"e"], 11.0)
+    j.close()
+    assert Journal(tmp_path, segment_bytes=4096, fsync="never").last_burst == [b"c", b"d", b"e"]
+
+
+def test_the_last_burst_is_found_behind_an_empty_active_segment(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=256, fsync="never")
+    fill(j, 30)  # one record per receive time, across segments
+    j.close()
+    empty = tmp_path / f"{Journal(tmp_path, segment_bytes=256, fsync='never').end_offset:020d}.seg"
+    last = segments(tmp_path)[-1]
+    empty.write_bytes(last.read_bytes()[:8] + (30).to_bytes(8, "little"))  # rolled, no record written yet
+    again = Journal(tmp_path, segment_bytes=256, fsync="never")
+    assert again.last_burst == [frame(29)] and again.last_received_at == 1029.0
 
 
 def test_committed_space_in_the_active_segment_is_given_back(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import orjson
 import pytest
 from support import wait_until
 
@@ -28,7 +29,7 @@ from shardctl.worker.committer import Committer
 from shardctl.worker.lifecycle import Lifecycle, Mode, Phase
 from shardctl.worker.offsets import JournalCursor
 from shardctl.worker.rollback import Rollback
-from shardctl.worker.startup import open_at_ledger
+from shardctl.worker.startup import open_at_ledger, read_until
 
 
 class Clock:
@@ -104,6 +105,41 @@ def test_after_a_clean_stop_the_last_receive_time_survives_the_reclaim(tmp_path:
     assert again.backlog_records == 0 and not list(again.replay(0))
     assert again.last_received_at == 9999.0
     assert again.marked_committed == ends[-1]
+
+
+def price_frame(symbol: str, ts: int) -> bytes:
+    return orjson.dumps({"event": "price", "symbol": symbol, "timestamp": ts, "price": 1.5, "day_volume": 7})
+
+
+def test_a_worker_behind_its_socket_is_down_from_its_last_burst_s_latest_event(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync="never")
+    j.append_many([price_frame("AAPL", 90)], 95.0)
+    j.append_many([price_frame("AAPL", 97), b'{"event":"heartbeat","status":"ok"}', price_frame("MSFT", 98),
+                   price_frame("AAPL", 96)], 100.5)  # read at 100.5, sent by 98 at the latest
+    j.close()
+    assert read_until(Journal(tmp_path, fsync="never")) == 98.0
+
+
+def test_a_worker_that_kept_up_is_down_from_its_last_receive_time(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync="never")
+    assert read_until(j) is None
+    j.append_many([price_frame("AAPL", 120)], 100.5)  # a server clock ahead of ours
+    j.append_many([b'{"event":"heartbeat","status":"ok"}'], 101.0)  # no event time in the last burst
+    j.close()
+    assert read_until(Journal(tmp_path, fsync="never")) == 101.0
+    j = Journal(tmp_path / "ahead", fsync="never")
+    j.append_many([price_frame("AAPL", 120)], 100.5)
+    j.close()
+    assert read_until(Journal(tmp_path / "ahead", fsync="never")) == 100.5
+
+
+def test_a_mark_newer_than_the_journal_s_records_gives_its_receive_time(tmp_path: Path) -> None:
+    j = Journal(tmp_path, segment_bytes=1 << 21, fsync="never")
+    j.append_many([price_frame("AAPL", 10)], 50.0)
+    j.close()
+    (tmp_path / MARK_NAME).write_bytes(encode_mark(Mark(0, 60.0)))  # the records of 60.0 were reclaimed
+    again = Journal(tmp_path, segment_bytes=1 << 21, fsync="never")
+    assert again.last_burst == [] and read_until(again) == 60.0
 
 
 def test_the_mark_never_claims_a_receive_time_the_os_has_not_been_handed(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ class Cursor:
                 self._fd, self._seg = os.open(seg.path, os.O_RDONLY), seg
             data = os.pread(self._fd, min(left, want), self.position - seg.base)
             with memoryview(data) as view:
-                pos, self._seq, problem, _ = _scan(view, 0, self._seq, max_records - len(out), out, self.position)
+                pos, self._seq, problem, *_ = _scan(view, 0, self._seq, max_records - len(out), out, self.position)
             self.position += pos
             want = _CHUNK
             if problem == _SHORT and pos == 0 and REC_HEADER <= len(data) < left:

@@ -38,6 +38,7 @@ class Scan(NamedTuple):
     seq: int | None
     problem: str | None  #: None at the end of the view or the limit, ``_SHORT`` inside a record, else damage
     last_received_at: float | None  #: of the last intact record scanned (None: no record)
+    burst_pos: int  #: where the scanned records' last burst (a run sharing ``last_received_at``) starts
 
 
 def _scan(view: memoryview, pos: int, seq: int | None, limit: int, out: list[Record] | None,
@@ -46,21 +47,31 @@ def _scan(view: memoryview, pos: int, seq: int | None, limit: int, out: list[Rec
 
     ``base``: offset of ``view[0]``. Never raises.
     """
-    end, count, last_at = len(view), 0, None
+    end, count, last_at, burst = len(view), 0, None, pos
     while count < limit and pos < end:
         if end - pos < REC_HEADER:
-            return Scan(pos, seq, _SHORT, last_at)
+            return Scan(pos, seq, _SHORT, last_at, burst)
         length, rseq, at, crc = _REC.unpack_from(view, pos)
         if length > MAX_FRAME:
-            return Scan(pos, seq, f"bad record length {length}", last_at)
+            return Scan(pos, seq, f"bad record length {length}", last_at, burst)
         stop = pos + REC_HEADER + length
         if stop > end:
-            return Scan(pos, seq, _SHORT, last_at)
+            return Scan(pos, seq, _SHORT, last_at, burst)
         if zlib.crc32(view[pos + REC_HEADER:stop], zlib.crc32(view[pos:pos + _META.size])) != crc:
-            return Scan(pos, seq, "checksum mismatch", last_at)
+            return Scan(pos, seq, "checksum mismatch", last_at, burst)
         if seq is not None and rseq != seq:
-            return Scan(pos, seq, f"record seq {rseq}, expected {seq}", last_at)
+            return Scan(pos, seq, f"record seq {rseq}, expected {seq}", last_at, burst)
         if out is not None:
             out.append(Record(base + stop, bytes(view[pos + REC_HEADER:stop]), at))
+        if at != last_at:
+            burst = pos
         seq, pos, count, last_at = rseq + 1, stop, count + 1, at
-    return Scan(pos, seq, None, last_at)
+    return Scan(pos, seq, None, last_at, burst)
+
+
+def frames_in(data: bytes) -> list[bytes]:
+    """The frames of the intact records at the start of ``data`` (a run of whole records)."""
+    out: list[Record] = []
+    with memoryview(data) as view:
+        _scan(view, 0, None, len(data), out, 0)
+    return [record.frame for record in out]

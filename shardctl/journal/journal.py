@@ -86,6 +86,7 @@ from shardctl.journal.format import (
     SEG_HEADER,
     Record,
     _scan,
+    frames_in,
 )
 from shardctl.journal.mark import Mark, MarkFile
 from shardctl.journal.space import free_bytes
@@ -177,12 +178,17 @@ class Journal:
         last = self._segments[-1]
         data = last.path.read_bytes()
         with memoryview(data) as view:
-            pos, seq, problem, self.last_received_at = _scan(view, SEG_HEADER, last.first_seq, len(data), None,
-                                                             last.base)
+            pos, seq, problem, self.last_received_at, burst = _scan(view, SEG_HEADER, last.first_seq, len(data),
+                                                                    None, last.base)
+        tail = data[burst:pos]
         if self.last_received_at is None and len(self._segments) > 1:  # an empty active segment: look before it
-            before = self._segments[-2].path.read_bytes()
-            with memoryview(before) as view:
-                self.last_received_at = _scan(view, SEG_HEADER, None, len(before), None, 0).last_received_at
+            tail = self._segments[-2].path.read_bytes()
+            with memoryview(tail) as view:
+                scan = _scan(view, SEG_HEADER, None, len(tail), None, 0)
+            self.last_received_at, tail = scan.last_received_at, tail[scan.burst_pos:scan.pos]
+        #: The frames of the last burst the journal held at open (its last records sharing one receive time;
+        #: empty when it held none, or the mark knew of a later one).
+        self.last_burst: list[bytes] = frames_in(tail)
         if pos < len(data):
             log.warning("journal %s: cut %d byte(s) of torn record(s) at offset %d (%s)", last.path,
                         len(data) - pos, last.base + pos, problem)
@@ -201,7 +207,7 @@ class Journal:
             self.marked_committed = mark.committed_offset
             if mark.last_received_at is not None and (self.last_received_at is None
                                                       or mark.last_received_at > self.last_received_at):
-                self.last_received_at = mark.last_received_at
+                self.last_received_at, self.last_burst = mark.last_received_at, []
             if self.committed_offset < mark.committed_offset <= self.end_offset and self._is_boundary(
                     mark.committed_offset):
                 self.committed_offset = mark.committed_offset  # the retained records before it are committed

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from shardctl.db.leases import LeaseStart
 from shardctl.db.writer import LedgerPosition
 from shardctl.journal.journal import Journal
+from shardctl.rows import Tick
+from shardctl.twelvedata.parse import FrameParser
 from shardctl.worker.rollback import Rollback, rewind_journal
 
 log = logging.getLogger("shardctl.worker")
@@ -19,6 +21,24 @@ class Takeover:
 
     down_since: float | None
     reason: str
+
+
+def read_until(journal: Journal) -> float | None:
+    """Where the "worker down" gap of a predecessor that died starts: at or before the send time of the
+    first frame it never read (None: it never read one).
+
+    Its last read is not enough: a worker that fell behind its socket (a stall, a starved CPU, a slow
+    disk) read, at its last receive time, frames the server had sent up to seconds before; what waited
+    behind them was sent earlier still. So the gap starts at the latest event timestamp in the last
+    burst the journal holds, when that is earlier: what was never read was sent after it (one
+    connection keeps the server's order, and no event is sent before it happens).
+    """
+    received = journal.last_received_at
+    if received is None:
+        return None
+    parser = FrameParser()
+    times = [found.time.timestamp() for found in map(parser.read, journal.last_burst) if isinstance(found, Tick)]
+    return min(received, max(times)) if times else received
 
 
 def open_at_ledger(journal: Journal, ledger: LedgerPosition, lease: LeaseStart | None,

@@ -14,11 +14,13 @@ worker was down and frames dropped at the journal cap are recorded as gaps.
 Every burst reaches the OS (``write(2)``) as soon as it is journaled, before
 it is parsed (and again, if anything is left, before every read of the
 socket), so a killed worker loses nothing it had read but the burst in hand;
-the "worker down" gap starts at the last frame the journal holds, so every
-tick a crash loses lies inside it. A full disk is a state, not a crash: the
-worker stops reading the socket, keeps writing the journal's backlog to the
-database (which gives the space back), shows "disk full" in its stats, and
-resumes reading when its buffered frames fit on the disk again.
+the "worker down" gap starts at the last burst the journal holds (at its
+receive time, or at its latest event time when the worker had fallen behind
+its socket: ``startup.read_until``), so every tick a crash loses lies inside
+it. A full disk is a state, not a crash: the worker stops reading the socket,
+keeps writing the journal's backlog to the database (which gives the space
+back), shows "disk full" in its stats, and resumes reading when its buffered
+frames fit on the disk again.
 
 The stop contract: on SIGTERM or SIGINT, or when the parent process goes
 away, the worker says goodbye on the websocket (unsubscribe, close frame 1001)
@@ -90,7 +92,7 @@ from shardctl.worker.process import Reporter
 from shardctl.worker.readgate import ReadGate, ReadState
 from shardctl.worker.reporting import ReportParts, worker_report
 from shardctl.worker.rollback import ROLLBACK_REASON, Rollback, rewind_journal
-from shardctl.worker.startup import Takeover, open_at_ledger
+from shardctl.worker.startup import Takeover, open_at_ledger, read_until
 from shardctl.worker.switches import Switches
 from shardctl.worker.symbols import ShardSymbols
 
@@ -193,7 +195,7 @@ class Worker:
         """Stream until asked to stop; the exit code follows the module's stop contract."""
         parent = os.getppid()
         # The last frame the journal durably holds: whatever came after it was never read.
-        self._books.down_since = self._journal.last_received_at
+        self._books.down_since = read_until(self._journal)
         try:
             ledger = self._wait_for_ledger()
         except ShardFenced as exc:
@@ -204,9 +206,10 @@ class Worker:
             self._journal.close()
             log.info("stopped (%s) before the database answered", self._stop_reason)
             return EXIT_OK
-        if ledger.received_at is not None:  # the journal may hold nothing after a clean stop
+        if ledger.received_at is not None:  # the journal may hold nothing after a clean stop, or be new
             last = ledger.received_at.timestamp()
-            self._books.down_since = max(last, self._books.down_since or last)
+            if self._journal.last_received_at is None or last > self._journal.last_received_at:
+                self._books.down_since = last
         self._open_journal_at(ledger)
         self._lifecycle.to(Phase.STREAMING)
         self._committer.start()
