@@ -283,6 +283,22 @@ class Tally:
                 f"lost after the worker read them {self.lost_read} (+{self.lost_last_read} in its last "
                 f"{self.read_slack // 1024} KiB read), gaps recorded {self.gaps}{extra}")
 
+    def problems(self, *, read_hint: str = "", outside_hint: str = "") -> list[str]:
+        """The promises this tally breaks, one line each (empty: none): nothing duplicated, nothing read
+        then lost, every loss inside a gap, every tick on a live connection stored."""
+        problems = []
+        if self.duplicated:
+            problems.append(f"{self.duplicated} tick(s) stored twice or never sent")
+        if self.lost_read:
+            problems.append(f"{self.lost_read} tick(s) the worker had read were lost at its kill -9"
+                            + (f" ({read_hint})" if read_hint else ""))
+        if self.lost_outside:
+            problems.append(f"{self.lost_outside} lost tick(s) lie outside every recorded gap"
+                            + (f" ({outside_hint})" if outside_hint else ""))
+        if self.open_missing:
+            problems.append(f"{self.open_missing} tick(s) sent on a live connection never reached the database")
+        return problems
+
     def details(self) -> str:
         parts = [self.line()]
         if self.outside_examples:
@@ -350,6 +366,12 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
                          else "no gap recorded for the shard")
                 result.outside_examples.append(f"{shard} {tick.key} conn {tick.conn} sent at {at:.3f}; {where}")
     return result
+
+
+def assert_no_loss(result: Tally, message: str, *, read_hint: str = "", outside_hint: str = "") -> None:
+    """Every promise at once, so a failure names every broken one."""
+    problems = result.problems(read_hint=read_hint, outside_hint=outside_hint)
+    assert not problems, "\n".join(problems) + "\n" + message
 
 
 # ---------------------------------------------------------------- config and supervisor

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg2
 import psycopg2.extensions
 import pytest
 from faultkit import (
@@ -52,6 +53,7 @@ from faultkit import (
     SentTick,
     SupervisorRun,
     TimedFeed,
+    assert_no_loss,
     freeze_then_kill,
     gap_rows,
     grep_files,
@@ -63,7 +65,7 @@ from faultkit import (
     stored_keys,
     tally,
 )
-from support import TmpfsMount, WorkerProcess, row_count, settle, wait_until, write_config
+from support import TmpfsMount, WorkerProcess, query, row_count, settle, wait_until, write_config
 
 from shardctl.config import load_config
 from shardctl.config.model import ShardSettings
@@ -92,22 +94,6 @@ def workers():
 def report(t: Any) -> str:
     print("\n" + t.line(), flush=True)
     return t.details()
-
-
-def assert_no_loss(result: Any, message: str, *, read_hint: str = "", outside_hint: str = "") -> None:
-    """The three promises at once, so a failure names every broken one."""
-    problems = []
-    if result.duplicated:
-        problems.append(f"{result.duplicated} tick(s) stored twice or never sent")
-    if result.lost_read:
-        problems.append(f"{result.lost_read} tick(s) the worker had read were lost at its kill -9"
-                        + (f" ({read_hint})" if read_hint else ""))
-    if result.lost_outside:
-        problems.append(f"{result.lost_outside} lost tick(s) lie outside every recorded gap"
-                        + (f" ({outside_hint})" if outside_hint else ""))
-    if result.open_missing:
-        problems.append(f"{result.open_missing} tick(s) sent on a live connection never reached the database")
-    assert not problems, "\n".join(problems) + "\n" + message
 
 
 # ------------------------------------------------------------------ 1. kill -9 storm under the supervisor
@@ -288,6 +274,63 @@ def test_kill_9_of_a_worker_behind_its_socket_starts_the_gap_before_what_it_neve
     assert behind, f"no stall left ticks sent before the worker read again unread at its kill\n{message}"
     assert_no_loss(result, message, outside_hint="a worker behind its socket had read, at its last receive time, "
                                                  "frames sent long before; its gap must start at their event time")
+
+
+# ------------------------------------------------------------------ 1d. killed before its "worker down" gap is recorded
+
+def test_a_worker_killed_before_its_down_gap_was_recorded_leaves_it_to_the_next(tmp_path, schema_dsn, workers) -> None:
+    """Worker A is killed. B starts, connects and reads, but the database holds B's "worker down" gap back
+    until B is killed too (a test session locks shardctl_gaps against writes). C must record a gap from A's
+    last read: the ticks A never read lie in it, though B read frames sent after them."""
+    started = time.monotonic()
+    frozen: dict[int, Frozen] = {}
+
+    def kill(worker: WorkerProcess) -> None:
+        measured = freeze_then_kill(worker.pid, feed)
+        worker.close()
+        assert measured is not None, "the worker had no feed connection to measure"
+        frozen[measured.conn] = measured
+
+    with TimedFeed(rate=500, symbols=STOCKS, seed=131) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, {"stocks": {"symbols": STOCKS}},
+                              defaults={"batch_size": 100, "flush_interval": "100ms"})
+        workers.append(a := WorkerProcess(config, "stocks", tmp_path / "a.log"))
+        wait_until(lambda: row_count(schema_dsn) > 100, 30, what="worker A streaming")
+        os.kill(a.pid, signal.SIGSTOP)
+        feed.wait_sent(feed.stats().sent + 50, timeout=30)  # ticks A will never read
+        kill(a)
+        locker = psycopg2.connect(schema_dsn)
+        try:
+            with locker.cursor() as cur:
+                cur.execute("LOCK TABLE shardctl_gaps IN SHARE MODE")  # reads pass, writes wait for the rollback
+            workers.append(b := WorkerProcess(config, "stocks", tmp_path / "b.log"))
+            wait_until(lambda: query(schema_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                                                 "relation = 'shardctl_gaps'::regclass")[0][0], 30,
+                       what="worker B's gap waiting on the lock")
+            sent = feed.stats().sent
+            feed.wait_sent(sent + 200, timeout=30)  # B reads (and journals) ticks sent after A's last read
+            kill(b)
+        finally:
+            locker.rollback()
+            locker.close()
+        assert not gap_rows(schema_dsn), "B's gap never reached the database"
+        workers.append(WorkerProcess(config, "stocks", tmp_path / "c.log"))
+        wait_until(lambda: gap_rows(schema_dsn), 30, what="worker C's gap")
+        feed.inject("silence", standing=True, seconds=600)
+
+        def current() -> Any:
+            return tally("killed-owing-its-gap", feed.sent_ticks(), stored_keys(schema_dsn), gap_rows(schema_dsn),
+                         lambda _: "stocks", frozen=frozen, open_conns=feed.connection_ids())
+
+        settle(lambda: current().open_missing == 0, 60)
+        settle(lambda: current().lost_outside == 0, 5)
+        result = current()
+    gaps = [f"{reason} [{a:.3f}, {b:.3f}]" for a, b, reason in gap_rows(schema_dsn).get("stocks", [])]
+    result.extra.update(runtime=f"{time.monotonic() - started:.1f}s")
+    message = report(result) + f"\ngaps: {gaps}"
+    assert result.lost_in_gaps, "A's kill lost nothing: the scenario did not happen\n" + message
+    assert_no_loss(result, message, outside_hint="a worker killed before the database had its worker-down gap "
+                                                 "must leave it to the next one")
 
 
 # ------------------------------------------------------------------ 2. the database killed hard, three times

@@ -313,21 +313,63 @@ def test_a_successor_waits_for_a_stopping_predecessor_and_refuses_a_running_one(
     successor.release()
 
 
-def test_gaps_handed_over_after_the_older_ledger_are_recorded_again() -> None:
+def test_gaps_handed_over_after_the_older_ledger_are_recorded_again(tmp_path: Path) -> None:
     """Gaps recorded during the stretch the database lost were rolled back with it: queued again, once each."""
     from types import SimpleNamespace
 
-    from shardctl.worker.bookkeeping import Bookkeeper, RecordGap
+    from shardctl.worker.bookkeeping import Bookkeeper, OwedGap, RecordGap
 
     tasks: list[object] = []
     stream = SimpleNamespace(first_connected_at=None, gaps=[(100.0, 101.0, "disconnected: a"),
                                                             (200.0, 202.0, "disconnected: b")])
     parts = dict(stream=stream, journal=SimpleNamespace(gaps=[]), gate=SimpleNamespace(gaps=[]),
                  committer=SimpleNamespace(run_task=tasks.append), assets={})
-    books = Bookkeeper()
+    books = Bookkeeper(OwedGap(tmp_path))
     books.hand_over(**parts)  # type: ignore[arg-type]
     assert len(tasks) == 2
     assert books.record_again_since(150.0) == 1  # the database went back to a batch received at 150
     books.hand_over(**parts)  # type: ignore[arg-type]
     again = [t for t in tasks[2:] if isinstance(t, RecordGap)]
     assert [(t.start.timestamp(), t.reason) for t in again] == [(200.0, "disconnected: b")]
+
+
+def test_a_down_gap_is_owed_on_disk_until_recorded_and_a_successor_inherits_it(tmp_path: Path) -> None:
+    """A worker killed after its start but before the database had its "worker down" gap leaves it owed:
+    the next worker's gap starts where the owed one did, and recording it pays it."""
+    from types import SimpleNamespace
+
+    from shardctl.worker.bookkeeping import Bookkeeper, OwedGap, RecordGap
+
+    killed = Bookkeeper(OwedGap(tmp_path))
+    killed.down_since = 100.0
+    killed.owe_down_gap()
+    assert OwedGap(tmp_path).read() == (100.0, "worker down")  # the process dies here
+
+    tasks: list[object] = []
+    successor = Bookkeeper(OwedGap(tmp_path))
+    successor.down_since = 130.0  # the killed worker had read until 130
+    successor.owe_down_gap()
+    assert successor.down_since == 100.0
+    parts = dict(stream=SimpleNamespace(first_connected_at=140.0, gaps=[]), journal=SimpleNamespace(gaps=[]),
+                 gate=SimpleNamespace(gaps=[]), committer=SimpleNamespace(run_task=tasks.append), assets={})
+    successor.hand_over(**parts)  # type: ignore[arg-type]
+    (gap,) = [t for t in tasks if isinstance(t, RecordGap)]
+    assert (gap.start.timestamp(), gap.end.timestamp(), gap.reason) == (100.0, 140.0, "worker down")
+    assert OwedGap(tmp_path).read() is not None, "owed until the database has it"
+    gap(SimpleNamespace(record_gap=lambda *args: None))  # type: ignore[arg-type]
+    assert OwedGap(tmp_path).read() is None
+
+
+def test_a_later_owed_gap_and_a_takeover_leave_the_start_alone(tmp_path: Path) -> None:
+    from shardctl.worker.bookkeeping import Bookkeeper, OwedGap
+
+    OwedGap(tmp_path).write(150.0, "worker down")
+    books = Bookkeeper(OwedGap(tmp_path))
+    books.down_since = 120.0
+    books.owe_down_gap()
+    assert books.down_since == 120.0 and OwedGap(tmp_path).read() == (120.0, "worker down")
+    OwedGap(tmp_path).write(50.0, "worker down")
+    books = Bookkeeper(OwedGap(tmp_path))
+    books.down_since, books.down_reason = 200.0, "takeover from host-b"
+    books.owe_down_gap(inherit=False)  # the other host recorded this host's earlier stretch
+    assert books.down_since == 200.0 and OwedGap(tmp_path).read() == (200.0, "takeover from host-b")

@@ -84,7 +84,7 @@ from shardctl.twelvedata.parse import FrameParser, Kind, Parsed, StatusEvent
 from shardctl.twelvedata.stream import StreamClient
 from shardctl.worker.backfill import Backfiller
 from shardctl.worker.batcher import Batcher
-from shardctl.worker.bookkeeping import Bookkeeper
+from shardctl.worker.bookkeeping import Bookkeeper, OwedGap
 from shardctl.worker.committer import Committer, LatencyLog
 from shardctl.worker.lifecycle import Lifecycle, Mode, Phase
 from shardctl.worker.offsets import JournalCursor
@@ -166,7 +166,7 @@ class Worker:
         #: The configured secrets (registered by load_config), as they would appear in a frame.
         self._secrets = tuple(secret.encode() for secret in registered_secrets())
         self._ready_sent = False
-        self._books = Bookkeeper()
+        self._books = Bookkeeper(OwedGap(self._journal.directory))
         self._backfill = None if not config.backfill.enabled else Backfiller(
             dsn, shard.name, shard.symbols, rest_url=config.source.rest_url, api_key=api_key,
             threshold=config.backfill.min_gap, rate_limit_per_minute=config.backfill.credits_per_minute,
@@ -280,6 +280,8 @@ class Worker:
         elif isinstance(found, Rollback):
             self._rolled_back(found)
             base = found.resume_offset
+        # After a takeover the other host recorded this host's earlier stretch: nothing of it is owed.
+        self._books.owe_down_gap(inherit=not isinstance(found, Takeover))
         self._cursor.restart_at(max(base, journal.first_offset))
         if journal.backlog_records:
             self._lifecycle.to_mode(Mode.REPLAYING)
