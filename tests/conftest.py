@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import psycopg2
 import psycopg2.extensions
 import pytest
-from support import WorkerProcess
+from support import WorkerProcess, with_schema
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.embedded import EmbeddedPostgres
@@ -162,14 +162,7 @@ def tables() -> TablesConfig:
 @pytest.fixture
 def schema_dsn(fresh_dsn: str, tables: TablesConfig) -> str:
     """A fresh database with shardctl's schema (default table names) applied."""
-    from shardctl.db.connection import connect
-    from shardctl.db.schema import apply_schema
-
-    conn = connect(fresh_dsn)
-    try:
-        apply_schema(conn, tables)
-    finally:
-        conn.close()
+    with_schema(fresh_dsn, tables)
     return fresh_dsn
 
 

@@ -32,11 +32,7 @@ from typing import Any, Callable
 import psycopg2
 from faultkit import SentTick, SupervisorRun, TimedFeed
 from netkit import LinkPostgres, Network
-from support import wait_until, write_config
-
-from shardctl.config.model import TablesConfig
-from shardctl.db.connection import connect
-from shardctl.db.schema import apply_schema
+from support import wait_until, with_schema, write_config
 
 SHARDS: dict[str, tuple[str, ...]] = {"crypto": ("BTC/USD", "ETH/USD"), "stocks": ("AAPL", "MSFT")}
 KEYS = {name: f"HOSTS_KEY_{name.upper()}" for name in SHARDS}
@@ -269,11 +265,7 @@ class NamespaceSite(Site):
         self.network, self.postgres, self.dbname = network, postgres, dbname
         postgres.create_database(dbname)
         self.dsn = postgres.dsn(dbname)
-        conn = connect(self.dsn)
-        try:
-            apply_schema(conn, TablesConfig())
-        finally:
-            conn.close()
+        with_schema(self.dsn)
 
     def feed(self, **kwargs: Any) -> TimedFeed:
         first, *others = self.network.feed_addresses

@@ -81,6 +81,20 @@ def query(dsn: str, sql: str, params: tuple = (), *, utc: bool = False) -> list[
         conn.close()
 
 
+def with_schema(dsn: str, tables: Any = None) -> str:
+    """Apply shardctl's schema to ``dsn`` (default table names unless ``tables``, a TablesConfig); the flavour
+    it took ("timescaledb" or "postgresql")."""
+    from shardctl.config.model import TablesConfig
+    from shardctl.db.connection import connect
+    from shardctl.db.schema import apply_schema
+
+    conn = connect(dsn)
+    try:
+        return apply_schema(conn, tables or TablesConfig())
+    finally:
+        conn.close()
+
+
 def execute(dsn: str, statement: str, params: tuple = ()) -> None:
     """Run ``statement`` and commit."""
     conn = psycopg2.connect(dsn)

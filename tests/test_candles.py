@@ -23,6 +23,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 from support import query as query_any
+from support import with_schema
 
 from shardctl.config.model import TablesConfig
 from shardctl.db.candles import refresh_all_candles, refresh_range
@@ -106,16 +107,6 @@ def refresh(dsn: str, tables: TablesConfig, now: datetime, **kwargs: Any) -> dic
         conn.close()
 
 
-def apply(dsn: str, tables: TablesConfig) -> None:
-    from shardctl.db.schema import apply_schema
-
-    conn = connect(dsn)
-    try:
-        apply_schema(conn, tables)
-    finally:
-        conn.close()
-
-
 def catch_up(dsn: str, tables: TablesConfig, now: datetime) -> None:
     """TimescaleDB: materialise every bucket before each policy window's end (what shardctl's first refresh
     does on PostgreSQL, and what creating the aggregate WITH DATA does for rows already there)."""
@@ -165,7 +156,7 @@ def test_ohlcv_at_each_interval_matches_hand_computed(schema_dsn: str, tables: T
     tables = replace(tables, realtime_candles=realtime)
     if flavour == "timescaledb":
         insert_ticks(schema_dsn, UNTIED)
-        apply(schema_dsn, tables)  # realtime_candles: materialized_only = false
+        with_schema(schema_dsn, tables)  # realtime_candles: materialized_only = false
         if not realtime:  # materialise the ticks' buckets; real time reads them straight from the ticks
             conn = connect(schema_dsn)
             try:

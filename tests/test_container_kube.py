@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
-from faultkit import Frozen, TimedFeed, freeze_then_kill, gap_rows, ledger_rows, stored_keys, tally
+from faultkit import Frozen, TimedFeed, assert_no_loss, freeze_then_kill, gap_rows, ledger_rows, stored_keys, tally
 from podkit import (
     SHARDCTL_UID,
     KubePlay,
@@ -195,19 +195,6 @@ def kill_pod_hard(rendered: RenderedPod, feed: TimedFeed) -> dict[int, Frozen]:
     return frozen
 
 
-def assert_nothing_lost(result: Any) -> None:
-    problems = []
-    if result.lost_read:
-        problems.append(f"{result.lost_read} tick(s) the workers had read were lost: the journal was not replayed")
-    if result.lost_outside:
-        problems.append(f"{result.lost_outside} tick(s) lost outside any recorded gap")
-    if result.duplicated:
-        problems.append(f"{result.duplicated} tick(s) stored twice")
-    if result.open_missing:
-        problems.append(f"{result.open_missing} tick(s) sent on a live connection never stored")
-    assert not problems, "\n".join(problems) + "\n" + result.details()
-
-
 # ------------------------------------------------------------------ the pod, its probes, its claim, its stop
 
 @pytest.mark.slow
@@ -250,7 +237,7 @@ def test_pod_runs_as_10001_on_a_read_only_root_answers_its_probes_and_stops_with
     print(f"\n[kube] pod stopped in {took:.1f}s (grace {pod.grace}s): received {received}, written {written}; "
           f"{result.line()}")
     assert received == written == sum(stored.values()) > 0
-    assert_nothing_lost(result)
+    assert_no_loss(result, result.details())
     assert tally("pod-stop-all", sent, stored, {}, SHARD_OF).duplicated == 0
     site.kube.down(pod)  # kube down after the stop: removes the pod, keeps the claim
 
@@ -284,7 +271,7 @@ def test_pod_killed_9_and_played_again_replays_its_journal_from_the_claim(site: 
     result.extra.update(measured_kills=len(frozen), stored_at_kill=stored_at_kill, read_bytes=read_at_kill)
     print(f"\n[kube] {result.line()}\n[kube] replay lines: {replayed[:4]}")
     assert len(frozen) == len(SHARD_SYMBOLS), f"both workers measured at the kill: {frozen}"
-    assert_nothing_lost(result)
+    assert_no_loss(result, result.details())
     assert ledger_rows(site.dsn) == result.stored, "no batch committed twice"
     assert result.stored > stored_at_kill
 

@@ -20,11 +20,7 @@ from typing import Any
 import pytest
 from faultkit import CRYPTO, SupervisorRun, TimedFeed, free_port, gap_rows, stored_keys, tally
 from pgpair import PgPair, available, timescaledb_installed
-from support import query, settle, wait_until, write_config
-
-from shardctl.config.model import TablesConfig
-from shardctl.db.connection import connect
-from shardctl.db.schema import apply_schema
+from support import query, settle, wait_until, with_schema, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -49,15 +45,6 @@ def pair_factory():
     yield make
     for pair in made:
         pair.close()
-
-
-def with_schema(pair: PgPair) -> str:
-    """Apply shardctl's schema on the pair's primary; the flavour it took."""
-    conn = connect(pair.primary_dsn())
-    try:
-        return apply_schema(conn, TablesConfig())
-    finally:
-        conn.close()
 
 
 def start_shard(tmp_path, feed: TimedFeed, dsn: str, metrics_port: int, **settings: Any) -> SupervisorRun:
@@ -113,7 +100,7 @@ def test_a_retention_shorter_than_the_lag_leaves_a_gap_naming_the_rollback(tmp_p
     """``journal_retain`` 1 s against 8 s of lag: what the journal no longer holds is a recorded gap."""
     started = time.monotonic()
     pair = pair_factory()
-    with_schema(pair)
+    with_schema(pair.primary_dsn())
     pair.wait_in_step()
     metrics_port = free_port()
     with TimedFeed(rate=RATE, symbols=CRYPTO, seed=1719) as feed:
@@ -141,7 +128,7 @@ def test_failover_to_a_standby_8s_behind_loses_and_duplicates_nothing(tmp_path, 
         pytest.skip("TimescaleDB is not installed into PostgreSQL 15 (../shared/tools/timescaledb build)")
     started = time.monotonic()
     pair = pair_factory(timescaledb=extension == "timescaledb")
-    assert with_schema(pair) == extension
+    assert with_schema(pair.primary_dsn()) == extension
     pair.wait_in_step()
     metrics_port = free_port()
     with TimedFeed(rate=RATE, symbols=CRYPTO, seed=1717) as feed:
@@ -180,7 +167,7 @@ def check_restore(result: Any, metrics: str, last_rollback: str, log: str, rolle
 def test_a_restore_of_an_older_base_backup_under_a_running_worker_is_written_again(tmp_path, pair_factory) -> None:
     started = time.monotonic()
     pair = pair_factory()
-    with_schema(pair)
+    with_schema(pair.primary_dsn())
     pair.stop("standby")  # not part of this scenario
     metrics_port = free_port()
     backup = pair.root / "backup"
@@ -206,7 +193,7 @@ def test_a_restore_while_the_shard_is_stopped_is_found_at_its_next_start(tmp_pat
     worker starts again: the journal's committed.mark is ahead of the ledger, and the stretch is written again."""
     started = time.monotonic()
     pair = pair_factory()
-    with_schema(pair)
+    with_schema(pair.primary_dsn())
     pair.stop("standby")
     metrics_port = free_port()
     backup = pair.root / "backup"

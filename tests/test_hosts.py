@@ -151,13 +151,7 @@ def finish(feed: TimedFeed, site: Site, scenario: Scenario, watch: SocketWatch, 
 
     result = settle(complete, 30) or current()
     line = scenario.line(result.line(), watch.peak)
-    problems = []
-    if result.duplicated:
-        problems.append(f"{result.duplicated} duplicated")
-    if result.lost_outside:
-        problems.append(f"{result.lost_outside} lost outside every gap")
-    if result.open_missing:
-        problems.append(f"{result.open_missing} sent on a live connection, never stored")
+    problems = result.problems()
     if result.extra.get("of which stored"):
         problems.append(f"the cut-off host committed {result.extra['of which stored']} tick(s) after the takeover")
     if watch.peak > 3:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import query, sent_ticks, stored_ticks, wait_until
+from support import query, sent_ticks, stored_ticks, wait_until, with_schema
 
 from shardctl.config import load_config
 from shardctl.errors import ControlError
@@ -464,7 +464,6 @@ def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn, flavour) -> No
     import psycopg2
 
     from shardctl.config.model import TablesConfig
-    from shardctl.db.schema import apply_schema
 
     with psycopg2.connect(schema_dsn) as conn, conn.cursor() as cur:  # commits on leaving the block
         cur.execute("INSERT INTO crypto_ticks (time, symbol, price, day_volume) "
@@ -474,11 +473,7 @@ def test_maintenance_pass_refreshes_candles(tmp_path, schema_dsn, flavour) -> No
     # Today's bucket is still open: only real-time candles show it before the day ends.
     config.write_text(config.read_text() + "\n[tables]\nrealtime_candles = true\n")
     if flavour == "timescaledb":  # as the supervisor does at start: real-time aggregates (materialized_only off)
-        conn = psycopg2.connect(schema_dsn)
-        try:
-            apply_schema(conn, TablesConfig(realtime_candles=True))
-        finally:
-            conn.close()
+        with_schema(schema_dsn, TablesConfig(realtime_candles=True))
     result = subprocess.run([sys.executable, "-m", "shardctl.supervisor.sidecars", "maintain", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
