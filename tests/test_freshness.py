@@ -18,6 +18,7 @@ from shardctl.config import check_config
 from shardctl.config.model import ShardSettings
 from shardctl.errors import ConfigError
 from shardctl.feed.server import FeedServer
+from shardctl.markethours import parse_market_hours
 from shardctl.report import (
     MARKET_ALWAYS,
     MARKET_CLOSED,
@@ -123,7 +124,7 @@ def test_market_watch_follows_market_state_and_keeps_it_on_errors() -> None:
         return answer
 
     clock = FakeClock()
-    watch = MarketWatch("auto", fetch, refresh=300.0, clock=clock)
+    watch = MarketWatch(parse_market_hours("auto"), fetch, refresh=300.0, clock=clock)
     assert not watch.needs_exchanges() and not watch.refresh_now()  # nothing learnt yet: no credit spent
     assert watch.market("AAPL") == MARKET_UNKNOWN
     watch.learn(SUBSCRIBED)
@@ -143,10 +144,10 @@ def test_market_watch_crypto_only_spends_no_credit_and_24_7_mode_never_closes() 
     def fetch() -> Iterable[ExchangeState]:
         raise AssertionError("no fetch expected")
 
-    watch = MarketWatch("auto", fetch, refresh=1.0, clock=FakeClock())
+    watch = MarketWatch(parse_market_hours("auto"), fetch, refresh=1.0, clock=FakeClock())
     watch.learn(status_event("subscribe-status", {"success": [SUBSCRIBED_EVENT["success"][2]]}))
     assert not watch.refresh_now() and watch.market("BTC/USD") == MARKET_ALWAYS
-    always = MarketWatch("24/7", fetch, refresh=1.0, clock=FakeClock())
+    always = MarketWatch(parse_market_hours("24/7"), fetch, refresh=1.0, clock=FakeClock())
     always.learn(SUBSCRIBED)
     assert not always.refresh_now() and always.market("AAPL") == MARKET_ALWAYS
 
@@ -211,10 +212,10 @@ def test_freshness_settings_defaults_and_overrides(tmp_path: Path) -> None:
     assert not problems and config is not None
     assert config.supervisor.healthz_fails_on_stale
     crypto, stocks = config.shards["crypto"].settings, config.shards["stocks"].settings
-    assert (crypto.stale_after, crypto.market_hours) == (45.0, "24/7")
-    assert (stocks.stale_after, stocks.market_hours, stocks.market_state_refresh) == (600.0, "auto", 900.0)
+    assert (crypto.stale_after, crypto.market_hours.name) == (45.0, "24/7")
+    assert (stocks.stale_after, stocks.market_hours.name, stocks.market_state_refresh) == (600.0, "auto", 900.0)
     default = ShardSettings()
-    assert (default.stale_after, default.market_hours, default.market_state_refresh) == (120.0, "auto", 300.0)
+    assert (default.stale_after, default.market_hours.name, default.market_state_refresh) == (120.0, "auto", 300.0)
 
 
 @pytest.mark.parametrize("line, key, fragment", [

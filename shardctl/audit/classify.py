@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Mapping, Sequence
 
+from shardctl.markethours import MarketHours
+
 __all__ = ["AuditedSymbol", "MinuteClass", "RestBar", "TickMinute", "SymbolFacts", "Quality", "SymbolAudit",
            "classify_symbol", "collecting_minutes", "gap_minutes", "EXPECTED"]
 
@@ -49,7 +51,7 @@ class AuditedSymbol:
     text: str
     symbol: str
     shard: str
-    market_hours: str
+    market_hours: MarketHours
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from shardctl.config.model import Config
 from shardctl.db.collection import collection_stretches
 from shardctl.db.connection import connect
 from shardctl.errors import UsageError
-from shardctl.markethours import parse_market_hours
 
 __all__ = ["AuditReport", "AuditedSymbol", "run_audit", "minute_stamp", "unscheduled_shards"]
 
@@ -93,7 +92,7 @@ def configured_symbols(config: Config, only: Sequence[str] = ()) -> list[Audited
 def unscheduled_shards(config: Config) -> list[str]:
     """Shards whose ``market_hours`` is "auto": the audit has no calendar for their past and reads them open."""
     return [shard.name for shard in config.shards.values()
-            if not parse_market_hours(shard.settings.market_hours).scheduled]
+            if not shard.settings.market_hours.scheduled]
 
 
 def unscheduled_note(config: Config) -> str | None:
@@ -117,7 +116,7 @@ def run_audit(config: Config, dsn: str, first: int, last: int, *, only: Sequence
         raise UsageError("the audit window is empty: --to must come after --from")
     started = time.monotonic()
     entries = configured_symbols(config, only)
-    calendars = {e.market_hours: parse_market_hours(e.market_hours).open_minutes(first, last) for e in entries}
+    calendars = {e.market_hours: e.market_hours.open_minutes(first, last) for e in entries}
     hours_of = {e.symbol: calendars[e.market_hours] for e in entries}
 
     def probe_mask(_symbol: str, collecting_from: int | None) -> list[bool]:

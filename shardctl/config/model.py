@@ -21,6 +21,7 @@ import platformdirs
 
 from shardctl.errors import ConfigError
 from shardctl.logs import dsn_passwords
+from shardctl.markethours import AUTO, MarketHours
 
 DEFAULT_SOURCE_URL = "wss://ws.twelvedata.com/v1/quotes/price"
 DEFAULT_REST_URL = "https://api.twelvedata.com"
@@ -94,7 +95,7 @@ class ShardSettings:
     stale_after: float = 120.0
     #: "auto": crypto 24/7, others by Twelve Data's /market_state; "24/7": every symbol always trades;
     #: "forex" (weekend close) or an exchange's session ("XNYS", ...): see shardctl.markethours.
-    market_hours: str = "auto"
+    market_hours: MarketHours = MarketHours(AUTO)
     #: How often "auto" fetches /market_state (one API credit a fetch, per shard).
     market_state_refresh: float = 300.0
     #: A symbol whose tick rate falls below this fraction of its own normal rate while its market is open is

@@ -119,7 +119,7 @@ class ValueReader:
                 values[f.name] = self.number(raw, f.name, where, getattr(base, f.name), integer=True, minimum=1)
             elif f.name == "market_hours":
                 try:
-                    values[f.name] = parse_market_hours(str(raw[f.name])).name
+                    values[f.name] = parse_market_hours(str(raw[f.name]))
                 except ValueError as exc:
                     self.problem(where, str(exc))
             elif f.name == "slow_below":

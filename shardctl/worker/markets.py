@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from shardctl.markethours import ALWAYS, AUTO, parse_market_hours
+from shardctl.markethours import ALWAYS, AUTO, MarketHours
 from shardctl.report import MARKET_ALWAYS, MARKET_CLOSED, MARKET_OPEN, MARKET_UNKNOWN, Market
 from shardctl.twelvedata.markets import ExchangeState, MarketStateUnavailable
 from shardctl.twelvedata.parse import StatusEvent
@@ -39,10 +39,10 @@ Fetch = Callable[[], Iterable[ExchangeState]]
 class MarketWatch:
     """Each symbol's MARKET_* value; ``start`` runs the refresh thread (mode "auto" only), ``stop`` ends it."""
 
-    def __init__(self, mode: str, fetch: Fetch, refresh: float, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
-        self.mode = mode
-        self.hours = parse_market_hours(mode)
+    def __init__(self, hours: MarketHours, fetch: Fetch, refresh: float,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.hours = hours
+        self.mode = hours.name
         self._wall = wall
         self._scheduled: tuple[int, Market] = (-1, MARKET_UNKNOWN)  # (second, state): one calendar look per second
         self.refresh = refresh
