@@ -373,3 +373,12 @@ def test_a_later_owed_gap_and_a_takeover_leave_the_start_alone(tmp_path: Path) -
     books.down_since, books.down_reason = 200.0, "takeover from host-b"
     books.owe_down_gap(inherit=False)  # the other host recorded this host's earlier stretch
     assert books.down_since == 200.0 and OwedGap(tmp_path).read() == (200.0, "takeover from host-b")
+
+
+def test_an_owed_gap_that_cannot_be_written_is_logged_not_raised(tmp_path: Path, caplog) -> None:
+    from shardctl.worker.bookkeeping import OwedGap
+
+    owed = OwedGap(tmp_path / "gone")  # the write fails (ENOENT here, ENOSPC on a full disk)
+    with caplog.at_level(logging.WARNING, logger="shardctl.worker"):
+        owed.write(10.0, "worker down")
+    assert owed.read() is None and "cannot write" in caplog.text and "worker down" in caplog.text

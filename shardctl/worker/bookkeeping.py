@@ -89,14 +89,19 @@ class OwedGap:
         return None if math.isnan(since) else (since, reason)
 
     def write(self, since: float, reason: str) -> None:
-        """Owe the gap from ``since`` (replacing the file whole, so a kill leaves the old one or the new)."""
+        """Owe the gap from ``since``, replacing the file whole (a kill leaves the old one or the new). An
+        OSError (a full disk) leaves the old one, which starts no later: it is logged, not raised."""
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, self._SINCE.pack(since) + reason.encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, self._SINCE.pack(since) + reason.encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s (%s): if this worker dies before it records its \"%s\" gap, the next "
+                        "one starts it later", self.path, exc.strerror or exc, reason)
 
     def paid(self) -> None:
         """The database has the gap."""
@@ -141,13 +146,11 @@ class Bookkeeper:
         """Queue every gap learnt since the last call, and ``assets`` (symbols met for the first time, with the
         name their first event carried), as committer tasks."""
         self._new_assets.update(assets)
-        gaps, gate.gaps = gate.gaps, []
         if self.down_since is not None and stream.first_connected_at is not None:
-            down = (self.down_since, stream.first_connected_at, self.down_reason)
-            log.warning("gap recorded: %s for %.1fs", down[2], down[1] - down[0])
-            committer.run_task(RecordGap(_utc(down[0]), _utc(down[1]), down[2], then=self._owed.paid))
-            self._recent.append(down)
+            self._record(committer, (self.down_since, stream.first_connected_at, self.down_reason),
+                         then=self._owed.paid)
             self.down_since = None
+        gaps, gate.gaps = gate.gaps, []
         gaps.extend(stream.gaps)
         stream.gaps.clear()
         gaps.extend(self.extra_gaps)
@@ -157,10 +160,15 @@ class Bookkeeper:
             if gap.first_received_at is not None:
                 gaps.append((gap.first_received_at, gap.resumed_received_at or time.time(),
                              f"journal cap: dropped {gap.records} frame(s)"))
-        for start, end, reason in gaps:
-            log.warning("gap recorded: %s for %.1fs", reason, end - start)
-            committer.run_task(RecordGap(_utc(start), _utc(end), reason))
-            self._recent.append((start, end, reason))
+        for found in gaps:
+            self._record(committer, found)
         if self._new_assets:
             names, self._new_assets = self._new_assets, {}
             committer.run_task(UpsertAssets(names))
+
+    def _record(self, committer: Committer, gap: tuple[float, float, str],
+                then: Callable[[], None] | None = None) -> None:
+        start, end, reason = gap
+        log.warning("gap recorded: %s for %.1fs", reason, end - start)
+        committer.run_task(RecordGap(_utc(start), _utc(end), reason, then=then))
+        self._recent.append(gap)
