@@ -325,7 +325,7 @@ def test_a_worker_killed_before_its_down_gap_was_recorded_leaves_it_to_the_next(
         settle(lambda: current().open_missing == 0, 60)
         settle(lambda: current().lost_outside == 0, 5)
         result = current()
-    gaps = [f"{reason} [{a:.3f}, {b:.3f}]" for a, b, reason in gap_rows(schema_dsn).get("stocks", [])]
+    gaps = [f"{reason} [{lo:.3f}, {hi:.3f}]" for lo, hi, reason in gap_rows(schema_dsn).get("stocks", [])]
     result.extra.update(runtime=f"{time.monotonic() - started:.1f}s")
     message = report(result) + f"\ngaps: {gaps}"
     assert result.lost_in_gaps, "A's kill lost nothing: the scenario did not happen\n" + message
