@@ -147,6 +147,11 @@ class TimedFeed(FeedServer):
                 return cid
         return None
 
+    def drop(self, cid: int) -> None:
+        """Drop connection ``cid`` at once, as a server drops a slow consumer: what the feed still holds for
+        it is lost (the ``abort`` fault waits for the next send, which a full socket never reaches)."""
+        self._in_loop(self._transports[cid].abort)
+
     def unsent_bytes(self, cid: int) -> tuple[int, int]:
         """(bytes written on ``cid`` so far, bytes still in the feed's transport buffer), read on the loop."""
         out: list[tuple[int, int]] = []

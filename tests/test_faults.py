@@ -276,7 +276,53 @@ def test_kill_9_of_a_worker_behind_its_socket_starts_the_gap_before_what_it_neve
                                                  "frames sent long before; its gap must start at their event time")
 
 
-# ------------------------------------------------------------------ 1d. killed before its "worker down" gap is recorded
+# ------------------------------------------------------------------ 1d. a server that drops a worker behind its socket
+
+#: Bytes the feed holds for a stalled worker's connection before it drops it.
+HELD = 256 * 1024
+
+def test_a_dropped_connection_of_a_worker_behind_its_socket_starts_its_gap_before_what_never_came(
+        tmp_path, schema_dsn, workers) -> None:
+    """A worker stands still while the feed streams; the feed, holding what the worker's socket could not
+    take, drops the connection (as a server drops a slow consumer). The worker moves again, reads what had
+    reached its socket (at that late receive time) and finds the connection gone: the ticks the feed
+    dropped were sent before that receive time, and the "disconnected" gap must start before them."""
+    started = time.monotonic()
+    with TimedFeed(rate=3000, symbols=STOCKS, seed=141) as feed:
+        config = write_config(tmp_path, feed.url, schema_dsn, {"stocks": {"symbols": STOCKS}},
+                              defaults={"batch_size": 1000, "flush_interval": "1s"})
+        workers.append(worker := WorkerProcess(config, "stocks", tmp_path / "worker.log"))
+        wait_until(lambda: row_count(schema_dsn) > 100, 30, what="the worker streaming")
+        (conn,) = feed.connection_ids()
+        os.kill(worker.pid, signal.SIGSTOP)
+        # Until both sockets' buffers are full and the feed holds ticks itself:
+        wait_until(lambda: feed.unsent_bytes(conn)[1] > HELD, 60, interval=0.1, what="the feed holding ticks back")
+        buffered = feed.unsent_bytes(conn)[1]
+        feed.drop(conn)
+        wait_until(lambda: conn not in feed.connection_ids(), 30, what="the feed dropping the connection")
+        os.kill(worker.pid, signal.SIGCONT)
+        worker.wait_log(r"connection lost|server closed", timeout=30)
+        wait_until(lambda: len(feed.connection_ids()) == 1, 30, what="the worker back on a new connection")
+        feed.inject("silence", standing=True, seconds=600)
+
+        def current() -> Any:
+            return tally("dropped-behind-the-socket", feed.sent_ticks(), stored_keys(schema_dsn),
+                         gap_rows(schema_dsn), lambda _: "stocks", open_conns=feed.connection_ids())
+
+        settle(lambda: current().open_missing == 0, 60)
+        settle(lambda: current().lost_outside == 0, 5)
+        result = current()
+    gaps = [f"{reason} [{lo:.3f}, {hi:.3f}]" for lo, hi, reason in gap_rows(schema_dsn).get("stocks", [])]
+    result.extra.update(held_by_the_feed=buffered, runtime=f"{time.monotonic() - started:.1f}s")
+    message = report(result) + f"\ngaps: {gaps}"
+    assert buffered > 0 and result.lost_in_gaps + result.lost_outside > 0, \
+        "the feed held nothing back for the stalled worker: the scenario did not happen\n" + message
+    assert_no_loss(result, message, outside_hint="what the server dropped was sent before the worker's last "
+                                                 "receive time; the disconnection's gap must start at the "
+                                                 "event time it had read up to")
+
+
+# ------------------------------------------------------------------ 1e. killed before its "worker down" gap is recorded
 
 def test_a_worker_killed_before_its_down_gap_was_recorded_leaves_it_to_the_next(tmp_path, schema_dsn, workers) -> None:
     """Worker A is killed. B starts, connects and reads, but the database holds B's "worker down" gap back

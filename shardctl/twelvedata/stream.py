@@ -58,7 +58,11 @@ class StreamClient:
                  api_key_env: str = "TWELVEDATA_API_KEY",
                  on_subscribed: Callable[[], None] | None = None,
                  before_recv: Callable[[], None] | None = None,
+                 read_until: Callable[[], float | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``read_until``: the latest event time (Unix seconds) in what the caller read last, or None; a lost
+        connection's gap starts there when that is before the last frame's arrival (a caller behind its
+        socket: what the server dropped was sent before that arrival)."""
         self._url = _with_key(url, api_key)
         self.url = public_url(url)
         self.symbols = tuple(symbols)
@@ -66,6 +70,7 @@ class StreamClient:
         self.api_key_env = api_key_env
         self._on_subscribed = on_subscribed
         self._before_recv = before_recv
+        self._read_until = read_until
         self._clock = clock
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max,
                                 reset_after=settings.reconnect_reset_after)
@@ -299,8 +304,9 @@ class StreamClient:
         self.subscribed = False
         if ws is not None and self._down_since is None:
             # From the last frame that arrived: whatever the server sent after it was not read.
-            wall = time.time()
-            self._down_since, self._down_reason = wall - max(0.0, now - self._last_frame_at), reason
+            since = time.time() - max(0.0, now - self._last_frame_at)
+            until = self._read_until() if self._read_until is not None else None
+            self._down_since, self._down_reason = since if until is None else min(since, until), reason
         if ws is not None:
             if abort:
                 ws.abort()

@@ -150,6 +150,8 @@ class Worker:
                               direct_compress=config.timescaledb.direct_compress)
         #: Wall-clock receive time of the last tick parsed.
         self._parsed_received_at: float | None = None
+        #: Event time of the last tick the last socket read brought (None: none, or it is not parsed yet).
+        self._taken_event_at: datetime | None = None
         self._committer = Committer(
             self._writer,
             max_pending_rows=max(s.max_pending_rows, s.batch_size), on_committed=self._journal.commit,
@@ -161,7 +163,7 @@ class Worker:
             raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")
         self._stream = StreamClient(config.source.url, api_key, shard.symbols, s,
                                     api_key_env=shard.api_key_env, on_subscribed=self._subscribed,
-                                    before_recv=self._journal.write_buffered)
+                                    before_recv=self._journal.write_buffered, read_until=self._read_until)
         self._cursor = JournalCursor()
         #: The configured secrets (registered by load_config), as they would appear in a frame.
         self._secrets = tuple(secret.encode() for secret in registered_secrets())
@@ -365,6 +367,7 @@ class Worker:
             return 0
         frames = mask_frames(frames, self._secrets)  # a server that echoes the key must not put it on the disk
         received = time.time()
+        self._taken_event_at = None
         ends = self._journal.append_many(frames, received)
         # In the OS before anything else happens to them: no extra write(2), the one before the next read of
         # the socket then finds nothing left to write.
@@ -427,6 +430,7 @@ class Worker:
         self._cursor.parsed(end)
         self.ticks_received += len(ticks)
         self._last_tick_at = arrived
+        self._taken_event_at = ticks[-1].time
         self._parsed_received_at = received
         self._symbols.observe(ticks, received)
         if self._arrivals is not None:
@@ -503,6 +507,7 @@ class Worker:
                                  mono - (wall - received), from_socket=False):
                 break  # the committer filled up: rewound to submitted_to
             start = stop
+        self._taken_event_at = None  # ticks re-read from the journal say nothing of what the socket holds now
         return True
 
     # ------------------------------------------------------------ bookkeeping
@@ -569,6 +574,11 @@ class Worker:
             if self._arrivals is not None:
                 self._arrivals.clear()
             self._cursor.rewind()
+
+    def _read_until(self) -> float | None:
+        """The event time of the last tick of the burst read last (its frames were sent no earlier)."""
+        taken = self._taken_event_at
+        return None if taken is None else taken.timestamp()
 
     def _on_status(self, event: StatusEvent) -> None:
         self._symbols.on_status(self._stream, event)
