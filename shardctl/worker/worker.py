@@ -163,7 +163,7 @@ class Worker:
             raise ShardctlError(f"no API key: export it in ${shard.api_key_env}")
         self._stream = StreamClient(config.source.url, api_key, shard.symbols, s,
                                     api_key_env=shard.api_key_env, on_subscribed=self._subscribed,
-                                    before_recv=self._journal.write_buffered, read_until=self._read_until)
+                                    before_recv=self._journal.write_buffered, read_until=self._events_read_until)
         self._cursor = JournalCursor()
         #: The configured secrets (registered by load_config), as they would appear in a frame.
         self._secrets = tuple(secret.encode() for secret in registered_secrets())
@@ -575,7 +575,7 @@ class Worker:
                 self._arrivals.clear()
             self._cursor.rewind()
 
-    def _read_until(self) -> float | None:
+    def _events_read_until(self) -> float | None:
         """The event time of the last tick of the burst read last (its frames were sent no earlier)."""
         taken = self._taken_event_at
         return None if taken is None else taken.timestamp()
