@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 
 import psycopg2.extensions
 import yaml
+from support import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
@@ -318,7 +319,19 @@ class KubePlay:
         podman("kube", "play", "--network", "host", str(path), timeout=180)
 
     def down(self, rendered: RenderedPod) -> None:
-        podman("kube", "down", str(self.directory / f"{rendered.pod}.yaml"), timeout=120)
+        """``podman kube down``: the pod stops and goes, its claims stay."""
+        done = podman("kube", "down", str(self.directory / f"{rendered.pod}.yaml"), timeout=120, check=False)
+        if done.returncode == 0:
+            return
+        if "device or resource busy" not in done.stderr:
+            raise AssertionError(f"podman kube down exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                                 f"{done.stderr[-3000:]}")
+
+        def removed() -> bool:  # podman's teardown race: a container's shm mount still busy; remove again
+            podman("pod", "rm", "-f", "-t", "0", rendered.pod, check=False)
+            return podman("pod", "exists", rendered.pod, check=False).returncode == 1
+
+        wait_until(removed, 60, interval=1.0, what=f"pod {rendered.pod} removed after: {done.stderr[-300:]}")
 
     def close(self) -> None:
         for path in self.played:

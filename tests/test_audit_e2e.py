@@ -172,13 +172,16 @@ def test_audit_online_classifies_every_injected_minute(tmp_path: Path, schema_ds
                 assert cls(symbol, m) in ("unexplained", "gap"), (symbol, m)
                 injected.add((symbol, m))
     assert all(cls("BTC/USD", m) != "ticks" for m in range(minute_of(16, 49), minute_of(16, 53)))
-    # The killed fx worker stayed down for 2 s (4 simulated minutes): the minutes without a tick are its gap.
+    # The killed fx worker stayed down for 2 s (4 simulated minutes): each symbol's minutes in it without a
+    # tick of that symbol are its gap.
     down = [(lo, hi) for lo, hi, reason in query(schema_dsn, "SELECT extract(epoch FROM gap_from), extract(epoch "
                                                  "FROM gap_to), reason FROM shardctl_gaps WHERE shard = 'fx'")
             if reason == "worker down"]
     assert len(down) == 1 and down[0][1] - down[0][0] > 120, down
-    fx_gap = [m for m in minutes if down[0][0] < (m + 1) * 60 and m * 60 < down[0][1] and cls("EUR/USD", m) != "ticks"]
-    assert fx_gap and all(cls(s, m) == "gap" for s in FX for m in fx_gap), classes["EUR/USD"]
+    fx_gap = {s: [m for m in minutes if down[0][0] < (m + 1) * 60 and m * 60 < down[0][1] and cls(s, m) != "ticks"]
+              for s in FX}
+    assert fx_gap["EUR/USD"] and all(cls(s, m) == "gap" for s in FX for m in fx_gap[s]), \
+        {s: classes[s] for s in FX}
     # Every minute the feed streamed a symbol in holds its ticks, unless lost inside a recorded gap.
     for symbol in STOCKS + FX + CRYPTO:
         for m in minutes:
