@@ -74,6 +74,9 @@ GAP_TOLERANCE = 0.05
 #: about 70 ticks, ~90 ms of this suite's streams: far more than one socket read of a worker that keeps
 #: up, far less than an in-process buffer flushed once a second.
 READ_SLACK = 16 * 1024
+#: The most one socket read of a worker brings (``shardctl.twelvedata.frames``): the burst a kill can catch
+#: between a read and its journal write, when the worker had fallen behind its socket.
+ONE_READ = 256 * 1024
 
 
 def tick_key(event: dict[str, Any]) -> Key:
@@ -274,6 +277,8 @@ class Tally:
     lost_read: int = 0
     lost_last_read: int = 0  #: in the worker's last ``read_slack`` bytes before its kill (allowed, inside a gap)
     read_slack: int = READ_SLACK
+    #: With the journals read: the most bytes a killed worker had read but not journaled (its burst in hand).
+    in_hand: int | None = None
     open_missing: int = 0  #: ticks sent on connections still open, not stored (yet)
     gaps: int = 0
     outside_examples: list[str] = field(default_factory=list)
@@ -285,8 +290,10 @@ class Tally:
         extra = "".join(f", {k} {v}" for k, v in self.extra.items())
         return (f"[faults:{self.scenario}] sent {self.sent}, stored {self.stored}, lost inside gaps "
                 f"{self.lost_in_gaps}, lost outside gaps {self.lost_outside}, duplicated {self.duplicated}, "
-                f"lost after the worker read them {self.lost_read} (+{self.lost_last_read} in its last "
-                f"{self.read_slack // 1024} KiB read), gaps recorded {self.gaps}{extra}")
+                f"lost after the worker read them {self.lost_read} (+{self.lost_last_read} in its "
+                + (f"last {self.read_slack // 1024} KiB read" if self.in_hand is None else
+                   f"burst in hand, at most {self.in_hand:,} bytes")
+                + f"), gaps recorded {self.gaps}{extra}")
 
     def problems(self, *, read_hint: str = "", outside_hint: str = "") -> list[str]:
         """The promises this tally breaks, one line each (empty: none): nothing duplicated, nothing read
@@ -297,6 +304,9 @@ class Tally:
         if self.lost_read:
             problems.append(f"{self.lost_read} tick(s) the worker had read were lost at its kill -9"
                             + (f" ({read_hint})" if read_hint else ""))
+        if self.in_hand is not None and self.in_hand > self.read_slack:
+            problems.append(f"a killed worker had read {self.in_hand:,} bytes it had not journaled: more than one "
+                            f"socket read ({self.read_slack:,})" + (f" ({read_hint})" if read_hint else ""))
         if self.lost_outside:
             problems.append(f"{self.lost_outside} lost tick(s) lie outside every recorded gap"
                             + (f" ({outside_hint})" if outside_hint else ""))
@@ -317,7 +327,7 @@ class Tally:
 
 def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, list[tuple[float, float, str]]],
           shard_of: Callable[[str], str], *, frozen: dict[int, Frozen] | None = None,
-          open_conns: Iterable[int] = (), read_slack: int = READ_SLACK) -> Tally:
+          open_conns: Iterable[int] = (), read_slack: int = READ_SLACK, journaled: Counter | None = None) -> Tally:
     """Compare, tick by tick (see ``Tally``).
 
     Which time of a lost tick to hold against a gap: it was never received, so
@@ -329,12 +339,23 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
     whole seconds, too coarse. So: a lost tick is inside a gap when its send
     time lies within [gap_from, gap_to] of a gap of its shard (± GAP_TOLERANCE).
     On a frozen connection, a tick the worker had read more than ``read_slack``
-    bytes before its kill is "lost after read" whatever the gaps say.
+    bytes before its kill is "lost after read" whatever the gaps say. With
+    ``journaled`` (the keys the shards' journals hold: ``journal_ticks``) the
+    line is exact: a tick up to the last one journaled on its connection was
+    read and journaled, so losing it is "lost after read"; what the worker read
+    after that was its burst in hand, which must fit ``read_slack``.
     """
     frozen = frozen or {}
     open_set = set(open_conns)
     result = Tally(scenario, sent=len(sent), stored=sum(stored.values()),
                    gaps=sum(len(v) for v in gaps.values()), read_slack=read_slack)
+    read_line = {conn: fz.read_to - read_slack for conn, fz in frozen.items()}
+    if journaled is not None:
+        read_line = dict.fromkeys(frozen, 0)
+        for t in sent:
+            if t.conn in frozen and journaled[t.key] and t.end > read_line[t.conn]:
+                read_line[t.conn] = t.end
+        result.in_hand = max((fz.read_to - read_line[conn] for conn, fz in frozen.items()), default=0)
     sent_count = Counter(t.key for t in sent)
     for key, n in stored.items():
         extra = n - sent_count.get(key, 0)
@@ -351,7 +372,7 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
             result.open_missing += 1
             continue
         fz = frozen.get(tick.conn)
-        if fz is not None and tick.end <= fz.read_to - read_slack:
+        if fz is not None and tick.end <= read_line[tick.conn]:
             result.lost_read += 1
             if len(result.read_examples) < 5:
                 result.read_examples.append(f"{tick.key} conn {tick.conn} ending at byte {tick.end} "

@@ -46,6 +46,7 @@ import psycopg2.extensions
 import pytest
 from faultkit import (
     CRYPTO,
+    ONE_READ,
     STOCKS,
     Frozen,
     ScriptedConn,
@@ -135,8 +136,10 @@ def test_kill_storm_loses_nothing_read_and_every_loss_is_in_a_gap(tmp_path, sche
         feed.inject("silence", standing=True, seconds=600)  # no more ticks: what was sent can all be accounted for
 
         def current() -> Any:
+            journaled = sum((journal_ticks(tmp_path / "state" / "shards" / name / "journal") for name in shards),
+                            Counter())
             return tally("kill-storm", feed.sent_ticks(), stored_keys(schema_dsn), gap_rows(schema_dsn), shard_of,
-                         frozen=frozen, open_conns=feed.connection_ids())
+                         frozen=frozen, open_conns=feed.connection_ids(), journaled=journaled, read_slack=ONE_READ)
 
         settle(lambda: current().open_missing == 0, 30)   # the live connections drained (replays come first)
         settle(lambda: current().lost_outside == 0, 5)    # the last restarts' gaps are written
@@ -212,9 +215,6 @@ def test_kill_9_while_blocked_at_the_journal_cap_the_gap_starts_at_the_last_jour
 STALL = 3.0
 #: Stalls tried until one leaves, at its kill, ticks sent before the worker read again and never read.
 STALLS = 4
-#: A worker behind its socket reads whole 256 KiB chunks (``shardctl.twelvedata.frames``): a kill between
-#: such a read and its journal write loses the chunk, inside the gap (READ_SLACK is for a worker that keeps up).
-BEHIND_READ_SLACK = 256 * 1024
 
 
 def journal_bytes(directory: Path) -> int:
@@ -263,7 +263,7 @@ def test_kill_9_of_a_worker_behind_its_socket_starts_the_gap_before_what_it_neve
         def current() -> Any:
             return tally("kill-behind-the-socket", feed.sent_ticks(), stored_keys(schema_dsn), gap_rows(schema_dsn),
                          lambda _: "stocks", frozen=frozen, open_conns=feed.connection_ids(),
-                         read_slack=BEHIND_READ_SLACK)
+                         read_slack=ONE_READ)  # a worker behind its socket reads whole chunks
 
         settle(lambda: current().open_missing == 0, 60)
         settle(lambda: current().lost_outside == 0, 5)
