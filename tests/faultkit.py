@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import psutil
-from support import LoggedProcess, query, wait_until
+from support import LoggedProcess, query, settle, wait_until
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -258,6 +258,11 @@ def gap_rows(dsn: str) -> dict[str, list[tuple[float, float, str]]]:
     return dict(out)
 
 
+def gap_lines(dsn: str, shard: str) -> list[str]:
+    """The shard's gaps, one "reason [from, to]" each, for a failure message."""
+    return [f"{reason} [{lo:.3f}, {hi:.3f}]" for lo, hi, reason in gap_rows(dsn).get(shard, [])]
+
+
 def ledger_rows(dsn: str) -> int:
     return int(query(dsn, "SELECT coalesce(sum(rows_total), 0) FROM shardctl_ledger")[0][0])
 
@@ -392,6 +397,14 @@ def tally(scenario: str, sent: list[SentTick], stored: Counter, gaps: dict[str, 
                          else "no gap recorded for the shard")
                 result.outside_examples.append(f"{shard} {tick.key} conn {tick.conn} sent at {at:.3f}; {where}")
     return result
+
+
+def settled(current: Callable[[], Tally]) -> Tally:
+    """The tally once every tick sent on a live connection is stored (up to 60 s) and the last gaps are
+    written (up to 5 s more); the caller asserts on it."""
+    settle(lambda: current().open_missing == 0, 60)
+    settle(lambda: current().lost_outside == 0, 5)
+    return current()
 
 
 def assert_no_loss(result: Tally, message: str, *, read_hint: str = "", outside_hint: str = "") -> None:

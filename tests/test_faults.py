@@ -56,6 +56,7 @@ from faultkit import (
     TimedFeed,
     assert_no_loss,
     freeze_then_kill,
+    gap_lines,
     gap_rows,
     grep_files,
     journal_ticks,
@@ -63,6 +64,7 @@ from faultkit import (
     loose_modes,
     pg_kill_hard,
     price_event,
+    settled,
     stored_keys,
     tally,
 )
@@ -200,7 +202,7 @@ def test_kill_9_while_blocked_at_the_journal_cap_the_gap_starts_at_the_last_jour
         settle(lambda: current().lost_outside == 0, 5)
         assert sup.stop() == 0, sup.log()[-3000:]
         result = current()
-    gaps = [f"{reason} [{a:.3f}, {b:.3f}]" for a, b, reason in gap_rows(schema_dsn).get("s1", [])]
+    gaps = gap_lines(schema_dsn, "s1")
     result.extra.update(measured_kill=bool(frozen), runtime=f"{time.monotonic() - started:.1f}s")
     message = report(result) + f"\ngaps: {gaps}"
     assert frozen, "the blocked worker had no feed connection to measure\n" + message
@@ -265,10 +267,8 @@ def test_kill_9_of_a_worker_behind_its_socket_starts_the_gap_before_what_it_neve
                          lambda _: "stocks", frozen=frozen, open_conns=feed.connection_ids(),
                          read_slack=ONE_READ)  # a worker behind its socket reads whole chunks
 
-        settle(lambda: current().open_missing == 0, 60)
-        settle(lambda: current().lost_outside == 0, 5)
-        result = current()
-    gaps = [f"{reason} [{a:.3f}, {b:.3f}]" for a, b, reason in gap_rows(schema_dsn).get("stocks", [])]
+        result = settled(current)
+    gaps = gap_lines(schema_dsn, "stocks")
     result.extra.update(stalls=attempt + 1, left_unread=len(behind), runtime=f"{time.monotonic() - started:.1f}s")
     message = report(result) + f"\ngaps: {gaps}"
     assert behind, f"no stall left ticks sent before the worker read again unread at its kill\n{message}"
@@ -309,10 +309,8 @@ def test_a_dropped_connection_of_a_worker_behind_its_socket_starts_its_gap_befor
             return tally("dropped-behind-the-socket", feed.sent_ticks(), stored_keys(schema_dsn),
                          gap_rows(schema_dsn), lambda _: "stocks", open_conns=feed.connection_ids())
 
-        settle(lambda: current().open_missing == 0, 60)
-        settle(lambda: current().lost_outside == 0, 5)
-        result = current()
-    gaps = [f"{reason} [{lo:.3f}, {hi:.3f}]" for lo, hi, reason in gap_rows(schema_dsn).get("stocks", [])]
+        result = settled(current)
+    gaps = gap_lines(schema_dsn, "stocks")
     result.extra.update(held_by_the_feed=buffered, runtime=f"{time.monotonic() - started:.1f}s")
     message = report(result) + f"\ngaps: {gaps}"
     assert buffered > 0 and result.lost_in_gaps + result.lost_outside > 0, \
@@ -368,10 +366,8 @@ def test_a_worker_killed_before_its_down_gap_was_recorded_leaves_it_to_the_next(
             return tally("killed-owing-its-gap", feed.sent_ticks(), stored_keys(schema_dsn), gap_rows(schema_dsn),
                          lambda _: "stocks", frozen=frozen, open_conns=feed.connection_ids())
 
-        settle(lambda: current().open_missing == 0, 60)
-        settle(lambda: current().lost_outside == 0, 5)
-        result = current()
-    gaps = [f"{reason} [{lo:.3f}, {hi:.3f}]" for lo, hi, reason in gap_rows(schema_dsn).get("stocks", [])]
+        result = settled(current)
+    gaps = gap_lines(schema_dsn, "stocks")
     result.extra.update(runtime=f"{time.monotonic() - started:.1f}s")
     message = report(result) + f"\ngaps: {gaps}"
     assert result.lost_in_gaps, "A's kill lost nothing: the scenario did not happen\n" + message
